@@ -1,0 +1,261 @@
+"""The LMN language model: blocks, LM head, the three forms (parallel, streaming,
+prefill) and generation.
+
+    h = h + SVA(memory(RMSNorm(h)))
+    h = h + FF(RMSNorm(h)),   FF = Linear(d, ff_mult*d) -> SiLU -> Linear(ff_mult*d, d)
+    logits = Linear(LayerNorm(h))          (untied, with bias)
+
+No positional embedding unless ``pos_encoding="sinusoidal"``: position is implicit in
+which tree nodes a token reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import SingleVectorAttention
+from .config import LMNConfig
+from .memory import LogMemory
+from .state import LayerState, LMNState, n_levels
+
+
+def sinusoidal_encoding(positions: Tensor, d_model: int, dtype: torch.dtype) -> Tensor:
+    """Transformer sinusoids: ``pe[t, 2i] = sin(t w_i)``, ``pe[t, 2i+1] = cos(t w_i)``,
+    ``w_i = 10000^(-2i/d)``. Computed in float64 so that any position (a million and
+    beyond) is encoded identically by the parallel and the streaming form."""
+    half = (d_model + 1) // 2
+    freqs = torch.exp(
+        torch.arange(half, dtype=torch.float64, device=positions.device) * (-2.0 * math.log(10000.0) / d_model)
+    )
+    angles = positions.to(torch.float64)[..., None] * freqs  # (..., half)
+    pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :d_model]
+    return pe.to(dtype)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LMNConfig):
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.ff_mult * config.d_model)
+        self.down = nn.Linear(config.ff_mult * config.d_model, config.d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.up(x)))
+
+
+class LMNBlock(nn.Module):
+    def __init__(self, config: LMNConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.memory = LogMemory(config)
+        self.attn = SingleVectorAttention(config)
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.ff = FeedForward(config)
+
+    def forward(self, h: Tensor, return_state: bool = False):
+        """``h: (B, T, d)`` -> ``(h, layer_state or None)``."""
+        x = self.norm1(h)
+        levels = self.memory.build(x)
+        a, cache = self.attn(x, levels, return_cache=return_state)
+        h = h + a
+        h = h + self.ff(self.norm2(h))
+        layer_state = None
+        if return_state:
+            B, T, d = x.shape
+            last = x[:, -1, None, None, :].expand(B, self.memory.n_banks, 1, d).contiguous()
+            nodes = [last] + [lvl[:, :, -1] for lvl in levels]
+            layer_state = LayerState(nodes, cache[0], cache[1])
+        return h, layer_state
+
+    def step(self, h: Tensor, layer: LayerState, count: int) -> Tensor:
+        """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place."""
+        x = self.norm1(h)
+        changed = self.memory.update(layer.nodes, x, count)
+        cached_levels = n_levels(count - 1)  # levels whose slots are already in the cache
+        for level, node in changed:
+            q, v = self.attn.project_nodes(node[:, :, None])  # (B, H, 1, G, dh)
+            q, v = q[:, :, 0], v[:, :, 0]  # (B, H, G, dh)
+            if level <= cached_levels:  # overwrite this level's slots in place
+                start = self.memory.slot_offset(level)
+                layer.slot_q[:, :, start : start + q.shape[2]] = q
+                layer.slot_v[:, :, start : start + v.shape[2]] = v
+            else:  # first node of a new level (count is a power of two): grow the cache
+                layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
+                layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
+        h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
+        return h + self.ff(self.norm2(h))
+
+
+class LMN(nn.Module):
+    """Logarithmic Memory Network language model (Taha, arXiv 2501.07905).
+
+    Three forms of one definition:
+
+    * ``model(idx)`` -- parallel form, logits ``(B, T, vocab)``;
+    * ``model(idx, return_state=True)`` -- prefill: ``(logits, state)``;
+    * ``model.step(tokens, state)`` -- streaming: one token per sequence.
+
+    :func:`lmn.reference.reference_forward` is the plain specification all three are
+    tested against.
+    """
+
+    def __init__(self, config: LMNConfig):
+        super().__init__()
+        if not isinstance(config, LMNConfig):
+            raise TypeError(f"LMN expects an LMNConfig, got {type(config).__name__}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(LMNBlock(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps if config.norm_eps is not None else 1e-5)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ validation
+    def _check_tokens(self, idx: Tensor, what: str) -> None:
+        if not isinstance(idx, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+            raise TypeError(f"{what} must hold integer token ids (e.g. torch.long), got dtype {idx.dtype}")
+        if idx.numel() == 0:
+            raise ValueError(f"{what} is empty (shape {tuple(idx.shape)}); give at least one token")
+        lo, hi = int(idx.min()), int(idx.max())
+        V = self.config.vocab_size
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what} contains token id {bad}, outside [0, {V}) (vocab_size={V})")
+
+    def _embed(self, idx: Tensor, positions: Tensor) -> Tensor:
+        h = self.tok_emb(idx)
+        if self.config.pos_encoding == "sinusoidal":
+            h = h + sinusoidal_encoding(positions, self.config.d_model, h.dtype)
+        return h
+
+    # ------------------------------------------------------------------ parallel / prefill
+    def forward(self, idx: Tensor, return_state: bool = False):
+        """Parallel form.
+
+        Args:
+            idx: ``(B, T)`` integer token ids in ``[0, vocab_size)``.
+            return_state: also return the streaming state after the last token (prefill).
+        Returns:
+            logits ``(B, T, vocab_size)``, or ``(logits, state)``.
+        """
+        if isinstance(idx, Tensor) and idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {idx.dim()}-D shape {tuple(idx.shape)}")
+        self._check_tokens(idx, "idx")
+        B, T = idx.shape
+        h = self._embed(idx, torch.arange(T, device=idx.device))
+        layers = []
+        for block in self.blocks:
+            h, layer_state = block(h, return_state=return_state)
+            layers.append(layer_state)
+        logits = self.head(self.ln_f(h))
+        if not return_state:
+            return logits
+        return logits, LMNState(self.config, B, T, layers)
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(self, batch_size: int, device=None, dtype=None) -> LMNState:
+        """Empty state for ``batch_size`` streams (position 0)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        ref = self.head.weight
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+        c = self.config
+        layers = [
+            LayerState(
+                [],
+                torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype),
+                torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype),
+            )
+            for _ in range(c.n_layers)
+        ]
+        return LMNState(c, batch_size, 0, layers)
+
+    def step(self, tokens: Tensor, state: LMNState):
+        """Streaming form: consume one token per sequence.
+
+        Args:
+            tokens: ``(B,)`` or ``(B, 1)`` integer ids.
+            state: from :meth:`init_state` or a prefill; updated in place.
+        Returns:
+            ``(logits (B, vocab_size), state)``.
+        """
+        if not isinstance(state, LMNState):
+            raise TypeError(f"state must be an LMNState (from init_state or a prefill), got {type(state).__name__}")
+        if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]
+        if isinstance(tokens, Tensor) and tokens.dim() != 1:
+            raise ValueError(
+                f"step takes one token per sequence, shape (batch,) or (batch, 1); got shape {tuple(tokens.shape)}"
+            )
+        self._check_tokens(tokens, "tokens")
+        if tokens.shape[0] != state.batch_size:
+            raise ValueError(
+                f"tokens has batch size {tokens.shape[0]} but the state was made for batch size {state.batch_size}"
+            )
+        if state.config != self.config:
+            raise ValueError("state belongs to a model with a different configuration")
+        if state.device != tokens.device:
+            raise ValueError(f"state is on {state.device} but tokens are on {tokens.device}; use state.to(device)")
+        count = state.pos + 1
+        h = self._embed(tokens, torch.full_like(tokens, state.pos))
+        for block, layer in zip(self.blocks, state.layers):
+            h = block.step(h, layer, count)
+        state.pos = count
+        return self.head(self.ln_f(h)), state
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Prefill ``idx (B, T)`` in one parallel pass, then sample ``max_new_tokens`` with
+        streaming steps (memory O(log n)). ``temperature=0`` is greedy. Returns
+        ``(B, T + max_new_tokens)``."""
+        pieces = [idx]
+        for tok in self.generate_stream(idx, max_new_tokens, temperature, top_k, generator):
+            pieces.append(tok[:, None])
+        return torch.cat(pieces, dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Like :meth:`generate` but yields each new ``(B,)`` token as soon as it exists."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not (temperature >= 0) or math.isinf(temperature):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        if max_new_tokens == 0:
+            return
+        logits, state = self(idx, return_state=True)
+        logits = logits[:, -1]
+        for n in range(max_new_tokens):
+            tok = sample_next(logits, temperature, top_k, generator)
+            yield tok
+            if n + 1 < max_new_tokens:
+                logits, state = self.step(tok, state)
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator=None) -> Tensor:
+    """Sample ids ``(B,)`` from ``logits (B, V)``; greedy when ``temperature == 0``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

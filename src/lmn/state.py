@@ -1,0 +1,157 @@
+"""The streaming state of an LMN: one node per tree level, per bank, per layer.
+
+After ``pos`` tokens a layer holds
+
+* ``nodes[i]`` for levels ``i = 0 .. floor(log2 pos)``: the latest completed node,
+  ``(B, n_banks, 1 + i*k, d)`` (level 0 is the latest token);
+* ``slot_q``/``slot_v``: the attention's projections of the nodes of levels >= 1,
+  ``(B, H, S, d_head)`` with ``S = n_banks * sum_i (1 + i*k)``, so that reading the memory
+  never re-projects a node.
+
+Its size is therefore O(log pos) (see :func:`state_nbytes`). The state carries its own
+position; ``LMN.step`` updates it in place and returns it (``clone()`` to branch).
+Saving uses plain tensors only (``torch.save``/``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import LMNConfig
+
+
+def n_levels(pos: int) -> int:
+    """Tree levels >= 1 present after ``pos`` tokens: floor(log2 pos) (0 for pos <= 1)."""
+    return max(pos.bit_length() - 1, 0)
+
+
+def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int = 4) -> int:
+    """Exact size in bytes of the tensors of a state after ``pos`` tokens."""
+    L = n_levels(pos)
+    node_vectors = 0 if pos == 0 else config.n_banks * sum(config.level_set_size(i) for i in range(L + 1))
+    slot_vectors = sum(config.slots_per_level(i) for i in range(1, L + 1))
+    per_layer = node_vectors * config.d_model + 2 * slot_vectors * config.d_model
+    return config.n_layers * batch_size * per_layer * element_size
+
+
+@dataclass
+class LayerState:
+    nodes: list[Tensor] = field(default_factory=list)
+    slot_q: Tensor | None = None
+    slot_v: Tensor | None = None
+
+
+class LMNState:
+    """Streaming state of a whole model (see module docstring)."""
+
+    _VERSION = 1
+
+    def __init__(self, config: LMNConfig, batch_size: int, pos: int, layers: list[LayerState]):
+        self.config = config
+        self.batch_size = batch_size
+        self.pos = pos
+        self.layers = layers
+
+    # ------------------------------------------------------------------ inspection
+    def tensors(self) -> dict[str, Tensor]:
+        out = {}
+        for l, layer in enumerate(self.layers):
+            for i, node in enumerate(layer.nodes):
+                out[f"layers.{l}.nodes.{i}"] = node
+            out[f"layers.{l}.slot_q"] = layer.slot_q
+            out[f"layers.{l}.slot_v"] = layer.slot_v
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the state's tensors (grows as O(log pos))."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    @property
+    def n_levels(self) -> int:
+        return n_levels(self.pos)
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].slot_q.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].slot_q.dtype
+
+    def __repr__(self) -> str:
+        return (
+            f"LMNState(batch_size={self.batch_size}, pos={self.pos}, levels={self.n_levels}, "
+            f"nbytes={self.nbytes}, device={self.device}, dtype={self.dtype})"
+        )
+
+    # ------------------------------------------------------------------ copies / moves
+    def _map(self, fn) -> "LMNState":
+        layers = [
+            LayerState([fn(n) for n in layer.nodes], fn(layer.slot_q), fn(layer.slot_v))
+            for layer in self.layers
+        ]
+        return LMNState(self.config, self.batch_size, self.pos, layers)
+
+    def to(self, *args, **kwargs) -> "LMNState":
+        """Move/cast like ``Tensor.to`` (returns a new state)."""
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def clone(self) -> "LMNState":
+        return self._map(lambda t: t.clone())
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Tensor]:
+        d = {k: v.detach() for k, v in self.tensors().items()}
+        c = self.config
+        d["meta"] = torch.tensor(
+            [self._VERSION, self.pos, self.batch_size, c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand],
+            dtype=torch.int64,
+        )
+        return d
+
+    @classmethod
+    def from_state_dict(cls, config: LMNConfig, data: dict[str, Tensor]) -> "LMNState":
+        if "meta" not in data:
+            raise ValueError("not an LMN state: the 'meta' entry is missing")
+        meta = data["meta"].tolist()
+        version, pos, batch_size, *shape = meta
+        if version != cls._VERSION:
+            raise ValueError(f"unsupported LMN state version {version} (expected {cls._VERSION})")
+        want = [config.n_layers, config.n_banks, config.d_model, config.n_heads, config.expand]
+        if shape != want:
+            names = "n_layers, n_banks, d_model, n_heads, expand"
+            raise ValueError(f"state was saved for a model with ({names}) = {shape}, this model has {want}")
+        layers = []
+        for l in range(config.n_layers):
+            nodes = [data[f"layers.{l}.nodes.{i}"] for i in range(n_levels(pos) + 1 if pos else 0)]
+            layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"]))
+        state = cls(config, batch_size, pos, layers)
+        expected = state_nbytes(config, batch_size, pos, state.layers[0].slot_q.element_size())
+        if state.nbytes != expected:
+            raise ValueError(f"corrupt LMN state: {state.nbytes} bytes of tensors, expected {expected}")
+        return state
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state (tensors only) atomically to ``path``."""
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: LMNConfig, map_location=None) -> "LMNState":
+        """Read a state written by :meth:`save` (no pickle code execution)."""
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # truncated or foreign file
+            raise ValueError(f"could not read an LMN state from {os.fspath(path)!r}: {exc}") from exc
+        try:
+            return cls.from_state_dict(config, data)
+        except KeyError as exc:
+            raise ValueError(f"corrupt LMN state in {os.fspath(path)!r}: missing {exc}") from exc
