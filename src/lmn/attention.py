@@ -33,13 +33,19 @@ class SingleVectorAttention(nn.Module):
         self.o = nn.Linear(d, d)
 
     # ------------------------------------------------------------------ helpers
-    def project_nodes(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
-        """Project nodes once: ``(B, n_banks, n, E, d)`` -> q, v ``(B, H, n, n_banks*E, d_head)``."""
-        B, nb, n, e, _ = nodes.shape
+    def _project(self, nodes: Tensor) -> Tensor:
+        # (B, n_banks, n, E, d) -> (B, n_banks, n, E, 2, H, dh): W_q and W_v in one matmul
         w = torch.cat([self.q.weight, self.v.weight], dim=0)
         b = torch.cat([self.q.bias, self.v.bias], dim=0)
-        qv = F.linear(nodes, w, b).view(B, nb, n, e, 2, self.n_heads, self.d_head)
-        qv = qv.permute(4, 0, 5, 2, 1, 3, 6).reshape(2, B, self.n_heads, n, nb * e, self.d_head)
+        B, nb, n, e, _ = nodes.shape
+        return F.linear(nodes, w, b).view(B, nb, n, e, 2, self.n_heads, self.d_head)
+
+    def project_nodes(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """Project nodes once: ``(B, n_banks, n, E, d)`` -> q, v ``(B, H, n, n_banks*E, d_head)``
+        (slot order within a level: bank-major, then the node's set index)."""
+        B, nb, n, e, _ = nodes.shape
+        qv = self._project(nodes).permute(4, 0, 5, 2, 1, 3, 6)
+        qv = qv.reshape(2, B, self.n_heads, n, nb * e, self.d_head)
         return qv[0], qv[1]
 
     # ------------------------------------------------------------------ parallel form
@@ -58,51 +64,58 @@ class SingleVectorAttention(nn.Module):
         one (t' = t + 1, a dummy at t' = 0), the 2**i positions reading node j form the
         aligned block ``j + 1`` of the shifted axis; so each node is projected once and
         broadcast over its block, and no ``(B, T, slots, d)`` tensor is ever formed:
-        memory is O(T * (d + H * slots)).
+        memory is O(T * (d + H * slots)). Tensors are kept "time-last" (``(B, H, dh, T)``)
+        so that every broadcast multiply and reduction runs over a contiguous time axis;
+        on CPU this beats batched matmuls of 2x8 @ 8x2 blocks by ~2x.
         """
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
         L = len(levels)
-        block = 1 << L
-        Tp = -(-(T + 1) // block) * block  # shifted length, padded to whole top-level blocks
+        Tp = -(-(T + 1) // (1 << L)) * (1 << L)  # shifted length, padded to whole top-level blocks
+        pad = (1, Tp - T - 1)
 
-        q = self.q(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
-        k = self.k(x).view(B, T, H, dh).transpose(1, 2)
-        v = self.v(x).view(B, T, H, dh).transpose(1, 2)
-        k_pad = F.pad(k, (0, 0, 1, Tp - T - 1))  # (B, H, Tp, dh), row t' holds k_{t'-1}
+        q = self.q(x).view(B, T, H, dh)
+        k = self.k(x).view(B, T, H, dh)
+        v = self.v(x).view(B, T, H, dh)
+        k_t = F.pad(k.permute(0, 2, 3, 1), pad)  # (B, H, dh, Tp): column t' holds k_{t'-1}
 
-        scores = [F.pad((q * k).sum(-1), (1, Tp - T - 1)).unsqueeze(-1)]  # slot 0: (B, H, Tp, 1)
-        values, thresholds = [], [0]
+        scores = [F.pad((q * k).sum(-1).transpose(1, 2), pad)]  # slot 0, (B, H, Tp)
+        thresholds = [0]
+        values = []  # per level: (B, H, G, dh, m, 1)
         cache_q, cache_v = [], []
         for i, nodes in enumerate(levels, start=1):
             n, m, r = nodes.shape[2], Tp >> i, 1 << i
-            qn, vn = self.project_nodes(nodes)  # (B, H, n, G, dh)
+            B_, nb, _, e, _ = nodes.shape
+            qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
+            qv = qv.reshape(2, B, H, nb * e, dh, n)
             if return_cache:
-                cache_q.append(qn[:, :, -1])
-                cache_v.append(vn[:, :, -1])
-            # block m' of the shifted axis reads node m' - 1: pad one empty node in front
-            qn = F.pad(qn, (0, 0, 0, 0, 1, m - 1 - n))  # (B, H, m, G, dh)
-            vn = F.pad(vn, (0, 0, 0, 0, 1, m - 1 - n))
-            s = torch.matmul(k_pad.view(B, H, m, r, dh), qn.transpose(-1, -2))  # (B, H, m, r, G)
-            scores.append(s.reshape(B, H, Tp, -1))
-            values.append(vn)
-            thresholds += [r] * qn.shape[3]
+                cache_q.append(qv[0, ..., -1])
+                cache_v.append(qv[1, ..., -1])
+            # block m' of the shifted axis reads node m' - 1: one empty node in front
+            qv = F.pad(qv, (1, m - 1 - n)).unsqueeze(-1)  # (2, B, H, G, dh, m, 1)
+            k_blocks = k_t.view(B, H, dh, m, r)
+            for g in range(nb * e):
+                scores.append((k_blocks * qv[0, :, :, g]).sum(2).view(B, H, Tp))
+            values.append(qv[1])
+            thresholds += [r] * (nb * e)
 
-        scores = torch.cat(scores, dim=-1) * self.scale  # (B, H, Tp, S)
+        scores = torch.stack(scores, dim=2) * self.scale  # (B, H, S, Tp)
         # presence by position only: a level-i slot exists for t' = t + 1 >= 2**i
         need = torch.tensor(thresholds, device=x.device)
-        present = torch.arange(Tp, device=x.device)[:, None] >= need[None, :]  # (Tp, S)
-        probs = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=-1)
+        present = torch.arange(Tp, device=x.device)[None, :] >= need[:, None]  # (S, Tp)
+        probs = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=2)
+        p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
 
-        out = probs[:, :, 1 : T + 1, 0:1] * v  # (B, H, T, dh)
-        offset = 1
+        acc = x.new_zeros(B, H, dh, Tp)
+        s = 0
         for i, vn in enumerate(values, start=1):
-            m, r, g = vn.shape[2], 1 << i, vn.shape[3]
-            p = probs[..., offset : offset + g].reshape(B, H, m, r, g)
-            o = torch.matmul(p, vn).reshape(B, H, Tp, dh)  # (B, H, Tp, dh)
-            out = out + o[:, :, 1 : T + 1]
-            offset += g
-        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+            m, r = Tp >> i, 1 << i
+            acc = acc.view(B, H, dh, m, r)
+            for g in range(vn.shape[2]):
+                acc = torch.addcmul(acc, p_mem[s].view(B, H, 1, m, r), vn[:, :, g])
+                s += 1
+        acc = acc.view(B, H, dh, Tp)[..., 1 : T + 1] + p_self[:, :, None, 1 : T + 1] * v.permute(0, 2, 3, 1)
+        out = self.o(acc.permute(0, 3, 1, 2).reshape(B, T, H * dh))
         cache = None
         if return_cache:
             empty = x.new_zeros(B, H, 0, dh)

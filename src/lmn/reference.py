@@ -52,14 +52,11 @@ def reference_forward(model: LMN, idx: Tensor) -> Tensor:
         attn = block.attn
         outs = []
         for t in range(T):
-            slots = [x[:, t]]  # slot 0: the token itself
+            slots = [x[:, t, None]]  # slot 0: the token itself
             for i in range(1, (t + 1).bit_length()):  # i = 1 .. floor(log2(t+1))
                 j = (t + 1) // 2**i - 1  # latest completed block of 2**i tokens
-                n = node(i, j)
-                for b in range(nb):
-                    for e in range(n.shape[2]):
-                        slots.append(n[:, b, e])
-            S = torch.stack(slots, dim=1)  # (B, n_slots, d)
+                slots.append(node(i, j).flatten(1, 2))  # every bank, every vector of the set
+            S = torch.cat(slots, dim=1)  # (B, n_slots, d)
             q = F.linear(S, attn.q.weight, attn.q.bias)  # slots -> W_q
             v = F.linear(S, attn.v.weight, attn.v.bias)
             k = F.linear(x[:, t], attn.k.weight, attn.k.bias)  # token -> W_k

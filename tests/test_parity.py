@@ -1,0 +1,132 @@
+"""Parallel == reference == step-by-step == prefill + steps, outputs and gradients.
+
+One model definition, four ways of running it. Tolerance: 1e-5 absolute on logits in
+float32 at every position (logits are O(1) here), printed on failure.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from lmn import LMN, LMNConfig, reference_forward
+from tests.conftest import max_abs_diff
+
+TOL = 1e-5
+LENGTHS = [1, 2, 3, 7, 8, 9, 31, 32, 33, 100, 257, 1025]
+T_MAX = max(LENGTHS)
+
+CONFIGS = [
+    dict(summarizer=s, n_banks=nb, expand=k, pos_encoding=pe)
+    for s, nb, k, pe in itertools.product(["linear", "conv", "dwsep"], [1, 3], [0, 2], ["none", "sinusoidal"])
+]
+
+
+def _ids(c):
+    return f"{c['summarizer']}-banks{c['n_banks']}-expand{c['expand']}-{c['pos_encoding']}"
+
+
+def small_model(**kw) -> LMN:
+    cfg = LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, ff_mult=2, **kw)
+    model = LMN(cfg).eval()
+    randomize_(model)
+    return model
+
+
+def randomize_(model: LMN, gain: float = 0.8) -> None:
+    """Well-conditioned random weights with *every* parameter non-trivial.
+
+    The paper's summarizer init (x0.1) makes deep nodes vanish, which would let a wrong
+    tree index slip under the tolerance; weights much larger than 1/sqrt(fan_in) blow up
+    deep nodes (1.7**10 at level 10) and float32 itself loses 1e-4. So: summarizer and
+    expander weights ~ gain/sqrt(fan_in), norm weights 1 + 0.1*noise, biases 0.1*noise.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "memory" in name and p.dim() >= 2:
+                if name.endswith("summarizer.weight"):  # (nb, 2d, d), used as x @ W
+                    fan_in = p.shape[1]
+                elif "expander" in name:  # (d_in, d_out, 1+k)
+                    fan_in = p.shape[0] * p.shape[2]
+                else:  # Conv1d (out, in/groups, kernel)
+                    fan_in = p.shape[1] * p.shape[2]
+                p.normal_(0.0, gain / fan_in**0.5)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.dim() == 1 or "bias" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+
+
+def _check(name, got, want, tol=TOL):
+    diff = max_abs_diff(got, want)
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert diff <= tol, f"{name}: max |diff| = {diff:.3e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=_ids)
+def test_all_forms_agree(kw):
+    model = small_model(**kw)
+    idx = torch.randint(0, 11, (2, T_MAX))
+    with torch.no_grad():
+        ref = reference_forward(model, idx)  # causal: its prefixes are the shorter sequences
+
+        state = model.init_state(2)
+        steps = torch.stack([model.step(idx[:, t], state)[0] for t in range(T_MAX)], dim=1)
+        _check("step-by-step vs reference", steps, ref)
+
+        for T in LENGTHS:
+            par = model(idx[:, :T])
+            _check(f"parallel T={T} vs reference", par, ref[:, :T])
+            logits, st = model(idx[:, :T], return_state=True)
+            _check(f"prefill T={T} logits", logits, ref[:, :T])
+            assert st.pos == T
+            for t in range(T, min(T + 3, T_MAX)):  # continue the stream from the prefill
+                out, st = model.step(idx[:, t], st)
+                _check(f"prefill T={T} then step at t={t}", out, ref[:, t])
+
+
+@pytest.mark.parametrize("kw", [c for c in CONFIGS if c["pos_encoding"] == "none"], ids=_ids)
+@pytest.mark.parametrize("T", [33, 100])
+def test_gradients_match_reference(kw, T):
+    model = small_model(**kw)
+    idx = torch.randint(0, 11, (2, T))
+    target = torch.randn(2, T, 11)
+
+    def grads(fn):
+        model.zero_grad()
+        (fn(model, idx) * target).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    g_par = grads(lambda m, i: m(i))
+    g_ref = grads(reference_forward)
+    for name in g_ref:
+        scale = max(1.0, g_ref[name].abs().max().item())
+        _check(f"grad {name}", g_par[name] / scale, g_ref[name] / scale, tol=1e-5)
+
+
+def test_paper_model_parity_and_long_prefill():
+    """The paper's configuration itself, with a prefill in the middle of a long stream."""
+    model = LMN(LMNConfig()).eval()
+    idx = torch.randint(0, 65, (3, 300))
+    with torch.no_grad():
+        ref = reference_forward(model, idx)
+        _check("paper parallel", model(idx), ref)
+        logits, st = model(idx[:, :77], return_state=True)
+        outs = [model.step(idx[:, t], st)[0] for t in range(77, 300)]
+        _check("paper prefill(77) + 223 steps", torch.stack(outs, 1), ref[:, 77:])
+
+
+def test_batch_rows_are_independent():
+    model = small_model(summarizer="conv", n_banks=3)
+    idx = torch.randint(0, 11, (4, 50))
+    with torch.no_grad():
+        full = model(idx)
+        for b in range(4):
+            _check(f"row {b} alone", model(idx[b : b + 1]), full[b : b + 1])
+
+
+def test_float64_agrees_tightly():
+    model = small_model(summarizer="linear", n_banks=3, expand=2).double()
+    idx = torch.randint(0, 11, (2, 70))
+    with torch.no_grad():
+        _check("float64 parallel", model(idx), reference_forward(model, idx), tol=1e-11)
