@@ -77,6 +77,10 @@ def test_all_forms_agree(kw):
         for T in LENGTHS:
             par = model(idx[:, :T])
             _check(f"parallel T={T} vs reference", par, ref[:, :T])
+            if T > 8:  # several attention chunks, the last one partial
+                model.config.chunk_size = 8
+                _check(f"parallel T={T} in chunks of 8", model(idx[:, :T]), ref[:, :T])
+                model.config.chunk_size = 4096
             logits, st = model(idx[:, :T], return_state=True)
             _check(f"prefill T={T} logits", logits, ref[:, :T])
             assert st.pos == T
@@ -130,3 +134,19 @@ def test_float64_agrees_tightly():
     idx = torch.randint(0, 11, (2, 70))
     with torch.no_grad():
         _check("float64 parallel", model(idx), reference_forward(model, idx), tol=1e-11)
+
+
+@pytest.mark.parametrize("summarizer", ["linear", "conv"])
+def test_chunked_gradients_match_reference(summarizer):
+    model = small_model(summarizer=summarizer, n_banks=3, expand=2)
+    model.config.chunk_size = 16
+    idx = torch.randint(0, 11, (2, 77))
+    target = torch.randn(2, 77, 11)
+    model.zero_grad()
+    (model(idx) * target).sum().backward()
+    g_par = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    (reference_forward(model, idx) * target).sum().backward()
+    for name, p in model.named_parameters():
+        scale = max(1.0, p.grad.abs().max().item())
+        _check(f"chunked grad {name}", g_par[name] / scale, p.grad / scale)

@@ -49,73 +49,62 @@ class SingleVectorAttention(nn.Module):
         return qv[0], qv[1]
 
     # ------------------------------------------------------------------ parallel form
-    def forward(self, x: Tensor, levels: list[Tensor], return_cache: bool = False):
+    def forward(self, x: Tensor, levels: list[Tensor], return_cache: bool = False, chunk: int = 4096):
         """Parallel form.
 
         Args:
-            x: ``(B, T, d)`` normalised input (slot 0 and the query side).
+            x: ``(B, T, d)`` normalised input (slot 0 and the key side).
             levels: ``[N_1, ..., N_L]`` from :meth:`lmn.memory.LogMemory.build`.
+            return_cache: also return the projected q/v of the *last* node of every level,
+                ``(B, H, slots, d_head)`` each, for the streaming state.
+            chunk: positions processed at once (a power of two); bounds the temporaries.
         Returns:
-            ``(out, cache)``: ``out (B, T, d)``; ``cache`` is ``None`` or, when
-            ``return_cache``, the projected q/v of the *last* node of every level
-            (``(B, H, slots, d_head)`` each) for the streaming state.
+            ``(out (B, T, d), cache or None)``.
 
-        Position t reads node ``j = (t+1) // 2**i - 1`` at level i. Shifting positions by
-        one (t' = t + 1, a dummy at t' = 0), the 2**i positions reading node j form the
-        aligned block ``j + 1`` of the shifted axis; so each node is projected once and
-        broadcast over its block, and no ``(B, T, slots, d)`` tensor is ever formed:
-        memory is O(T * (d + H * slots)). Tensors are kept "time-last" (``(B, H, dh, T)``)
-        so that every broadcast multiply and reduction runs over a contiguous time axis;
-        on CPU this beats batched matmuls of 2x8 @ 8x2 blocks by ~2x.
+        Work on the shifted axis u = t + 1 in [0, T] (u = 0 is a dummy). Position t reads
+        node ``j = u // 2**i - 1`` at level i, so the 2**i positions reading node j form
+        the aligned block ``j + 1`` of the u axis: every node is projected once and
+        broadcast over its block, and no ``(B, T, slots, d)`` tensor is ever formed.
+        Memory is O(T * d) for the sequence plus O(chunk * H * slots) for the scores.
+        Tensors are kept time-last (``(B, H, dh, u)``) so that every broadcast multiply
+        and reduction runs over a contiguous time axis.
         """
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
-        L = len(levels)
-        Tp = -(-(T + 1) // (1 << L)) * (1 << L)  # shifted length, padded to whole top-level blocks
-        pad = (1, Tp - T - 1)
-
+        if chunk < 1 or chunk & (chunk - 1):
+            raise ValueError(f"chunk must be a power of two, got {chunk}")
+        # columns past u = T only exist so that the last partial block of a level can be
+        # viewed as a whole block; their results are dropped
+        Tp = -(-(T + 1) // chunk) * chunk if T + 1 > chunk else max(
+            [((T >> i) + 1) << i for i in range(1, len(levels) + 1)], default=T + 1
+        )
         q = self.q(x).view(B, T, H, dh)
-        k = self.k(x).view(B, T, H, dh)
-        v = self.v(x).view(B, T, H, dh)
-        k_t = F.pad(k.permute(0, 2, 3, 1), pad)  # (B, H, dh, Tp): column t' holds k_{t'-1}
+        k = self.k(x).view(B, T, H, dh) * self.scale  # fold 1/sqrt(d_head) into the key
+        s_self = F.pad((q * k).sum(-1).transpose(1, 2), (1, 0))  # slot 0 scores, (B, H, T+1)
+        del q  # (the dels keep no-grad inference memory low; autograd keeps what it needs)
+        k_t = F.pad(k.permute(0, 2, 3, 1), (1, Tp - T - 1))  # (B, H, dh, Tp), column u: k_{u-1}
+        del k
+        v_t = F.pad(self.v(x).view(B, T, H, dh).permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
 
-        scores = [F.pad((q * k).sum(-1).transpose(1, 2), pad)]  # slot 0, (B, H, Tp)
-        thresholds = [0]
-        values = []  # per level: (B, H, G, dh, m, 1)
+        nodes_qv = []  # per level: (2, B, H, G, dh, n+1); entry m' is node m'-1 (0: empty)
         cache_q, cache_v = [], []
-        for i, nodes in enumerate(levels, start=1):
-            n, m, r = nodes.shape[2], Tp >> i, 1 << i
-            B_, nb, _, e, _ = nodes.shape
+        for nodes in levels:
+            _, nb, n, e, _ = nodes.shape
             qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
-            qv = qv.reshape(2, B, H, nb * e, dh, n)
+            padded = qv.new_zeros(2, B, H, nb * e, dh, n + 1)
+            padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
+            del qv
             if return_cache:
-                cache_q.append(qv[0, ..., -1])
-                cache_v.append(qv[1, ..., -1])
-            # block m' of the shifted axis reads node m' - 1: one empty node in front
-            qv = F.pad(qv, (1, m - 1 - n)).unsqueeze(-1)  # (2, B, H, G, dh, m, 1)
-            k_blocks = k_t.view(B, H, dh, m, r)
-            for g in range(nb * e):
-                scores.append((k_blocks * qv[0, :, :, g]).sum(2).view(B, H, Tp))
-            values.append(qv[1])
-            thresholds += [r] * (nb * e)
+                cache_q.append(padded[0, ..., -1])
+                cache_v.append(padded[1, ..., -1])
+            nodes_qv.append(padded)
 
-        scores = torch.stack(scores, dim=2) * self.scale  # (B, H, S, Tp)
-        # presence by position only: a level-i slot exists for t' = t + 1 >= 2**i
-        need = torch.tensor(thresholds, device=x.device)
-        present = torch.arange(Tp, device=x.device)[None, :] >= need[:, None]  # (S, Tp)
-        probs = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=2)
-        p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
-
-        acc = x.new_zeros(B, H, dh, Tp)
-        s = 0
-        for i, vn in enumerate(values, start=1):
-            m, r = Tp >> i, 1 << i
-            acc = acc.view(B, H, dh, m, r)
-            for g in range(vn.shape[2]):
-                acc = torch.addcmul(acc, p_mem[s].view(B, H, 1, m, r), vn[:, :, g])
-                s += 1
-        acc = acc.view(B, H, dh, Tp)[..., 1 : T + 1] + p_self[:, :, None, 1 : T + 1] * v.permute(0, 2, 3, 1)
-        out = self.o(acc.permute(0, 3, 1, 2).reshape(B, T, H * dh))
+        outs = [
+            self._attend_chunk(u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv)
+            for u0 in range(0, T + 1, chunk)
+        ]
+        out = torch.cat(outs, dim=-1)[..., 1:] if len(outs) > 1 else outs[0][..., 1:]  # (B, H, dh, T)
+        out = self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
         cache = None
         if return_cache:
             empty = x.new_zeros(B, H, 0, dh)
@@ -124,6 +113,47 @@ class SingleVectorAttention(nn.Module):
                 torch.cat(cache_v, dim=2) if cache_v else empty,
             )
         return out, cache
+
+    def _attend_chunk(self, u0, u1, chunk, k_t, v_t, s_self, nodes_qv) -> Tensor:
+        """Attention output for shifted positions ``u0 <= u < u1``: ``(B, H, dh, u1 - u0)``.
+        ``u0`` is a multiple of ``chunk``, so every level's blocks align with the chunk."""
+        B, H, dh, _ = k_t.shape
+        width = u1 - u0
+        scores, thresholds, blocks = [s_self[..., u0:u1]], [0], []
+        for i, qv in enumerate(nodes_qv, start=1):
+            r = 1 << i
+            r_c = min(r, chunk)  # a block longer than the chunk: one node for the whole chunk
+            nblk = -(-width // r_c)
+            cols = nblk * r_c
+            first = u0 >> i  # block (of the u axis) containing u0
+            qn = qv[0, ..., first : first + nblk].unsqueeze(-1)  # (B, H, G, dh, nblk, 1)
+            k_blocks = k_t[..., u0 : u0 + cols].view(B, H, dh, nblk, r_c)
+            for g in range(qn.shape[2]):
+                s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
+                scores.append(s.view(B, H, cols)[..., :width])
+            blocks.append((r_c, nblk, qv[1, ..., first : first + nblk].unsqueeze(-1)))
+            thresholds += [r] * qn.shape[2]
+
+        scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
+        del scores
+        # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
+        need = torch.tensor(thresholds, device=k_t.device)
+        absent = torch.arange(u0, u1, device=k_t.device)[None, :] < need[:, None]  # (S, width)
+        probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
+        del scores_t
+        p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
+
+        out = p_self[:, :, None] * v_t[..., u0:u1]  # (B, H, dh, width)
+        s = 0
+        for r_c, nblk, vn in blocks:
+            cols = nblk * r_c
+            acc = None
+            for g in range(vn.shape[2]):
+                p = F.pad(p_mem[s], (0, cols - width)).view(B, H, 1, nblk, r_c)
+                acc = p * vn[:, :, g] if acc is None else torch.addcmul(acc, p, vn[:, :, g])
+                s += 1
+            out = out + acc.view(B, H, dh, cols)[..., :width]
+        return out
 
     # ------------------------------------------------------------------ streaming form
     def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor) -> Tensor:
@@ -139,3 +169,4 @@ class SingleVectorAttention(nn.Module):
         probs = torch.softmax(torch.cat([s_self, s_mem], dim=-1) * self.scale, dim=-1)
         out = probs[..., :1, None] * v + torch.matmul(probs[..., None, 1:], slot_v)
         return self.o(out.reshape(B, H * dh))
+

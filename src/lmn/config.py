@@ -36,6 +36,8 @@ class LMNConfig:
             the token embedding).
         norm_eps: epsilon of the RMSNorm/LayerNorm layers; ``None`` uses torch's default
             (machine epsilon of the dtype for RMSNorm, 1e-5 for LayerNorm).
+        chunk_size: positions the parallel form attends at once (a power of two). A
+            memory/speed knob only: results do not depend on it.
     """
 
     vocab_size: int = 65
@@ -48,6 +50,7 @@ class LMNConfig:
     ff_mult: int = 4
     pos_encoding: str = "none"
     norm_eps: float | None = None
+    chunk_size: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
@@ -68,6 +71,13 @@ class LMNConfig:
             raise ValueError(
                 f"LMNConfig.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}"
             )
+        if (
+            isinstance(self.chunk_size, bool)
+            or not isinstance(self.chunk_size, int)
+            or self.chunk_size < 1
+            or self.chunk_size & (self.chunk_size - 1)
+        ):
+            raise ValueError(f"LMNConfig.chunk_size must be a power of two >= 1, got {self.chunk_size!r}")
         if self.norm_eps is not None and not (self.norm_eps > 0):
             raise ValueError(f"LMNConfig.norm_eps must be > 0 or None, got {self.norm_eps!r}")
 
@@ -87,6 +97,12 @@ class LMNConfig:
         """Number of attended slots at 0-based position ``t`` (slot 0 = the token itself)."""
         levels = (t + 1).bit_length() - 1
         return 1 + sum(self.slots_per_level(i) for i in range(1, levels + 1))
+
+    def architecture(self) -> dict:
+        """The fields that define the function (everything but runtime knobs)."""
+        d = asdict(self)
+        d.pop("chunk_size")
+        return d
 
     def to_dict(self) -> dict:
         return asdict(self)

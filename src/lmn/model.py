@@ -43,7 +43,8 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(config.ff_mult * config.d_model, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.up(x)))
+        # in place when nothing is recorded for backward: saves a (T, ff_mult*d) buffer
+        return self.down(F.silu(self.up(x), inplace=not torch.is_grad_enabled()))
 
 
 class LMNBlock(nn.Module):
@@ -55,11 +56,11 @@ class LMNBlock(nn.Module):
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.ff = FeedForward(config)
 
-    def forward(self, h: Tensor, return_state: bool = False):
+    def forward(self, h: Tensor, return_state: bool = False, chunk: int = 4096):
         """``h: (B, T, d)`` -> ``(h, layer_state or None)``."""
         x = self.norm1(h)
         levels = self.memory.build(x)
-        a, cache = self.attn(x, levels, return_cache=return_state)
+        a, cache = self.attn(x, levels, return_cache=return_state, chunk=chunk)
         h = h + a
         h = h + self.ff(self.norm2(h))
         layer_state = None
@@ -152,7 +153,7 @@ class LMN(nn.Module):
         h = self._embed(idx, torch.arange(T, device=idx.device))
         layers = []
         for block in self.blocks:
-            h, layer_state = block(h, return_state=return_state)
+            h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
             layers.append(layer_state)
         logits = self.head(self.ln_f(h))
         if not return_state:
@@ -200,7 +201,7 @@ class LMN(nn.Module):
             raise ValueError(
                 f"tokens has batch size {tokens.shape[0]} but the state was made for batch size {state.batch_size}"
             )
-        if state.config != self.config:
+        if state.config.architecture() != self.config.architecture():
             raise ValueError("state belongs to a model with a different configuration")
         if state.device != tokens.device:
             raise ValueError(f"state is on {state.device} but tokens are on {tokens.device}; use state.to(device)")

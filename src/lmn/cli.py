@@ -1,0 +1,272 @@
+"""The ``lmn`` command line.
+
+    lmn train --preset paper-lmn --seed 1337 --out runs/lmn-s1337
+    lmn train --out runs/lmn-s1337 --resume
+    lmn generate --checkpoint runs/lmn-s1337 --prompt "ROMEO:" --tokens 500
+    lmn plot runs/lmn-s1337 runs/gpt2-s1337 -o curves.png
+
+Each subcommand is one ``_add_<name>_parser(sub)`` function that registers its flags
+and the function that runs it; add a subcommand by writing one and listing it in
+``SUBCOMMANDS``. Bad input ends with one line on stderr and exit status 2 (1 for an
+unexpected failure; set LMN_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input found by a subcommand: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage block) like every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- train
+def _parse_value(text: str):
+    """``--model-opt`` values: JSON literals (``64``, ``1e-5``, ``null``, ``true``), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _model_opt(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _parse_value(value)
+
+
+# TrainConfig fields that get a flag spelled differently from --field-name.
+_FLAG_NAMES = {"out_dir": ("--out", "--out-dir")}
+_NO_FLAG = {"model_config"}  # set with --model-opt KEY=VALUE
+
+
+def _add_train_parser(sub) -> None:
+    from .train import PRESETS, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train LMN or a baseline (paper protocol by default)",
+        description="Train a model. Start from --preset, then override any field with its flag. "
+        "The resolved config is written to RUN/config.json.",
+    )
+    p.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (default paper-lmn)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="start over in a non-empty --out (deletes its run files)")
+    p.add_argument(
+        "--model-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
+        help="override a field of the model's config, e.g. --model-opt d_model=64 (repeatable)",
+    )
+    for f in fields(TrainConfig):
+        if f.name in _NO_FLAG:
+            continue
+        names = _FLAG_NAMES.get(f.name, ("--" + f.name.replace("_", "-"),))
+        helptext = f"{f.metadata['help']} (default {f.default!r} unless the preset sets it)"
+        if f.type in ("bool", bool):
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            p.add_argument(*names, dest=f.name, type=kind, default=None, help=helptext)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .train import PRESETS, TrainConfig, preset_config, saved_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in _NO_FLAG and getattr(args, f.name) is not None}
+    model_opts = dict(args.model_opt)
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    preset = args.preset
+    if args.resume and preset is None:
+        # Continue from the run's own config; flags given now still apply (and are checked).
+        if "out_dir" not in overrides:
+            raise UsageError("--resume needs --out RUN")
+        saved = saved_config(overrides["out_dir"])
+        cfg_dict = {**saved["train"], **overrides}
+        cfg_dict["model_config"] = {**saved["train"].get("model_config", {}), **model_opts}
+        cfg = TrainConfig.from_dict(cfg_dict)
+        preset = saved.get("preset")
+    else:
+        preset = preset or "paper-lmn"
+        cfg = preset_config(preset, model_config=model_opts, **overrides)
+    summary = train(cfg, resume=args.resume, force=args.force, preset=preset)
+    if summary.get("whole_val_loss") is not None:
+        print(f"{cfg.out_dir}: final val {summary['final_val_loss']:.4f} | whole val {summary['whole_val_loss']:.4f} "
+              f"nats ({summary['whole_val_bits_per_char']:.4f} bits/char)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- generate
+def _add_generate_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="stream text from a trained LMN run",
+        description="Prefill the prompt, then sample with LMN's streaming state (constant-size memory).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by lmn train")
+    p.add_argument("--prompt", default="\n", help="text to continue; every character must be in the run's vocabulary "
+                   "(default: a newline)")
+    p.add_argument("--tokens", type=int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: nondeterministic)")
+    p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    import torch
+
+    from .train import load_run
+
+    if args.tokens < 0:
+        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
+    if not args.temperature >= 0 or args.temperature == float("inf"):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not args.prompt:
+        raise UsageError("--prompt is empty; give at least one character")
+    model, tokenizer, doc = load_run(args.checkpoint, device=args.device)
+    kind = doc["train"]["model"]
+    if kind != "lmn":
+        raise UsageError(f"{args.checkpoint} is a {kind!r} run; generate streams from LMN runs only")
+    if args.top_k is not None and not 1 <= args.top_k:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    unknown = tokenizer.unknown_chars(args.prompt)
+    if unknown:
+        raise UsageError(
+            f"the prompt has character(s) outside the vocabulary of {args.checkpoint}: "
+            f"{', '.join(repr(c) for c in unknown)}"
+        )
+    idx = tokenizer.encode(args.prompt)[None].to(args.device)  # (1, T)
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    out = sys.stdout
+    out.write(args.prompt)
+    for tok in model.generate_stream(idx, args.tokens, args.temperature, args.top_k, generator):
+        out.write(tokenizer.decode(tok))
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- plot
+def _add_plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="draw train/validation loss curves of runs into one PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by lmn train")
+    p.add_argument("-o", "--output", default="loss_curves.png", help="PNG to write (default loss_curves.png)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--title", default="Training curves", help="figure title")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args) -> int:
+    from .train import read_metrics
+
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"--output must be a .png file, got {args.output!r}")
+    if output.exists() and not args.force:
+        raise UsageError(f"{output} exists; pass --force to overwrite it")
+    curves = []
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise UsageError(f"run directory {run} does not exist")
+        evals = [r for r in read_metrics(run) if r.get("type") == "eval"]
+        if not evals:
+            raise UsageError(f"{run} has no evaluation records yet")
+        curves.append((Path(run).name, evals))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, evals) in enumerate(curves):
+        color = f"C{i % 10}"
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r["val_loss"] for r in evals], color=color, label=f"{name} val")
+        ax.plot(steps, [r["train_loss"] for r in evals], color=color, linestyle="--", alpha=0.7, label=f"{name} train")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    ax.set_title(args.title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    print(output)
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+# Subcommand registrars, in --help order. A `bench` subcommand goes here as
+# `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
+SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmn", description="Logarithmic Memory Networks: train, sample, plot.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import CorpusError
+    from .train import CheckpointError
+
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, CorpusError, CheckpointError, FileNotFoundError) as err:
+        _fail(args.command, err, EXIT_USAGE)
+    except KeyboardInterrupt:
+        print(f"lmn {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `lmn generate ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:
+        _fail(args.command, err, EXIT_FAILURE)
+
+
+def _fail(command: str, err: Exception, status: int):
+    if os.environ.get("LMN_DEBUG"):
+        raise err
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if status == EXIT_FAILURE:
+        message = f"{type(err).__name__}: {message}"
+    print(f"lmn {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
