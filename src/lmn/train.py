@@ -14,10 +14,11 @@ One run = one directory::
 Steps count optimizer updates: the "train" record of step s holds the loss of the batch
 that produced update s; the "eval" record of step s is measured after s updates.
 
-Determinism: weights are initialised after ``torch.manual_seed(seed)``; training and
-evaluation batches come from two ``torch.Generator`` seeded ``seed`` and ``seed + 1``.
-Both generators, the optimizer and the weights are checkpointed, so a resumed run takes
-bit-identical steps (on the same device and thread count).
+Determinism: weights are initialised after ``torch.manual_seed(seed)``; training batches
+come from a ``torch.Generator`` seeded ``seed`` (checkpointed with the optimizer and the
+weights), and the estimate at step s from a generator seeded by ``(seed, s)`` alone --
+fresh random batches at each evaluation, yet independent of where a run was stopped. A
+resumed run therefore takes bit-identical steps (on the same device and thread count).
 
 Data parallel (``torchrun --nproc_per_node N -m lmn.cli train ...``): every rank draws
 the same global batch and keeps its ``batch_size / N`` rows, and DDP averages gradients,
@@ -107,6 +108,8 @@ class TrainConfig:
         _check_int("max_iters", self.max_iters, 0)
         _check_int("threads", self.threads, 0)
         _check_int("seed", self.seed, 0)
+        if self.seed >= 2**31:
+            raise ValueError(f"seed must be < 2**31, got {self.seed}")
         if not 0.0 < self.train_frac < 1.0:
             raise ValueError(f"train_frac must be in (0, 1), got {self.train_frac!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -598,6 +601,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = prepare_run_dir(cfg, resume=resume, force=force)
+    normalize_model_config(cfg.model, {"vocab_size": 1, **cfg.model_config})  # bad options fail before any I/O
 
     # --- data: the vocabulary is every character of the corpus, sorted
     corpus_path, text = load_corpus(cfg.data)
@@ -626,14 +630,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     n_params = num_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_gen = torch.Generator().manual_seed(cfg.seed)
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step, elapsed_before, train_time_before = 0, 0.0, 0.0
     if resume:
         state = load_checkpoint(run_dir, model, cfg.model, cfg.model_config, require_state=True)
         try:
             optimizer.load_state_dict(state["optimizer"])
             train_gen.set_state(state["rng"]["train"])
-            eval_gen.set_state(state["rng"]["eval"])
             torch.set_rng_state(state["rng"]["torch"])
             step = int(state["step"])
             elapsed_before, train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
@@ -683,7 +685,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
             save_checkpoint(run_dir, model, cfg.model, cfg.model_config, {
                 "step": step,
                 "optimizer": optimizer.state_dict(),
-                "rng": {"train": train_gen.get_state(), "eval": eval_gen.get_state(), "torch": torch.get_rng_state()},
+                "rng": {"train": train_gen.get_state(), "torch": torch.get_rng_state()},
                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
                 "train_time_s": train_time_before + train_time,
             })
@@ -700,6 +702,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
             evaluated = last_eval is not None and last_eval["step"] == step
             if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and not evaluated:
                 t0 = time.perf_counter()
+                eval_gen = torch.Generator().manual_seed(_eval_seed(cfg.seed, step))
                 losses = estimate_loss(model, splits, cfg, eval_gen, dist, device, autocast)
                 elapsed = elapsed_before + time.perf_counter() - t_start
                 last_eval = {"type": "eval", "step": step, "train_loss": losses["train"],
@@ -773,6 +776,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
         _atomic_write_text(run_dir / FINAL_FILE, json.dumps(summary, indent=2) + "\n")
     dist.barrier()
     return summary
+
+
+def _eval_seed(seed: int, step: int) -> int:
+    """Seed of the batches of the estimate at ``step``: distinct for every (seed, step)."""
+    return (seed + 1) * 2**32 + step
 
 
 def _last_eval(run_dir: Path, upto: int) -> dict | None:

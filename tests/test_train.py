@@ -1,0 +1,207 @@
+"""`lmn train`, `lmn generate`, `lmn plot`: a smoke run on Tiny Shakespeare, exact resume,
+checkpoint integrity and bad input (one line on stderr, non-zero exit, nothing overwritten)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmn.cli import main
+from lmn.train import CheckpointError, TrainConfig, preset_config, train
+from lmn_testdata import require_shakespeare, small_corpus
+
+TINY = ["--model-opt", "d_model=8", "--model-opt", "n_layers=1", "--model-opt", "n_heads=2",
+        "--block-size", "16", "--batch-size", "4", "--eval-iters", "2", "--no-whole-val"]
+
+
+def run_cli(*argv, capsys=None):
+    """``lmn ARGV`` in-process: ``(exit status, stdout, stderr)``."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return status, out, err
+
+
+def records(run_dir, kind):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def without_timing(recs):
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in recs]
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in Path(run_dir).iterdir()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`lmn train --preset smoke` on the full shared corpus (a few seconds)."""
+    data = require_shakespeare()
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    status = main(["train", "--preset", "smoke", "--data", str(data), "--out", str(out), "--threads", "1"])
+    assert status == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- smoke run
+def test_smoke_run_learns_and_writes_its_run_dir(smoke_run):
+    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "model.safetensors", "trainer_state.pt", "final.json"):
+        assert (smoke_run / name).is_file(), name
+    evals = records(smoke_run, "eval")
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # from ~ln 65 = 4.17
+    assert evals[-1]["train_loss"] < evals[0]["train_loss"] - 0.5
+    config = json.loads((smoke_run / "config.json").read_text())
+    assert config["preset"] == "smoke" and config["corpus"]["vocab_size"] == 65
+    assert config["train"]["model_config"]["vocab_size"] == 65  # fully resolved
+    assert TrainConfig.from_dict(config["train"]).max_iters == 40
+    final = json.loads((smoke_run / "final.json").read_text())
+    assert final["whole_val_tokens"] == config["corpus"]["n_val"] - 1
+    assert final["whole_val_bits_per_char"] == pytest.approx(final["whole_val_loss"] / 0.6931471805599453)
+    assert final["final_val_loss"] == evals[-1]["val_loss"] and final["params"] == config["params"]
+
+
+def test_generate_streams_only_corpus_characters(smoke_run, capsys):
+    status, out, err = run_cli("generate", "--checkpoint", smoke_run, "--prompt", "ROMEO:", "--tokens", 200,
+                               "--seed", 0, "--top-k", 20, capsys=capsys)
+    assert status == 0, err
+    text = out[:-1]  # the final newline is the command's
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 200
+    corpus_chars = set(require_shakespeare().read_text(encoding="utf-8"))
+    assert set(text) <= corpus_chars
+    _, again, _ = run_cli("generate", "--checkpoint", smoke_run, "--prompt", "ROMEO:", "--tokens", 200,
+                          "--seed", 0, "--top-k", 20, capsys=capsys)
+    assert again == out  # seeded
+
+
+def test_generate_rejects_characters_outside_the_vocabulary(smoke_run, capsys):
+    status, out, err = run_cli("generate", "--checkpoint", smoke_run, "--prompt", "ROMEO: ¿qué? 😀", capsys=capsys)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "'¿'" in err and "'é'" in err and "'😀'" in err
+
+
+def test_plot_draws_one_png(smoke_run, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert run_cli("plot", smoke_run, smoke_run, "-o", png, capsys=capsys)[0] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    status, _, err = run_cli("plot", smoke_run, "-o", png, capsys=capsys)
+    assert status == 2 and "--force" in err  # never overwritten silently
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    data = small_corpus(tmp_path)
+    common = ["train", "--data", data, "--eval-interval", 3, "--ckpt-interval", 3, "--log-interval", 1, *TINY]
+    assert run_cli(*common, "--out", tmp_path / "full", "--max-iters", 7)[0] == 0
+    assert run_cli(*common, "--out", tmp_path / "cut", "--max-iters", 4)[0] == 0
+    assert run_cli("train", "--out", tmp_path / "cut", "--resume", "--max-iters", 7)[0] == 0
+    capsys.readouterr()
+    assert without_timing(records(tmp_path / "cut", "train")) == without_timing(records(tmp_path / "full", "train"))
+    # The stopped run also evaluated at its end (step 4); every step both evaluated agrees.
+    cut = {r["step"]: r for r in without_timing(records(tmp_path / "cut", "eval"))}
+    full = {r["step"]: r for r in without_timing(records(tmp_path / "full", "eval"))}
+    assert sorted(full) == [0, 3, 6, 7] and sorted(cut) == [0, 3, 4, 6, 7]
+    assert all(cut[step] == full[step] for step in full)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tiny_run(tmp_path, name="run", **overrides):
+    cfg = preset_config("smoke", data=str(small_corpus(tmp_path)), out_dir=str(tmp_path / name), max_iters=2,
+                        eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
+                        model_config={"d_model": 8, "n_layers": 1}, **overrides)
+    train(cfg, stream=open(os.devnull, "w"))
+    return cfg
+
+
+def test_resume_refuses_another_config(tmp_path, capsys):
+    cfg = _tiny_run(tmp_path)
+    before = snapshot(cfg.out_dir)
+    status, _, err = run_cli("train", "--out", cfg.out_dir, "--resume", "--model-opt", "d_model=16", capsys=capsys)
+    assert status == 2 and "d_model" in err and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli("train", "--out", cfg.out_dir, "--resume", "--lr", "0.1", capsys=capsys)
+    assert status == 2 and "lr" in err
+    assert snapshot(cfg.out_dir) == before
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    cfg = _tiny_run(tmp_path)
+    from lmn.train import build_model, load_checkpoint, resolve_model_config
+
+    vocab_size = json.loads((Path(cfg.out_dir) / "config.json").read_text())["corpus"]["vocab_size"]
+    other = resolve_model_config("lmn", {"d_model": 16, "n_layers": 1}, vocab_size)
+    with pytest.raises(CheckpointError, match="another model config.*d_model"):
+        load_checkpoint(cfg.out_dir, build_model("lmn", other), "lmn", other, require_state=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "flip-model", "truncate-state"])
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, capsys, damage):
+    cfg = _tiny_run(tmp_path)
+    run = Path(cfg.out_dir)
+    target = run / ("trainer_state.pt" if damage.endswith("state") else "model.safetensors")
+    blob = bytearray(target.read_bytes())
+    if damage.startswith("truncate"):
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[-5] ^= 0xFF  # inside a tensor: the header still parses, the sha256 does not match
+    target.write_bytes(bytes(blob))
+    before = snapshot(run)
+    status, _, err = run_cli("train", "--out", run, "--resume", "--max-iters", 4, capsys=capsys)
+    assert status == 2 and ("corrupted" in err or "truncated" in err), err
+    assert len(err.strip().splitlines()) == 1
+    if damage != "truncate-state":
+        status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 5, capsys=capsys)
+        assert status == 2 and ("corrupted" in err or "truncated" in err), err
+    assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_train_input_exits_cleanly(tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("precious")
+    empty, latin1, short = tmp_path / "empty.txt", tmp_path / "latin1.txt", tmp_path / "short.txt"
+    empty.write_bytes(b"")
+    latin1.write_bytes(b"caf\xe9\n" * 100)
+    short.write_text("to be or not to be\n" * 10)
+    out = tmp_path / "new"
+    cases = {
+        "unknown preset": (["--preset", "paper-xl", "--out", out], "unknown preset"),
+        "existing run dir": (["--preset", "smoke", "--out", existing], "--resume"),
+        "empty corpus": (["--preset", "smoke", "--data", empty, "--out", out], "empty"),
+        "non-UTF-8 corpus": (["--preset", "smoke", "--data", latin1, "--out", out], "UTF-8"),
+        "too-short corpus": (["--preset", "smoke", "--data", short, "--out", out], "too short"),
+        "missing corpus": (["--preset", "smoke", "--data", tmp_path / "nope.txt", "--out", out], "no such file"),
+        "resume nothing": (["--out", tmp_path / "none", "--resume"], "not a run directory"),
+        "bad value": (["--preset", "smoke", "--data", short, "--out", out, "--max-iters", "-3"], "max_iters"),
+        "bad model option": (["--preset", "smoke", "--data", short, "--out", out, "--model-opt", "d_modle=8"],
+                             "d_modle"),
+        "bad flag type": (["--preset", "smoke", "--data", short, "--out", out, "--lr", "fast"], "--lr"),
+    }
+    for name, (argv, needle) in cases.items():
+        status, _, err = run_cli("train", *argv, capsys=capsys)
+        assert status == 2, name
+        assert needle in err, (name, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
+    assert not out.exists()
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_console_script_errors_have_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmn.cli", "generate", "--checkpoint", str(tmp_path / "missing")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lmn generate: error:") and "Traceback" not in proc.stderr
