@@ -150,3 +150,26 @@ def test_chunked_gradients_match_reference(summarizer):
     for name, p in model.named_parameters():
         scale = max(1.0, p.grad.abs().max().item())
         _check(f"chunked grad {name}", g_par[name] / scale, p.grad / scale)
+
+
+@pytest.mark.parametrize("kw", CONFIGS[::3], ids=_ids)
+def test_continuing_a_stream_in_parallel_pieces(kw):
+    """model(piece, state=...) and model.prefill(..., max_chunk) continue a stream exactly,
+    whatever the split points (unaligned ones included)."""
+    model = small_model(**kw)
+    idx = torch.randint(0, 11, (2, 300))
+    with torch.no_grad():
+        ref = reference_forward(model, idx)
+        for splits in ([1, 299], [5, 295], [64, 64, 172], [100, 1, 1, 198], [7, 9, 33, 251], [128, 172]):
+            state, outs, t = model.init_state(2), [], 0
+            for n in splits:
+                logits, state = model(idx[:, t : t + n], state=state)
+                outs.append(logits)
+                t += n
+            _check(f"pieces {splits}", torch.cat(outs, dim=1), ref)
+            assert state.pos == 300
+        for max_chunk in (1, 4, 64, None):
+            last, state = model.prefill(idx[:, :250], max_chunk=max_chunk)
+            _check(f"prefill(max_chunk={max_chunk}) last logits", last, ref[:, 249])
+            steps = torch.stack([model.step(idx[:, t], state)[0] for t in range(250, 300)], dim=1)
+            _check(f"prefill(max_chunk={max_chunk}) then steps", steps, ref[:, 250:])

@@ -49,7 +49,14 @@ class SingleVectorAttention(nn.Module):
         return qv[0], qv[1]
 
     # ------------------------------------------------------------------ parallel form
-    def forward(self, x: Tensor, levels: list[Tensor], return_cache: bool = False, chunk: int = 4096):
+    def forward(
+        self,
+        x: Tensor,
+        levels: list[Tensor],
+        return_cache: bool = False,
+        chunk: int = 4096,
+        prefix: tuple[int, list[Tensor], list[Tensor]] | None = None,
+    ):
         """Parallel form.
 
         Args:
@@ -58,6 +65,13 @@ class SingleVectorAttention(nn.Module):
             return_cache: also return the projected q/v of the *last* node of every level,
                 ``(B, H, slots, d_head)`` each, for the streaming state.
             chunk: positions processed at once (a power of two); bounds the temporaries.
+            prefix: continue a stream: ``(c0, q, v)`` where ``c0`` tokens came before ``x``
+                (a multiple of the next power of two >= T) and ``q[i-1]``/``v[i-1]`` are
+                the cached projections ``(B, H, G_i, d_head)`` of the stream's latest
+                level-i node for ``i = 1 .. floor(log2 c0)``. A level-i block of ``x``
+                that starts the sequence then reads that node instead of nothing. Only
+                positions ``0 .. T-2`` are exact: the last one may read nodes that
+                complete with it (the caller recomputes it with :meth:`step`).
         Returns:
             ``(out (B, T, d), cache or None)``.
 
@@ -86,21 +100,29 @@ class SingleVectorAttention(nn.Module):
         del k
         v_t = F.pad(self.v(x).view(B, T, H, dh).permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
 
-        nodes_qv = []  # per level: (2, B, H, G, dh, n+1); entry m' is node m'-1 (0: empty)
+        c0, pre_q, pre_v = prefix if prefix is not None else (0, [], [])
+        nodes_qv = []  # per level: (2, B, H, G, dh, n+1); entry m' is node m'-1 (0: earlier)
         cache_q, cache_v = [], []
-        for nodes in levels:
-            _, nb, n, e, _ = nodes.shape
-            qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
-            padded = qv.new_zeros(2, B, H, nb * e, dh, n + 1)
-            padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
-            del qv
-            if return_cache:
-                cache_q.append(padded[0, ..., -1])
-                cache_v.append(padded[1, ..., -1])
+        for i in range(1, max(len(levels), len(pre_q)) + 1):
+            if i <= len(levels):
+                nodes = levels[i - 1]
+                _, nb, n, e, _ = nodes.shape
+                qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
+                padded = qv.new_zeros(2, B, H, nb * e, dh, n + 1)
+                padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
+                del qv
+                if return_cache:
+                    cache_q.append(padded[0, ..., -1])
+                    cache_v.append(padded[1, ..., -1])
+            else:  # a level above this sequence's tree: only the stream's node exists
+                padded = x.new_zeros(2, B, H, pre_q[i - 1].shape[2], dh, 1)
+            if i <= len(pre_q):  # block 0 reads the latest node of the stream so far
+                padded[0, ..., 0] = pre_q[i - 1]
+                padded[1, ..., 0] = pre_v[i - 1]
             nodes_qv.append(padded)
 
         outs = [
-            self._attend_chunk(u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv)
+            self._attend_chunk(u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv, c0)
             for u0 in range(0, T + 1, chunk)
         ]
         out = torch.cat(outs, dim=-1)[..., 1:] if len(outs) > 1 else outs[0][..., 1:]  # (B, H, dh, T)
@@ -114,7 +136,7 @@ class SingleVectorAttention(nn.Module):
             )
         return out, cache
 
-    def _attend_chunk(self, u0, u1, chunk, k_t, v_t, s_self, nodes_qv) -> Tensor:
+    def _attend_chunk(self, u0, u1, chunk, k_t, v_t, s_self, nodes_qv, c0=0) -> Tensor:
         """Attention output for shifted positions ``u0 <= u < u1``: ``(B, H, dh, u1 - u0)``.
         ``u0`` is a multiple of ``chunk``, so every level's blocks align with the chunk."""
         B, H, dh, _ = k_t.shape
@@ -123,6 +145,8 @@ class SingleVectorAttention(nn.Module):
         for i, qv in enumerate(nodes_qv, start=1):
             r = 1 << i
             r_c = min(r, chunk)  # a block longer than the chunk: one node for the whole chunk
+            if qv.shape[-1] == 1:  # no node of this level inside the sequence: one block
+                r_c = width
             nblk = -(-width // r_c)
             cols = nblk * r_c
             first = u0 >> i  # block (of the u axis) containing u0
@@ -138,7 +162,8 @@ class SingleVectorAttention(nn.Module):
         del scores
         # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
         need = torch.tensor(thresholds, device=k_t.device)
-        absent = torch.arange(u0, u1, device=k_t.device)[None, :] < need[:, None]  # (S, width)
+        u_global = torch.arange(c0 + u0, c0 + u1, device=k_t.device)
+        absent = u_global[None, :] < need[:, None]  # (S, width)
         probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
         del scores_t
         p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill

@@ -71,6 +71,54 @@ class LMNBlock(nn.Module):
             layer_state = LayerState(nodes, cache[0], cache[1])
         return h, layer_state
 
+    def extend(self, h: Tensor, layer: LayerState, c0: int, chunk: int = 4096) -> Tensor:
+        """Continue a stream of ``c0`` tokens with ``h: (B, C, d)`` in one parallel pass
+        (chunked prefill). Requires ``c0 % next_pow2(C) == 0`` so that the new tokens'
+        tree is aligned; updates ``layer`` in place and returns the new ``h``."""
+        x = self.norm1(h)
+        B, C, d = x.shape
+        mem, nb = self.memory, self.memory.n_banks
+        levels = mem.build(x)
+        old_levels = n_levels(c0)
+
+        def slots(q: Tensor, i: int) -> Tensor:  # level i's slots in a (B, H, S, dh) cache
+            start = mem.slot_offset(i)
+            return q[:, :, start : start + nb * (1 + i * mem.expand)]
+
+        pre_q = [slots(layer.slot_q, i) for i in range(1, old_levels + 1)]
+        pre_v = [slots(layer.slot_v, i) for i in range(1, old_levels + 1)]
+        a, (cq, cv) = self.attn(x, levels, return_cache=True, chunk=chunk, prefix=(c0, pre_q, pre_v))
+
+        # the new state: level i <= log2(C) now holds this piece's last node; above, the
+        # binary counter may carry (only when C is a power of two), as in LogMemory.update
+        count = c0 + C
+        nodes = [x[:, -1, None, None, :].expand(B, nb, 1, d).contiguous()]
+        new_q, new_v = [], []
+        for i, lvl in enumerate(levels, start=1):
+            nodes.append(lvl[:, :, -1])
+            new_q.append(slots(cq, i))
+            new_v.append(slots(cv, i))
+        i, carry = len(levels) + 1, nodes[-1]
+        while count % (1 << i) == 0:
+            carry = mem.merge(layer.nodes[i - 1], carry)
+            q, v = self.attn.project_nodes(carry[:, :, None])
+            nodes.append(carry)
+            new_q.append(q[:, :, 0])
+            new_v.append(v[:, :, 0])
+            i += 1
+        for j in range(i, old_levels + 1):  # untouched higher levels
+            nodes.append(layer.nodes[j])
+            new_q.append(pre_q[j - 1])
+            new_v.append(pre_v[j - 1])
+        layer.nodes[:] = nodes
+        layer.slot_q = torch.cat(new_q, dim=2)
+        layer.slot_v = torch.cat(new_v, dim=2)
+
+        # the last position may read nodes completed by itself: redo it as a streaming step
+        a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v)
+        h = h + torch.cat([a[:, :-1], a_last[:, None]], dim=1)
+        return h + self.ff(self.norm2(h))
+
     def step(self, h: Tensor, layer: LayerState, count: int) -> Tensor:
         """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place."""
         x = self.norm1(h)
@@ -130,6 +178,23 @@ class LMN(nn.Module):
             bad = lo if lo < 0 else hi
             raise ValueError(f"{what} contains token id {bad}, outside [0, {V}) (vocab_size={V})")
 
+    def _check_idx(self, idx: Tensor) -> None:
+        if isinstance(idx, Tensor) and idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {idx.dim()}-D shape {tuple(idx.shape)}")
+        self._check_tokens(idx, "idx")
+
+    def _check_state(self, state, batch_size: int, device) -> None:
+        if not isinstance(state, LMNState):
+            raise TypeError(f"state must be an LMNState (from init_state or a prefill), got {type(state).__name__}")
+        if batch_size != state.batch_size:
+            raise ValueError(
+                f"tokens has batch size {batch_size} but the state was made for batch size {state.batch_size}"
+            )
+        if state.config.architecture() != self.config.architecture():
+            raise ValueError("state belongs to a model with a different configuration")
+        if state.device != device:
+            raise ValueError(f"state is on {state.device} but tokens are on {device}; use state.to(device)")
+
     def _embed(self, idx: Tensor, positions: Tensor) -> Tensor:
         h = self.tok_emb(idx)
         if self.config.pos_encoding == "sinusoidal":
@@ -137,18 +202,24 @@ class LMN(nn.Module):
         return h
 
     # ------------------------------------------------------------------ parallel / prefill
-    def forward(self, idx: Tensor, return_state: bool = False):
+    def forward(self, idx: Tensor, return_state: bool = False, state: LMNState | None = None):
         """Parallel form.
 
         Args:
             idx: ``(B, T)`` integer token ids in ``[0, vocab_size)``.
             return_state: also return the streaming state after the last token (prefill).
+            state: continue this stream (updated in place) instead of starting a new one;
+                implies ``return_state``. The new tokens are processed in parallel, in
+                pieces aligned to the stream's position (see :meth:`prefill`).
         Returns:
             logits ``(B, T, vocab_size)``, or ``(logits, state)``.
         """
-        if isinstance(idx, Tensor) and idx.dim() != 2:
-            raise ValueError(f"idx must have shape (batch, time), got {idx.dim()}-D shape {tuple(idx.shape)}")
-        self._check_tokens(idx, "idx")
+        self._check_idx(idx)
+        if state is not None:
+            logits = []
+            for piece in self._pieces(idx, state, max_chunk=None):
+                logits.append(self._extend(piece, state))
+            return torch.cat(logits, dim=1), state
         B, T = idx.shape
         h = self._embed(idx, torch.arange(T, device=idx.device))
         layers = []
@@ -159,6 +230,46 @@ class LMN(nn.Module):
         if not return_state:
             return logits
         return logits, LMNState(self.config, B, T, layers)
+
+    def prefill(self, idx: Tensor, state: LMNState | None = None, max_chunk: int | None = 4096):
+        """Consume a (long) prompt with bounded memory: parallel passes over pieces of at
+        most ``max_chunk`` tokens (a power of two), each continuing the stream.
+
+        Returns ``(logits of the last position (B, vocab_size), state)``. Peak memory
+        depends on ``max_chunk``, not on the prompt length.
+        """
+        self._check_idx(idx)
+        if max_chunk is not None and (max_chunk < 1 or max_chunk & (max_chunk - 1)):
+            raise ValueError(f"max_chunk must be a power of two or None, got {max_chunk!r}")
+        state = self.init_state(idx.shape[0], device=idx.device) if state is None else state
+        for piece in self._pieces(idx, state, max_chunk):
+            last = self._extend(piece, state)[:, -1]
+        return last, state
+
+    def _pieces(self, idx: Tensor, state: LMNState, max_chunk: int | None):
+        self._check_state(state, idx.shape[0], idx.device)
+        t, T = 0, idx.shape[1]
+        while t < T:
+            pos = state.pos  # read afresh: the caller extends the state between pieces
+            n = T - t
+            if pos > 0:
+                n = min(n, pos & -pos)  # keep the piece's tree aligned with the stream's
+            if max_chunk is not None:
+                n = min(n, max_chunk)
+            yield idx[:, t : t + n]
+            t += n
+
+    def _extend(self, piece: Tensor, state: LMNState) -> Tensor:
+        if state.pos == 0:  # a fresh stream: a plain prefill
+            logits, fresh = self(piece, return_state=True)
+            state.layers, state.pos = fresh.layers, fresh.pos
+            return logits
+        c0, C = state.pos, piece.shape[1]
+        h = self._embed(piece, torch.arange(c0, c0 + C, device=piece.device))
+        for block, layer in zip(self.blocks, state.layers):
+            h = block.extend(h, layer, c0, chunk=self.config.chunk_size)
+        state.pos = c0 + C
+        return self.head(self.ln_f(h))
 
     # ------------------------------------------------------------------ streaming
     def init_state(self, batch_size: int, device=None, dtype=None) -> LMNState:
@@ -197,14 +308,7 @@ class LMN(nn.Module):
                 f"step takes one token per sequence, shape (batch,) or (batch, 1); got shape {tuple(tokens.shape)}"
             )
         self._check_tokens(tokens, "tokens")
-        if tokens.shape[0] != state.batch_size:
-            raise ValueError(
-                f"tokens has batch size {tokens.shape[0]} but the state was made for batch size {state.batch_size}"
-            )
-        if state.config.architecture() != self.config.architecture():
-            raise ValueError("state belongs to a model with a different configuration")
-        if state.device != tokens.device:
-            raise ValueError(f"state is on {state.device} but tokens are on {tokens.device}; use state.to(device)")
+        self._check_state(state, tokens.shape[0], tokens.device)
         count = state.pos + 1
         h = self._embed(tokens, torch.full_like(tokens, state.pos))
         for block, layer in zip(self.blocks, state.layers):
