@@ -641,6 +641,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
             elapsed_before, train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"{run_dir / STATE_FILE} is inconsistent with this run ({err})") from None
+        if step > cfg.max_iters:
+            raise ValueError(f"{run_dir} is already at step {step}; --max-iters {cfg.max_iters} cannot go back "
+                             f"(give --max-iters {step} or more)")
 
     last_eval = _last_eval(run_dir, upto=step) if resume else None
 
