@@ -31,12 +31,32 @@ class SingleVectorAttention(nn.Module):
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
         self.o = nn.Linear(d, d)
+        self._fused_cache: dict = {}
 
     # ------------------------------------------------------------------ helpers
+    def _fused(self, which: str) -> tuple[Tensor, Tensor]:
+        """Concatenated weights: ``"qv"`` = [W_q; W_v] (the slot side) or ``"qkv"``.
+
+        Under autograd they are rebuilt on every call (so gradients flow); in inference
+        they are cached and rebuilt only when a parameter changes (tracked by identity and
+        version counter), which saves two ``cat`` per streaming step.
+        """
+        mods = (self.q, self.v) if which == "qv" else (self.q, self.k, self.v)
+        if torch.is_grad_enabled():
+            return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in mods for p in (m.weight, m.bias))
+        cached = self._fused_cache.get(which)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                w = torch.cat([m.weight for m in mods])
+                b = torch.cat([m.bias for m in mods])
+            cached = (key, w, b)
+            self._fused_cache[which] = cached
+        return cached[1], cached[2]
+
     def _project(self, nodes: Tensor) -> Tensor:
         # (B, n_banks, n, E, d) -> (B, n_banks, n, E, 2, H, dh): W_q and W_v in one matmul
-        w = torch.cat([self.q.weight, self.v.weight], dim=0)
-        b = torch.cat([self.q.bias, self.v.bias], dim=0)
+        w, b = self._fused("qv")
         B, nb, n, e, _ = nodes.shape
         return F.linear(nodes, w, b).view(B, nb, n, e, 2, self.n_heads, self.d_head)
 
@@ -186,12 +206,10 @@ class SingleVectorAttention(nn.Module):
         memory nodes ``(B, H, S, d_head)``. Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
-        q = self.q(x).view(B, H, 1, dh)
-        k = self.k(x).view(B, H, dh, 1)
-        v = self.v(x).view(B, H, 1, dh)
-        s_self = torch.matmul(q, k).squeeze(-1)  # (B, H, 1)
-        s_mem = torch.matmul(slot_q, k).squeeze(-1)  # (B, H, S)
-        probs = torch.softmax(torch.cat([s_self, s_mem], dim=-1) * self.scale, dim=-1)
-        out = probs[..., :1, None] * v + torch.matmul(probs[..., None, 1:], slot_v)
-        return self.o(out.reshape(B, H * dh))
-
+        w, b = self._fused("qkv")
+        q, k, v = F.linear(x, w, b).view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
+        # slot 0 (the token itself) joins the cached slots: one matmul for all scores
+        scores = torch.matmul(torch.cat([q, slot_q], dim=2), k.transpose(-1, -2))  # (B, H, 1+S, 1)
+        probs = torch.softmax(scores * self.scale, dim=2)
+        out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
+        return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)

@@ -121,7 +121,7 @@ class LMNBlock(nn.Module):
 
     def step(self, h: Tensor, layer: LayerState, count: int) -> Tensor:
         """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place."""
-        x = self.norm1(h)
+        x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
         changed = self.memory.update(layer.nodes, x, count)
         cached_levels = n_levels(count - 1)  # levels whose slots are already in the cache
         for level, node in changed:
@@ -135,7 +135,10 @@ class LMNBlock(nn.Module):
                 layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
                 layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
         h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
-        return h + self.ff(self.norm2(h))
+        # functional calls: nn.Module.__call__ costs more than these tiny ops themselves
+        y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
+        ff = self.ff
+        return h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
 
 
 class LMN(nn.Module):
@@ -172,7 +175,7 @@ class LMN(nn.Module):
             raise TypeError(f"{what} must hold integer token ids (e.g. torch.long), got dtype {idx.dtype}")
         if idx.numel() == 0:
             raise ValueError(f"{what} is empty (shape {tuple(idx.shape)}); give at least one token")
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         V = self.config.vocab_size
         if lo < 0 or hi >= V:
             bad = lo if lo < 0 else hi
@@ -195,10 +198,13 @@ class LMN(nn.Module):
         if state.device != device:
             raise ValueError(f"state is on {state.device} but tokens are on {device}; use state.to(device)")
 
-    def _embed(self, idx: Tensor, positions: Tensor) -> Tensor:
-        h = self.tok_emb(idx)
+    def _embed(self, idx: Tensor, start: int) -> Tensor:
+        """Token embedding (+ sinusoids for positions ``start, start+1, ...``)."""
+        h = F.embedding(idx, self.tok_emb.weight)
         if self.config.pos_encoding == "sinusoidal":
-            h = h + sinusoidal_encoding(positions, self.config.d_model, h.dtype)
+            T = idx.shape[1] if idx.dim() == 2 else 1
+            pos = torch.arange(start, start + T, device=idx.device)
+            h = h + sinusoidal_encoding(pos if idx.dim() == 2 else pos[0], self.config.d_model, h.dtype)
         return h
 
     # ------------------------------------------------------------------ parallel / prefill
@@ -221,7 +227,7 @@ class LMN(nn.Module):
                 logits.append(self._extend(piece, state))
             return torch.cat(logits, dim=1), state
         B, T = idx.shape
-        h = self._embed(idx, torch.arange(T, device=idx.device))
+        h = self._embed(idx, 0)
         layers = []
         for block in self.blocks:
             h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
@@ -265,7 +271,7 @@ class LMN(nn.Module):
             state.layers, state.pos = fresh.layers, fresh.pos
             return logits
         c0, C = state.pos, piece.shape[1]
-        h = self._embed(piece, torch.arange(c0, c0 + C, device=piece.device))
+        h = self._embed(piece, c0)
         for block, layer in zip(self.blocks, state.layers):
             h = block.extend(h, layer, c0, chunk=self.config.chunk_size)
         state.pos = c0 + C
@@ -310,11 +316,12 @@ class LMN(nn.Module):
         self._check_tokens(tokens, "tokens")
         self._check_state(state, tokens.shape[0], tokens.device)
         count = state.pos + 1
-        h = self._embed(tokens, torch.full_like(tokens, state.pos))
+        h = self._embed(tokens, state.pos)
         for block, layer in zip(self.blocks, state.layers):
             h = block.step(h, layer, count)
         state.pos = count
-        return self.head(self.ln_f(h)), state
+        h = F.layer_norm(h, self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return F.linear(h, self.head.weight, self.head.bias), state
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
