@@ -1,0 +1,43 @@
+"""Table 1 is rendered from its JSON alone; incomplete runs are never averaged in."""
+
+import json
+
+from lmn.results import build_table1, main, render_markdown
+
+
+def _fake_run(root, name, model, seed, val, complete=True):
+    d = root / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "preset": f"paper-{model}", "params": 100,
+        "train": {"model": model, "seed": seed, "max_iters": 50, "eval_iters": 2},
+    }))
+    (d / "metrics.jsonl").write_text(json.dumps({"type": "eval", "step": 40, "train_loss": 2.0, "val_loss": 2.5,
+                                                 "elapsed_s": 9.0}) + "\n")
+    if complete:
+        (d / "final.json").write_text(json.dumps({
+            "step": 50, "final_train_loss": val - 0.1, "final_val_loss": val, "whole_val_loss": val + 0.01,
+            "whole_val_bits_per_char": (val + 0.01) / 0.6931, "wall_time_s": 60.0, "train_time_s": 50.0,
+            "tokens_per_s": 1000.0, "threads": 1, "device": "cpu", "machine": {"cpu": "x"}, "versions": {},
+        }))
+    return d
+
+
+def test_table1_summary_and_markdown(tmp_path):
+    runs = [
+        _fake_run(tmp_path, "lmn-a", "lmn", 1, 1.8),
+        _fake_run(tmp_path, "lmn-b", "lmn", 2, 1.9),
+        _fake_run(tmp_path, "gpt2-a", "gpt2", 1, 2.0),
+        _fake_run(tmp_path, "gpt2-b", "gpt2", 2, 9.9, complete=False),
+    ]
+    table = build_table1(runs)
+    assert abs(table["summary"]["lmn"]["final_val_loss"]["mean"] - 1.85) < 1e-12
+    assert table["summary"]["gpt2"]["final_val_loss"]["n"] == 1  # the unfinished run is not averaged
+    md = render_markdown(json.loads(json.dumps(table)))  # from the JSON alone
+    assert "1.8500 ± 0.0707 (n=2)" in md
+    assert "incomplete (last evaluation at step 40 of 50)" in md
+    assert "1.7742" in md and "1.9704" in md  # the paper's figures sit beside ours
+    out = tmp_path / "t1"
+    assert main(["table1", *map(str, runs), "--out", str(out)]) == 0
+    assert out.with_suffix(".md").read_text() == render_markdown(json.loads(out.with_suffix(".json").read_text()))
+    assert main(["table1", str(tmp_path / "nope"), "--out", str(out)]) == 2
