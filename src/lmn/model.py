@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SingleVectorAttention
 from .config import LMNConfig
@@ -163,6 +164,9 @@ class LMN(nn.Module):
         self.blocks = nn.ModuleList(LMNBlock(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps if config.norm_eps is not None else 1e-5)
         self.head = nn.Linear(config.d_model, config.vocab_size)
+        # Recompute each block in backward instead of keeping its activations: training
+        # memory becomes O(T * d * n_layers) + one block's activations (a runtime knob).
+        self.gradient_checkpointing = False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -230,7 +234,10 @@ class LMN(nn.Module):
         h = self._embed(idx, 0)
         layers = []
         for block in self.blocks:
-            h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
+            if self.gradient_checkpointing and torch.is_grad_enabled() and not return_state:
+                h, layer_state = checkpoint(block, h, False, self.config.chunk_size, use_reentrant=False)
+            else:
+                h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
             layers.append(layer_state)
         logits = self.head(self.ln_f(h))
         if not return_state:
