@@ -224,10 +224,30 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+def _add_bench_parser(sub) -> None:
+    from .bench.cli import add_bench_subcommands
+
+    p = sub.add_parser(
+        "bench",
+        help="efficiency benchmarks: streaming decode and training step vs length",
+        description="Efficiency benchmarks against GPT-2 and Mamba; every point in a fresh process. "
+        "Results: JSON + markdown table + PNG plots (see lmn bench decode --help).",
+    )
+    add_bench_subcommands(p, _Parser)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from .bench.cli import run
+
+    return run(args)
+
+
 # ----------------------------------------------------------------------------- main
 # Subcommand registrars, in --help order. A `bench` subcommand goes here as
 # `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
-SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser]
+SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
