@@ -123,9 +123,15 @@ def _cmd_decode(args, command: str) -> int:
         raise ValueError(f"--chunk must be a power of two (LMN's prefill pieces), got {cfg.chunk}")
     out = _out_dir(args)
     doc = run_decode(cfg, out, args.name, command, plots=not args.no_plots)
-    bad = sum(p["status"] not in ("ok", "skipped") for p in doc["points"])
-    print(f"{out / args.name}.json: {len(doc['points'])} points ({bad} stopped by a limit or failure)")
+    _summary(out / f"{args.name}.json", doc)
     return 0
+
+
+def _summary(path: Path, doc: dict) -> None:
+    counts: dict[str, int] = {}
+    for p in doc["points"]:
+        counts[p["status"]] = counts.get(p["status"], 0) + 1
+    print(f"{path}: {len(doc['points'])} points (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
 
 
 def _parse_special(text: str) -> list[tuple[int, int, tuple[str, ...] | None]]:
@@ -165,8 +171,7 @@ def _cmd_train(args, command: str) -> int:
     )
     out = _out_dir(args)
     doc = run_train(cfg, out, args.name, command, plots=not args.no_plots)
-    bad = sum(p["status"] not in ("ok", "skipped") for p in doc["points"])
-    print(f"{out / args.name}.json: {len(doc['points'])} points ({bad} stopped by a limit or failure)")
+    _summary(out / f"{args.name}.json", doc)
     return 0
 
 
