@@ -30,8 +30,9 @@ def add_bench_subcommands(p: argparse.ArgumentParser, parser_class) -> None:
     d.add_argument("--repeats", type=int, default=None, help="timed decode steps per point (default 50; --quick: 3)")
     d.add_argument("--warmup", type=int, default=None, help="untimed decode steps first (default 10; --quick: 2)")
     d.add_argument("--chunk", type=int, default=1024, help="prefill chunk in tokens (LMN's max_chunk too; default 1024)")
-    d.add_argument("--timeout", type=float, default=600, help="seconds per GPT-2/Mamba point, prefill "
-                   "included (default 600)")
+    d.add_argument("--timeout", type=float, default=1200, help="seconds per GPT-2/Mamba point, prefill "
+                   "included (default 1200: GPT-2's quadratic prefill to 128K, or the large one's to 32K, "
+                   "takes minutes on one core)")
     d.add_argument("--lmn-timeout", type=float, default=3600, help="seconds per LMN point (default 3600: "
                    "the large LMN's prefill to 1M takes ~10 minutes on one core)")
     d.add_argument("--max-cache", default="4G", help="skip GPT-2 points whose KV cache would exceed this "

@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import device_label, format_bytes, format_count, header, resolve_devices, run_point, write_json
+from .common import device_label, format_bytes, format_count, header, run_point, write_json
 from .models import gpt2_cache_bytes, model_table
 from .report import write_outputs
 

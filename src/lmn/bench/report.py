@@ -285,6 +285,8 @@ def report(paths: list[str], plots: bool = True) -> list[Path]:
     """Re-render the markdown (and plots) of result JSONs: files, or directories of them."""
     written = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
         files = sorted(path.glob("*.json")) if path.is_dir() else [path]
         if not files:
             raise FileNotFoundError(f"no result JSON in {path}")
