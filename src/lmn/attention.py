@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import LMNConfig
 
@@ -141,10 +142,17 @@ class SingleVectorAttention(nn.Module):
                 padded[1, ..., 0] = pre_v[i - 1]
             nodes_qv.append(padded)
 
-        outs = [
-            self._attend_chunk(u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv, c0)
-            for u0 in range(0, T + 1, chunk)
-        ]
+        # With several chunks under autograd, each chunk's scores and probabilities are
+        # recomputed in backward instead of stored: training memory stays O(T * d) plus
+        # one chunk's O(chunk * H * slots), for ~1/3 more attention compute.
+        recompute = torch.is_grad_enabled() and T + 1 > chunk
+        outs = []
+        for u0 in range(0, T + 1, chunk):
+            args = (u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv, c0)
+            if recompute:
+                outs.append(checkpoint(self._attend_chunk, *args, use_reentrant=False))
+            else:
+                outs.append(self._attend_chunk(*args))
         out = torch.cat(outs, dim=-1)[..., 1:] if len(outs) > 1 else outs[0][..., 1:]  # (B, H, dh, T)
         out = self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
         cache = None
