@@ -155,6 +155,8 @@ def render_markdown(table: dict) -> str:
     out.append("```")
     out += [r["command"] for r in table["runs"]]
     out.append("```")
+    if table.get("notes"):
+        out += ["", "## Discussion", "", table["notes"].strip()]
     return "\n".join(out) + "\n"
 
 
@@ -164,12 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     t1 = sub.add_parser("table1", help="Table 1 from run directories")
     t1.add_argument("runs", nargs="+", type=Path, help="run directories written by `lmn train`")
     t1.add_argument("--out", type=Path, default=Path("docs/results/table1"), help="output path without suffix")
+    t1.add_argument("--notes", type=Path, help="markdown file with the discussion, stored in the JSON and rendered last")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.runs if not (d / "config.json").exists()]
     if missing:
         print(f"error: not a run directory (no config.json): {', '.join(missing)}", file=sys.stderr)
         return 2
     table = build_table1(args.runs)
+    if args.notes is not None:
+        if not args.notes.is_file():
+            print(f"error: notes file {args.notes} does not exist", file=sys.stderr)
+            return 2
+        table["notes"] = args.notes.read_text()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(render_markdown(table))
