@@ -11,7 +11,6 @@ GPU, ``torch.cuda.max_memory_allocated``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -93,19 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.position < 1 or args.repeats < 1 or args.warmup < 0 or args.chunk < 1:
         p.error("--position, --repeats and --chunk must be >= 1, --warmup >= 0")
-    from .common import is_out_of_memory, limit_address_space
+    from .common import child_main
 
-    if args.device == "cpu":
-        limit_address_space(args.mem_limit)
-    try:
-        result = measure(args)
-    except (RuntimeError, MemoryError) as err:
-        if not is_out_of_memory(err):
-            raise
-        result = {"status": "oom", "reason": f"out of memory: {str(err).splitlines()[0][:200]}"}
-    print(json.dumps(result), flush=True)
-    return 0
-
+    return child_main(measure, args)
 
 if __name__ == "__main__":
     sys.exit(main())

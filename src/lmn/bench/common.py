@@ -318,3 +318,21 @@ def device_label(device: str) -> str:
     if device == "cuda":
         return f"cuda ({torch.cuda.get_device_name(0)})"
     return "cpu"
+
+
+def child_main(measure, args) -> int:
+    """Body of a measuring child process: cap its address space (CPU), run
+    ``measure(args)``, turn running out of memory into a recorded result, print one JSON
+    line."""
+    import json
+
+    if args.device == "cpu":
+        limit_address_space(args.mem_limit)
+    try:
+        result = measure(args)
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        result = {"status": "oom", "reason": f"out of memory: {str(err).splitlines()[0][:200]}"}
+    print(json.dumps(result), flush=True)
+    return 0
