@@ -19,7 +19,6 @@ summarizer call per step amortised (sum over c of tz(c) / c -> 1).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .config import LMNConfig

@@ -27,7 +27,6 @@ so a step equals the single-process step on the same global batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LMNConfig
-from .data import CharTokenizer, check_split_sizes, get_batch, load_corpus, sequential_windows, split_tokens
+from .data import CharTokenizer, check_split_sizes, load_corpus, sequential_windows, split_tokens
 from .data.batches import gather_windows, window_starts
 from .data.corpus import sha256_file
 
