@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .config import LMNConfig
 
@@ -142,18 +142,16 @@ class SingleVectorAttention(nn.Module):
                 padded[1, ..., 0] = pre_v[i - 1]
             nodes_qv.append(padded)
 
-        # With several chunks under autograd, each chunk's scores and probabilities are
-        # recomputed in backward instead of stored: training memory stays O(T * d) plus
-        # one chunk's O(chunk * H * slots), for ~1/3 more attention compute.
-        recompute = torch.is_grad_enabled() and T + 1 > chunk
-        outs = []
-        for u0 in range(0, T + 1, chunk):
-            args = (u0, min(u0 + chunk, T + 1), chunk, k_t, v_t, s_self, nodes_qv, c0)
-            if recompute:
-                outs.append(checkpoint(self._attend_chunk, *args, use_reentrant=False))
-            else:
-                outs.append(self._attend_chunk(*args))
-        out = torch.cat(outs, dim=-1)[..., 1:] if len(outs) > 1 else outs[0][..., 1:]  # (B, H, dh, T)
+        # With several chunks under autograd, no chunk's scores or probabilities are kept:
+        # backward recomputes one chunk at a time from chunk-sized slices of the inputs
+        # (see _RecomputedChunks), so training memory stays O(T * d) plus one chunk's
+        # O(chunk * H * slots), for ~1/3 more attention compute.
+        T1 = T + 1
+        if torch.is_grad_enabled() and T1 > chunk:
+            out = _RecomputedChunks.apply(chunk, c0, T1, k_t, v_t, s_self, *nodes_qv)
+        else:
+            out = _attend_all(chunk, c0, T1, k_t, v_t, s_self, nodes_qv)
+        out = out[..., 1:]  # (B, H, dh, T)
         out = self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
         cache = None
         if return_cache:
@@ -163,50 +161,6 @@ class SingleVectorAttention(nn.Module):
                 torch.cat(cache_v, dim=2) if cache_v else empty,
             )
         return out, cache
-
-    def _attend_chunk(self, u0, u1, chunk, k_t, v_t, s_self, nodes_qv, c0=0) -> Tensor:
-        """Attention output for shifted positions ``u0 <= u < u1``: ``(B, H, dh, u1 - u0)``.
-        ``u0`` is a multiple of ``chunk``, so every level's blocks align with the chunk."""
-        B, H, dh, _ = k_t.shape
-        width = u1 - u0
-        scores, thresholds, blocks = [s_self[..., u0:u1]], [0], []
-        for i, qv in enumerate(nodes_qv, start=1):
-            r = 1 << i
-            r_c = min(r, chunk)  # a block longer than the chunk: one node for the whole chunk
-            if qv.shape[-1] == 1:  # no node of this level inside the sequence: one block
-                r_c = width
-            nblk = -(-width // r_c)
-            cols = nblk * r_c
-            first = u0 >> i  # block (of the u axis) containing u0
-            qn = qv[0, ..., first : first + nblk].unsqueeze(-1)  # (B, H, G, dh, nblk, 1)
-            k_blocks = k_t[..., u0 : u0 + cols].view(B, H, dh, nblk, r_c)
-            for g in range(qn.shape[2]):
-                s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
-                scores.append(s.view(B, H, cols)[..., :width])
-            blocks.append((r_c, nblk, qv[1, ..., first : first + nblk].unsqueeze(-1)))
-            thresholds += [r] * qn.shape[2]
-
-        scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
-        del scores
-        # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
-        need = torch.tensor(thresholds, device=k_t.device)
-        u_global = torch.arange(c0 + u0, c0 + u1, device=k_t.device)
-        absent = u_global[None, :] < need[:, None]  # (S, width)
-        probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
-        del scores_t
-        p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
-
-        out = p_self[:, :, None] * v_t[..., u0:u1]  # (B, H, dh, width)
-        s = 0
-        for r_c, nblk, vn in blocks:
-            cols = nblk * r_c
-            acc = None
-            for g in range(vn.shape[2]):
-                p = F.pad(p_mem[s], (0, cols - width)).view(B, H, 1, nblk, r_c)
-                acc = p * vn[:, :, g] if acc is None else torch.addcmul(acc, p, vn[:, :, g])
-                s += 1
-            out = out + acc.view(B, H, dh, cols)[..., :width]
-        return out
 
     # ------------------------------------------------------------------ streaming form
     def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor) -> Tensor:
@@ -221,3 +175,129 @@ class SingleVectorAttention(nn.Module):
         probs = torch.softmax(scores * self.scale, dim=2)
         out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
         return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
+
+
+# ---------------------------------------------------------------------- chunk kernels
+# Shapes (time-last): k_t (B, H, dh, Tp) with column u holding k_{u-1}; v_t (B, H, dh, T+1);
+# s_self (B, H, T+1); per level i a tensor (2, B, H, G_i, dh, n_i + 1) of projected
+# nodes whose entry m is node m-1 (entry 0: the stream's earlier node, or zeros).
+
+
+def _chunk_plan(u0: int, u1: int, chunk: int, nodes_qv) -> tuple[int, list[tuple[int, int, int]]]:
+    """What the chunk of shifted positions ``u0 <= u < u1`` reads: per level
+    ``(first, nblk, r_c)`` -- node entries ``first .. first+nblk-1``, each broadcast over
+    ``r_c`` consecutive columns -- and ``cols``, the key columns ``u0 .. u0+cols-1`` it
+    needs. ``u0`` is a multiple of ``chunk``, so every level's blocks align with it."""
+    width = u1 - u0
+    plan, cols = [], width
+    for i, qv in enumerate(nodes_qv, start=1):
+        r_c = min(1 << i, chunk)  # a block longer than the chunk: one node for the whole chunk
+        if qv.shape[-1] == 1:  # no node of this level inside the sequence: one block
+            r_c = width
+        nblk = -(-width // r_c)
+        plan.append((u0 >> i, nblk, r_c))
+        cols = max(cols, nblk * r_c)
+    return cols, plan
+
+
+def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int) -> Tensor:
+    """Attention output ``(B, H, dh, width)`` of one chunk from its own slices only:
+    ``k_loc (B, H, dh, >= cols)``, ``v_loc (B, H, dh, width)``, ``s_loc (B, H, width)``,
+    per level ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
+    position counted from the start of the stream (for the presence mask)."""
+    B, H, dh, width = v_loc.shape
+    scores, thresholds, blocks = [s_loc], [0], []
+    for i, (qv, (_, nblk, r_c)) in enumerate(zip(qv_loc, plan), start=1):
+        cols = nblk * r_c
+        k_blocks = k_loc[..., :cols].view(B, H, dh, nblk, r_c)
+        qn, vn = qv.unsqueeze(-1).unbind(0)  # (B, H, G, dh, nblk, 1) each
+        for g in range(qn.shape[2]):
+            s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
+            scores.append(s.view(B, H, cols)[..., :width])
+        blocks.append((r_c, nblk, vn))
+        thresholds += [1 << i] * qn.shape[2]
+
+    scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
+    del scores
+    # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
+    need = torch.tensor(thresholds, device=v_loc.device)
+    u_global = torch.arange(u_start, u_start + width, device=v_loc.device)
+    absent = u_global[None, :] < need[:, None]  # (S, width)
+    probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
+    del scores_t
+    p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
+
+    out = p_self[:, :, None] * v_loc  # (B, H, dh, width)
+    s = 0
+    for r_c, nblk, vn in blocks:
+        cols = nblk * r_c
+        acc = None
+        for g in range(vn.shape[2]):
+            p = F.pad(p_mem[s], (0, cols - width)).view(B, H, 1, nblk, r_c)
+            acc = p * vn[:, :, g] if acc is None else torch.addcmul(acc, p, vn[:, :, g])
+            s += 1
+        out = out + acc.view(B, H, dh, cols)[..., :width]
+    return out
+
+
+def _chunk_slices(u0: int, u1: int, chunk: int, k_t, v_t, s_self, nodes_qv):
+    cols, plan = _chunk_plan(u0, u1, chunk, nodes_qv)
+    qv_loc = [qv[..., first : first + nblk] for qv, (first, nblk, _) in zip(nodes_qv, plan)]
+    return (k_t[..., u0 : u0 + cols], v_t[..., u0:u1], s_self[..., u0:u1], qv_loc), plan
+
+
+def _attend_all(chunk: int, c0: int, T1: int, k_t, v_t, s_self, nodes_qv) -> Tensor:
+    """Output ``(B, H, dh, T1)`` for the shifted positions ``0 <= u < T1``, chunk by chunk
+    (differentiable by plain autograd, which then keeps every chunk's probabilities)."""
+    outs = []
+    for u0 in range(0, T1, chunk):
+        u1 = min(u0 + chunk, T1)
+        (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
+        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0))
+    return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+
+
+class _RecomputedChunks(torch.autograd.Function):
+    """:func:`_attend_all` whose backward recomputes one chunk at a time.
+
+    Forward keeps only its inputs. Backward, per chunk, takes detached *slices* of the
+    inputs (a view each, no copy), re-runs :func:`_attend_local` on them under autograd,
+    and adds the slices' gradients into one gradient buffer per input. Every temporary
+    is thus chunk-sized; a generic checkpoint of the chunk would instead hand each
+    chunk's backward the full inputs and materialise full-size gradients per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, chunk, c0, T1, k_t, v_t, s_self, *nodes_qv):
+        ctx.meta = (chunk, c0, T1)
+        ctx.save_for_backward(k_t, v_t, s_self, *nodes_qv)
+        return _attend_all(chunk, c0, T1, k_t, v_t, s_self, nodes_qv)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        chunk, c0, T1 = ctx.meta
+        k_t, v_t, s_self, *nodes_qv = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        full = [torch.zeros_like(t) if need else None for t, need in zip((k_t, v_t, s_self, *nodes_qv), needs)]
+        for u0 in range(0, T1, chunk):
+            u1 = min(u0 + chunk, T1)
+            (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
+            leaves = [t.detach().requires_grad_(need) for t, need in zip((k_loc, v_loc, s_loc, *qv_loc), needs)]
+            with torch.enable_grad():
+                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0)
+            wanted = [j for j, leaf in enumerate(leaves) if leaf.requires_grad]
+            if not wanted:
+                break
+            grads = torch.autograd.grad(out, [leaves[j] for j in wanted], grad_out[..., u0:u1], allow_unused=True)
+            for j, g in zip(wanted, grads):
+                if g is None:
+                    continue
+                if j == 0:
+                    full[0][..., u0 : u0 + g.shape[-1]] += g
+                elif j in (1, 2):
+                    full[j][..., u0:u1] += g
+                else:
+                    first = plan[j - 3][0]
+                    full[j][..., first : first + g.shape[-1]] += g
+        return (None, None, None, *full)

@@ -26,6 +26,10 @@ def _preamble(doc: dict, title: str) -> list[str]:
         "",
         f"- command: `{doc['command']}`",
         f"- run: {doc['timestamp']}, commit {commit}",
+        *(
+            f"- points merged in from a later run on the same machine: `{extra['command']}` ({extra['timestamp']})"
+            for extra in doc.get("merged", [])
+        ),
         f"- machine: {m['cpu_model']}, {m['cpu_usable']} of {m['cpu_count']} cores usable{mem}{cuda}; {m['platform']}",
         f"- software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers'] or '-'}",
         f"- threads: {m['threads']}; devices: {', '.join(m['devices'])}",
