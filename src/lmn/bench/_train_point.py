@@ -22,6 +22,10 @@ def measure(args) -> dict:
     from .common import StepTimer, device_label, peak_rss_bytes, summarize, sync
     from .models import build_model
 
+    if args.mmap_threshold:
+        from .common import set_malloc_mmap_threshold
+
+        set_malloc_mmap_threshold(args.mmap_threshold)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the random ids")
     p.add_argument("--mem-limit", type=int, default=0, help="RLIMIT_AS in bytes on CPU (0: none)")
+    p.add_argument("--mmap-threshold", type=int, default=0, help="fix glibc's mmap threshold at this many "
+                   "bytes (0: glibc's default, dynamic)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.length < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--batch, --length and --repeats must be >= 1, --warmup >= 0")

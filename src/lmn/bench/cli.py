@@ -59,6 +59,10 @@ def add_bench_subcommands(p: argparse.ArgumentParser, parser_class) -> None:
     t.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1; --quick: 1)")
     t.add_argument("--timeout", type=float, default=1800, help="seconds per point (default 1800); no timed "
                    "step starts after half of it")
+    t.add_argument("--malloc-mmap-threshold", default="0", metavar="BYTES", help="CPU: fix glibc's mmap "
+                   "threshold in each measuring process (e.g. 4M): large buffers are then mapped and unmapped "
+                   "one by one instead of fragmenting the heap; lower peak RSS, more page faults "
+                   "(default 0: glibc's dynamic threshold)")
     _common_flags(t, default_name="train")
     t.set_defaults(bench_func=_cmd_train)
 
@@ -149,6 +153,13 @@ def _parse_special(text: str) -> list[tuple[int, int, tuple[str, ...] | None]]:
     return out
 
 
+def _mmap_threshold(text: str) -> int:
+    n = parse_bytes(text)
+    if n < 0 or n > 32 * 1024 * 1024:
+        raise ValueError(f"--malloc-mmap-threshold must be between 0 and 32M (glibc's limit), got {text!r}")
+    return n
+
+
 def _cmd_train(args, command: str) -> int:
     from .train import FULL_LENGTHS, QUICK_LENGTHS, TrainSettings, run_train
 
@@ -169,6 +180,7 @@ def _cmd_train(args, command: str) -> int:
         mem_limit_bytes=parse_bytes(args.mem_limit),
         seed=args.seed,
         quick=q,
+        mmap_threshold_bytes=_mmap_threshold(args.malloc_mmap_threshold),
     )
     out = _out_dir(args)
     doc = run_train(cfg, out, args.name, command, plots=not args.no_plots)

@@ -236,6 +236,25 @@ def run_point(module: str, args: list[str], timeout: float, threads: int) -> dic
     return {"status": "failed", "reason": why[:300], "wall_s": wall}
 
 
+def set_malloc_mmap_threshold(n_bytes: int) -> None:
+    """Fix glibc's mmap threshold at ``n_bytes`` (``mallopt(M_MMAP_THRESHOLD)``): every
+    allocation at least that large is mapped on its own and unmapped when freed, instead of
+    being carved from the heap, which cannot shrink past live blocks. This also switches
+    off glibc's *dynamic* threshold (which rises to 32 MiB after the first large free).
+    It trades page faults (time) for less heap fragmentation (peak RSS)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(-3, ctypes.c_int(n_bytes))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"--malloc-mmap-threshold needs glibc's mallopt ({name or 'no C library found'}): {err}")
+    if ok != 1:
+        raise RuntimeError(f"mallopt(M_MMAP_THRESHOLD, {n_bytes}) was refused (glibc allows at most 32 MiB)")
+
+
 def limit_address_space(limit_bytes: int) -> None:
     """RLIMIT_AS in a CPU child: an allocation past the limit raises instead of inviting
     the OOM killer onto the machine. (Not for CUDA: the driver maps huge address ranges.)"""

@@ -178,6 +178,13 @@ def render_train(doc: dict) -> str:
         f"Limits: {s['timeout']:g} s per point; a model stops after its first failed length.",
         "",
     ]
+    if s.get("mmap_threshold_bytes"):
+        lines += [
+            f"Allocator: glibc's mmap threshold fixed at {format_bytes(s['mmap_threshold_bytes'])} in every "
+            f"measuring process (`--malloc-mmap-threshold`): buffers at least that large are mapped and "
+            f"unmapped one by one, so the heap fragments less (lower peak RSS) at the cost of page faults.",
+            "",
+        ]
     for device, size in _groups(doc["points"]):
         pts = [p for p in doc["points"] if p["device"] == device and p["size"] == size]
         params = doc["models"][size]

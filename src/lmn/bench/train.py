@@ -38,6 +38,7 @@ class TrainSettings:
     mem_limit_bytes: int
     seed: int
     quick: bool
+    mmap_threshold_bytes: int = 0  # 0: glibc's dynamic default
 
 
 def plan(cfg: TrainSettings) -> list[dict]:
@@ -74,7 +75,8 @@ def run_train(cfg: TrainSettings, out_dir: Path, name: str = "train", command: s
                     args = ["--size", size, "--model", p["model"], "--batch", str(p["batch"]),
                             "--length", str(p["length"]), "--repeats", str(cfg.repeats), "--warmup", str(cfg.warmup),
                             "--budget", str(cfg.timeout / 2), "--threads", str(cfg.threads), "--device", device,
-                            "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes)]
+                            "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes),
+                            "--mmap-threshold", str(cfg.mmap_threshold_bytes)]
                     result = run_point("lmn.bench._train_point", args, cfg.timeout, cfg.threads)
                     result.pop("device", None)
                     point.update(result)
