@@ -186,8 +186,23 @@ def test_bench_usage_errors(capsys):
     for argv, msg in ((["bench", "decode", "--models", "lstm"], "unknown model 'lstm'"),
                       (["bench", "decode", "--positions", "0"], "positive count"),
                       (["bench", "train", "--special", "16by512"], "BxT"),
-                      (["bench", "decode", "--chunk", "1000"], "power of two")):
+                      (["bench", "decode", "--chunk", "1000"], "power of two"),
+                      (["bench", "train", "--malloc-mmap-threshold", "64M"], "between 0 and 32M")):
         with pytest.raises(SystemExit) as err:
             main(argv + ["--out", "/nonexistent/never-written"])
         assert err.value.code == 2
         assert msg in capsys.readouterr().err
+
+
+def test_train_point_with_fixed_mmap_threshold(tmp_path):
+    """--malloc-mmap-threshold reaches the measuring process (mallopt succeeds there) and is
+    stated in the rendered table."""
+    out = tmp_path / "b"
+    assert main(["bench", "train", "--models", "lmn", "--lengths", "32", "--tokens-per-batch", "64",
+                 "--special", "none", "--repeats", "1", "--malloc-mmap-threshold", "4M",
+                 "--out", str(out), "--no-plots"]) == 0
+    doc = json.loads((out / "train.json").read_text())
+    assert doc["settings"]["mmap_threshold_bytes"] == 4 * 2**20
+    assert [p["status"] for p in doc["points"]] == ["ok"]
+    md = (out / "train.md").read_text()
+    assert md == render_train(doc) and "mmap threshold fixed at 4.0 MiB" in md
