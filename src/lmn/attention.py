@@ -200,13 +200,21 @@ def _chunk_plan(u0: int, u1: int, chunk: int, nodes_qv) -> tuple[int, list[tuple
     return cols, plan
 
 
-def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int) -> Tensor:
+def _slot_thresholds(nodes_qv, device) -> Tensor:
+    """Per attention slot, the smallest shifted position u = t + 1 at which it exists:
+    0 for the token itself, 2**i for each of level i's G_i slots."""
+    need = [0] + [1 << i for i, qv in enumerate(nodes_qv, start=1) for _ in range(qv.shape[3])]
+    return torch.tensor(need, device=device)
+
+
+def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, need: Tensor) -> Tensor:
     """Attention output ``(B, H, dh, width)`` of one chunk from its own slices only:
     ``k_loc (B, H, dh, >= cols)``, ``v_loc (B, H, dh, width)``, ``s_loc (B, H, width)``,
     per level ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
-    position counted from the start of the stream (for the presence mask)."""
+    position counted from the start of the stream and ``need`` the slots' thresholds
+    (:func:`_slot_thresholds`), for the presence mask."""
     B, H, dh, width = v_loc.shape
-    scores, thresholds, blocks = [s_loc], [0], []
+    scores, blocks = [s_loc], []
     for i, (qv, (_, nblk, r_c)) in enumerate(zip(qv_loc, plan), start=1):
         cols = nblk * r_c
         k_blocks = k_loc[..., :cols].view(B, H, dh, nblk, r_c)
@@ -215,12 +223,10 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int) -> Tensor:
             s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
             scores.append(s.view(B, H, cols)[..., :width])
         blocks.append((r_c, nblk, vn))
-        thresholds += [1 << i] * qn.shape[2]
 
     scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
     del scores
     # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
-    need = torch.tensor(thresholds, device=v_loc.device)
     u_global = torch.arange(u_start, u_start + width, device=v_loc.device)
     absent = u_global[None, :] < need[:, None]  # (S, width)
     probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
@@ -250,10 +256,11 @@ def _attend_all(chunk: int, c0: int, T1: int, k_t, v_t, s_self, nodes_qv) -> Ten
     """Output ``(B, H, dh, T1)`` for the shifted positions ``0 <= u < T1``, chunk by chunk
     (differentiable by plain autograd, which then keeps every chunk's probabilities)."""
     outs = []
+    need = _slot_thresholds(nodes_qv, k_t.device)
     for u0 in range(0, T1, chunk):
         u1 = min(u0 + chunk, T1)
         (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
-        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0))
+        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0, need))
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
@@ -280,12 +287,13 @@ class _RecomputedChunks(torch.autograd.Function):
         k_t, v_t, s_self, *nodes_qv = ctx.saved_tensors
         needs = ctx.needs_input_grad[3:]
         full = [torch.zeros_like(t) if need else None for t, need in zip((k_t, v_t, s_self, *nodes_qv), needs)]
+        thresholds = _slot_thresholds(nodes_qv, k_t.device)
         for u0 in range(0, T1, chunk):
             u1 = min(u0 + chunk, T1)
             (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
             leaves = [t.detach().requires_grad_(need) for t, need in zip((k_loc, v_loc, s_loc, *qv_loc), needs)]
             with torch.enable_grad():
-                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0)
+                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0, thresholds)
             wanted = [j for j, leaf in enumerate(leaves) if leaf.requires_grad]
             if not wanted:
                 break
