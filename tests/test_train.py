@@ -117,6 +117,38 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("model", ["lmn", "gpt2"])
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, capsys, model):
+    """--gradient-checkpointing only trades memory for time: identical losses and weights.
+    It may also be switched when resuming (it is not part of the run's definition)."""
+    data = small_corpus(tmp_path)
+    opts = TINY if model == "lmn" else ["--model-opt", "n_embd=8", "--model-opt", "n_layer=2", "--model-opt",
+                                        "n_head=2", "--model-opt", "n_inner=16", "--model-opt", "n_positions=16",
+                                        *TINY[6:]]
+    common = ["train", "--data", data, "--model", model, "--eval-interval", 3, "--log-interval", 1, *opts]
+    assert run_cli(*common, "--out", tmp_path / "plain", "--max-iters", 4)[0] == 0
+    assert run_cli(*common, "--out", tmp_path / "ckpt", "--max-iters", 4, "--gradient-checkpointing")[0] == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["train"]["gradient_checkpointing"] is True
+    for kind in ("train", "eval"):
+        assert without_timing(records(tmp_path / "ckpt", kind)) == without_timing(records(tmp_path / "plain", kind))
+    assert run_cli("train", "--out", tmp_path / "ckpt", "--resume", "--max-iters", 5,
+                   "--no-gradient-checkpointing", capsys=capsys)[0] == 0
+
+
+def test_gradient_checkpointing_switch_reaches_the_models():
+    from lmn.train import _enable_gradient_checkpointing, build_model
+
+    lmn = build_model("lmn", {"vocab_size": 11, "d_model": 8, "n_layers": 1, "n_heads": 2})
+    _enable_gradient_checkpointing(lmn)
+    assert lmn.gradient_checkpointing is True
+    for kind, cfg in (("gpt2", {"vocab_size": 11, "n_embd": 8, "n_layer": 1, "n_head": 2}),
+                      ("mamba", {"vocab_size": 11})):
+        model = build_model(kind, cfg)
+        _enable_gradient_checkpointing(model)
+        assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.hf.modules()), kind
+
+
 def _tiny_run(tmp_path, name="run", **overrides):
     cfg = preset_config("smoke", data=str(small_corpus(tmp_path)), out_dir=str(tmp_path / name), max_iters=2,
                         eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,

@@ -93,6 +93,9 @@ class TrainConfig:
     whole_val: bool = _opt(True, "at the end, evaluate the whole validation split in non-overlapping windows")
     seed: int = _opt(1337, "seed of initialisation and batch sampling")
     dtype: str = _opt("float32", f"compute dtype: {', '.join(DTYPES)} (bfloat16 via autocast)")
+    gradient_checkpointing: bool = _opt(False, "recompute each block in backward instead of keeping its "
+                                        "activations (less memory for long block_size, for some extra time; "
+                                        "same losses)")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda if available)")
     threads: int = _opt(1, "torch CPU threads per process (0 = torch's default)")
     out_dir: str = _opt("", "run directory (default runs/<model>-seed<seed>)")
@@ -167,7 +170,8 @@ PRESETS: dict[str, dict] = {
 
 # Fields that may change when a run is resumed: they do not change what is computed
 # (``data`` is checked by the corpus sha256 instead of by name).
-RESUMABLE_FIELDS = frozenset({"max_iters", "device", "threads", "log_interval", "ckpt_interval", "out_dir", "data"})
+RESUMABLE_FIELDS = frozenset({"max_iters", "device", "threads", "log_interval", "ckpt_interval", "out_dir", "data",
+                              "gradient_checkpointing"})
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:
@@ -230,6 +234,20 @@ def build_model(kind: str, model_config: dict) -> nn.Module:
 
     model_cls, config_cls = get_baseline(kind)
     return model_cls(config_cls.from_dict(model_config))
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "gradient_checkpointing") and not hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing = True  # LMN: a runtime switch (lmn.model.LMN)
+        return
+    inner = getattr(model, "hf", model)  # the baselines wrap a transformers model
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.x spelling
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(inner, "gradient_checkpointing_enable"):
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"gradient_checkpointing is not supported for model {type(model).__name__}")
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -626,6 +644,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.model_config).to(device)
+    if cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     n_params = num_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_gen = torch.Generator().manual_seed(cfg.seed)
