@@ -22,6 +22,19 @@ PAPER_TABLE1 = {
     "gpt2": {"params": 71_105, "val_loss": 1.9704},
 }
 MODEL_NAMES = {"lmn": "LMN", "gpt2": "GPT-2", "mamba": "Mamba"}
+# The paper's training protocol (the presets paper-lmn / paper-gpt2); a run that departs from
+# it (e.g. Mamba's shorter budget) is labelled with its departures and summarised apart.
+PAPER_PROTOCOL = {"max_iters": 5000, "eval_iters": 200, "eval_interval": 100, "block_size": 512,
+                  "batch_size": 16, "lr": 1e-3}
+# Every run's validation loss is also read at this step, so runs with different budgets can be
+# compared at equal training.
+COMMON_STEP = 1000
+
+
+def protocol_label(train: dict) -> str:
+    """``"paper"``, or the settings in which ``train`` departs from the paper's protocol."""
+    diffs = [f"{k}={train[k]:g}" for k, v in PAPER_PROTOCOL.items() if k in train and train[k] != v]
+    return "paper" if not diffs else ", ".join(diffs)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -46,8 +59,11 @@ def collect_run(run_dir: Path) -> dict:
         "params": cfg.get("params"),
         "max_iters": train["max_iters"],
         "eval_iters": train["eval_iters"],
+        "protocol": protocol_label(train),
         "command": f"lmn train --preset {cfg.get('preset')} --seed {train['seed']} --out runs/{run_dir.name}",
     }
+    evals = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "eval"]
+    row["val_loss_at_common_step"] = next((r["val_loss"] for r in evals if r.get("step") == COMMON_STEP), None)
     if final_path.exists():
         final = json.loads(final_path.read_text())
         row.update(
@@ -66,7 +82,6 @@ def collect_run(run_dir: Path) -> dict:
             versions=final["versions"],
         )
     else:
-        evals = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "eval"]
         last = evals[-1] if evals else {}
         row.update(
             complete=False,
@@ -89,18 +104,21 @@ def _mean_std(values: list[float]) -> dict:
 def build_table1(run_dirs: list[Path]) -> dict:
     runs = [collect_run(Path(d)) for d in run_dirs]
     summary = {}
-    for model in sorted({r["model"] for r in runs}):
-        done = [r for r in runs if r["model"] == model and r["complete"]]
-        if not done:
-            continue
-        summary[model] = {
-            key: _mean_std([r[key] for r in done])
-            for key in ("final_train_loss", "final_val_loss", "whole_val_loss", "whole_val_bits_per_char",
-                        "wall_time_s", "tokens_per_s")
-            if all(r.get(key) is not None for r in done)
+    done = [r for r in runs if r["complete"]]
+    groups = sorted({(r["model"], r["protocol"]) for r in done})
+    for model, protocol in groups:
+        group = [r for r in done if (r["model"], r["protocol"]) == (model, protocol)]
+        # Keyed by model; a model run under more than one protocol gets one entry per protocol.
+        key = model if sum(m == model for m, _ in groups) == 1 else f"{model} [{protocol}]"
+        summary[key] = {
+            stat: _mean_std([r[stat] for r in group])
+            for stat in ("final_train_loss", "final_val_loss", "whole_val_loss", "whole_val_bits_per_char",
+                         "val_loss_at_common_step", "wall_time_s", "tokens_per_s")
+            if all(r.get(stat) is not None for r in group)
         }
-        summary[model]["params"] = done[0]["params"]
-    return {"paper": PAPER_TABLE1, "runs": runs, "summary": summary}
+        summary[key].update(model=model, protocol=protocol, params=group[0]["params"])
+    return {"paper": PAPER_TABLE1, "paper_protocol": PAPER_PROTOCOL, "common_step": COMMON_STEP,
+            "runs": runs, "summary": summary}
 
 
 def _f(x, digits=4):
@@ -121,28 +139,37 @@ def render_markdown(table: dict) -> str:
     out.append("")
     out.append("## Per run")
     out.append("")
-    out.append("| run | model | seed | params | steps | final train loss | final val loss | whole-val loss (nats) | whole-val bits/char | wall time | train tokens/s | status |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    step = table.get("common_step", COMMON_STEP)
+    out.append(f"| run | model | seed | params | protocol | steps | val loss at step {step:,} | final train loss "
+               "| final val loss | whole-val loss (nats) | whole-val bits/char | wall time | train tokens/s | status |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in table["runs"]:
         wall = "–" if r.get("wall_time_s") is None else f"{r['wall_time_s'] / 60:.1f} min"
         tps = "–" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}"
         status = "complete" if r["complete"] else f"incomplete (last evaluation at step {r['step']} of {r['max_iters']})"
         out.append(
-            f"| {r['run']} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['seed']} | {r['params']:,} | {r['step']} "
+            f"| {r['run']} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['seed']} | {r['params']:,} "
+            f"| {r.get('protocol', 'paper')} | {r['step']} | {_f(r.get('val_loss_at_common_step'))} "
             f"| {_f(r.get('final_train_loss'))} | {_f(r.get('final_val_loss'))} | {_f(r.get('whole_val_loss'))} "
             f"| {_f(r.get('whole_val_bits_per_char'))} | {wall} | {tps} | {status} |"
         )
     out.append("")
     out.append("## Summary (complete runs only: mean ± sample std over seeds) beside the paper")
     out.append("")
-    out.append("| model | params (ours) | params (paper) | final val loss (ours) | val loss (paper) | whole-val loss | whole-val bits/char | final train loss |")
-    out.append("|---|---|---|---|---|---|---|---|")
-    for model in sorted(set(table["summary"]) | set(table["paper"])):
-        s = table["summary"].get(model, {})
-        p = table["paper"].get(model, {})
+    out.append(f"| model | protocol | params (ours) | params (paper) | val loss at step {step:,} "
+               "| final val loss (ours) | val loss (paper) | whole-val loss | whole-val bits/char | final train loss |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    summarised = {s.get("model", k) for k, s in table["summary"].items()}
+    keys = list(table["summary"]) + [m for m in table["paper"] if m not in summarised]
+    for key in sorted(keys):
+        s = table["summary"].get(key, {})
+        model = s.get("model", key)
+        p = table["paper"].get(model, {}) if s.get("protocol", "paper") == "paper" else {}
         out.append(
-            f"| {MODEL_NAMES.get(model, model)} | {s.get('params', '–') if not s else format(s['params'], ',')} "
-            f"| {format(p['params'], ',') if p else '–'} | {_ms(s.get('final_val_loss'))} "
+            f"| {MODEL_NAMES.get(model, model)} | {s.get('protocol', '–')} "
+            f"| {s.get('params', '–') if not s else format(s['params'], ',')} "
+            f"| {format(p['params'], ',') if p else '–'} | {_ms(s.get('val_loss_at_common_step'))} "
+            f"| {_ms(s.get('final_val_loss'))} "
             f"| {_f(p.get('val_loss')) if p else '–'} | {_ms(s.get('whole_val_loss'))} "
             f"| {_ms(s.get('whole_val_bits_per_char'))} | {_ms(s.get('final_train_loss'))} |"
         )
