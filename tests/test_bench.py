@@ -15,6 +15,7 @@ from lmn.bench.materialized import gather_slots, materialized_forward, slots_cou
 from lmn.bench.report import render_decode, render_train, report
 from lmn.bench.train import TrainSettings, plan
 from lmn.cli import main
+from lmn.native import find_compiler
 
 
 # ----------------------------------------------------------------------------- materialised variant
@@ -119,8 +120,8 @@ def test_decode_quick_json(decode_run):
     out, doc = decode_run
     _check_header(doc, "decode")
     assert doc["settings"]["positions"] == [16, 100] and doc["settings"]["repeats"] == 3
-    assert {(p["model"], p["position"]) for p in doc["points"]} == {
-        (m, P) for m in ("lmn", "gpt2", "mamba") for P in (16, 100)}
+    models = ("lmn", "lmn-native", "gpt2", "mamba") if find_compiler() else ("lmn", "gpt2", "mamba")
+    assert {(p["model"], p["position"]) for p in doc["points"]} == {(m, P) for m in models for P in (16, 100)}
     assert doc["models"]["paper"]["lmn"]["params"] == 71_489 and doc["models"]["paper"]["gpt2"]["params"] == 69_344
     for p in doc["points"]:
         assert p["status"] == "ok", p
@@ -128,7 +129,7 @@ def test_decode_quick_json(decode_run):
         lat = p["latency"]
         assert lat["n"] == 3 and 0 < lat["min_s"] <= lat["median_s"] <= lat["max_s"]
         assert p["peak_rss_bytes"] >= p["rss_before_bytes"] > 0 and p["device"] == "cpu"
-        if p["model"] == "lmn":  # the state holds exactly what state_nbytes says
+        if p["model"] in ("lmn", "lmn-native"):  # the state holds exactly what state_nbytes says
             assert p["state_bytes"] == state_nbytes(LMNConfig(), 1, p["position"])
         if p["model"] == "gpt2":  # K and V: 2 * 4 layers * P * 32 * 4 bytes
             assert p["state_bytes"] == p["estimated_cache_bytes"] == 2 * 4 * p["position"] * 32 * 4

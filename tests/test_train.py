@@ -82,6 +82,21 @@ def test_generate_streams_only_corpus_characters(smoke_run, capsys):
     assert again == out  # seeded
 
 
+def test_generate_native_gives_the_same_greedy_text(smoke_run, capsys):
+    from lmn.native import find_compiler
+
+    if find_compiler() is None:
+        status, _, err = run_cli("generate", "--checkpoint", smoke_run, "--native", capsys=capsys)
+        assert status == 2 and "C compiler" in err
+        return
+    args = ("generate", "--checkpoint", smoke_run, "--prompt", "ROMEO:", "--tokens", 120, "--temperature", 0)
+    status, plain, err = run_cli(*args, capsys=capsys)
+    assert status == 0, err
+    status, native, err = run_cli(*args, "--native", capsys=capsys)
+    assert status == 0, err
+    assert native == plain and len(native) == len("ROMEO:") + 121
+
+
 def test_generate_rejects_characters_outside_the_vocabulary(smoke_run, capsys):
     status, out, err = run_cli("generate", "--checkpoint", smoke_run, "--prompt", "ROMEO: ¿qué? 😀", capsys=capsys)
     assert status == 2 and out == ""

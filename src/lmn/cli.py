@@ -129,6 +129,8 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters (default: all)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: nondeterministic)")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+    p.add_argument("--native", action="store_true", help="run the streaming steps through the C kernel "
+                   "(lmn.native; CPU only, compiled with the system C compiler on first use)")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -143,6 +145,13 @@ def _cmd_generate(args) -> int:
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if not args.prompt:
         raise UsageError("--prompt is empty; give at least one character")
+    if args.native and args.device != "cpu":
+        raise UsageError(f"--native runs on the CPU only, not on --device {args.device}")
+    if args.native:
+        from .native import find_compiler
+
+        if find_compiler() is None:
+            raise UsageError("--native needs a C compiler (cc, gcc or clang, or $CC); none was found")
     model, tokenizer, doc = load_run(args.checkpoint, device=args.device)
     kind = doc["train"]["model"]
     if kind != "lmn":
@@ -161,7 +170,7 @@ def _cmd_generate(args) -> int:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sys.stdout
     out.write(args.prompt)
-    for tok in model.generate_stream(idx, args.tokens, args.temperature, args.top_k, generator):
+    for tok in model.generate_stream(idx, args.tokens, args.temperature, args.top_k, generator, args.native):
         out.write(tokenizer.decode(tok))
         out.flush()
     out.write("\n")

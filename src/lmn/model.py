@@ -339,17 +339,19 @@ class LMN(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        native: bool = False,
     ) -> Tensor:
         """Prefill ``idx (B, T)`` in one parallel pass, then sample ``max_new_tokens`` with
-        streaming steps (memory O(log n)). ``temperature=0`` is greedy. Returns
-        ``(B, T + max_new_tokens)``."""
+        streaming steps (memory O(log n)). ``temperature=0`` is greedy. ``native=True``
+        runs the steps through :class:`lmn.native.NativeStepper` (CPU, C compiler needed).
+        Returns ``(B, T + max_new_tokens)``."""
         pieces = [idx]
-        for tok in self.generate_stream(idx, max_new_tokens, temperature, top_k, generator):
+        for tok in self.generate_stream(idx, max_new_tokens, temperature, top_k, generator, native):
             pieces.append(tok[:, None])
         return torch.cat(pieces, dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, native=False):
         """Like :meth:`generate` but yields each new ``(B,)`` token as soon as it exists."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -361,11 +363,19 @@ class LMN(nn.Module):
             return
         logits, state = self(idx, return_state=True)
         logits = logits[:, -1]
+        stepper = None
+        if native:
+            from .native import NativeStepper
+
+            stepper = NativeStepper(self, batch_size=idx.shape[0]).load_state(state)
         for n in range(max_new_tokens):
             tok = sample_next(logits, temperature, top_k, generator)
             yield tok
             if n + 1 < max_new_tokens:
-                logits, state = self.step(tok, state)
+                if stepper is not None:
+                    logits = stepper.step(tok)
+                else:
+                    logits, state = self.step(tok, state)
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator=None) -> Tensor:

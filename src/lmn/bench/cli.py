@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from .common import parse_bytes, parse_choices, parse_count, parse_counts
@@ -24,7 +25,8 @@ def add_bench_subcommands(p: argparse.ArgumentParser, parser_class) -> None:
         "fresh process. Writes NAME.json, NAME.md, NAME_latency.png and NAME_memory.png to --out.",
     )
     d.add_argument("--sizes", default="paper,large", help=f"model sizes, of {', '.join(SIZES)} (default paper,large)")
-    d.add_argument("--models", default=",".join(DECODE_MODELS), help="models (default lmn,gpt2,mamba)")
+    d.add_argument("--models", default=None, help=f"models, of {', '.join(DECODE_MODELS)} (default: all; "
+                   "lmn-native only where a C compiler is found)")
     d.add_argument("--positions", default=None, help="context positions P, K = 1024, M = 1024^2 "
                    "(default 256,1K,4K,16K,32K,128K,1M; --quick: 16,100)")
     d.add_argument("--repeats", type=int, default=None, help="timed decode steps per point (default 50; --quick: 3)")
@@ -103,6 +105,16 @@ def _devices(args) -> list[str]:
     return resolve_devices(args.device)
 
 
+def _default_decode_models() -> str:
+    from lmn.native import find_compiler
+
+    models = list(DECODE_MODELS)
+    if find_compiler() is None:
+        print("note: no C compiler found, so lmn-native (the C streaming step) is left out", file=sys.stderr)
+        models.remove("lmn-native")
+    return ",".join(models)
+
+
 def _cmd_decode(args, command: str) -> int:
     from .decode import FULL_POSITIONS, QUICK_POSITIONS, DecodeSettings, run_decode
 
@@ -110,7 +122,7 @@ def _cmd_decode(args, command: str) -> int:
     sizes = parse_choices(args.sizes if not (q and args.sizes == "paper,large") else "paper", SIZES, "size")
     cfg = DecodeSettings(
         sizes=sizes,
-        models=parse_choices(args.models, DECODE_MODELS, "model"),
+        models=parse_choices(args.models or _default_decode_models(), DECODE_MODELS, "model"),
         positions=parse_counts(args.positions or (QUICK_POSITIONS if q else FULL_POSITIONS)),
         repeats=_positive(args.repeats if args.repeats is not None else (3 if q else 50), "--repeats"),
         warmup=max(0, args.warmup if args.warmup is not None else (2 if q else 10)),

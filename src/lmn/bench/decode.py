@@ -59,11 +59,13 @@ def run_decode(cfg: DecodeSettings, out_dir: Path, name: str = "decode", command
                         point["estimated_cache_bytes"] = est = gpt2_cache_bytes(size, P)
                     if stopped is not None:
                         point.update(status="skipped", reason=f"stopped: {stopped[0]} at P = {format_count(stopped[1])}")
+                    elif kind == "lmn-native" and not device.startswith("cpu"):
+                        point.update(status="skipped", reason="the native step runs on the CPU only")
                     elif kind == "gpt2" and cfg.max_cache_bytes and est > cfg.max_cache_bytes:
                         point.update(status="skipped", reason=f"KV cache would be {format_bytes(est)} "
                                      f"> --max-cache {format_bytes(cfg.max_cache_bytes)}")
                     else:
-                        timeout = cfg.lmn_timeout if kind == "lmn" else cfg.timeout
+                        timeout = cfg.lmn_timeout if kind.startswith("lmn") else cfg.timeout
                         args = ["--size", size, "--model", kind, "--position", str(P), "--repeats", str(cfg.repeats),
                                 "--warmup", str(cfg.warmup), "--chunk", str(cfg.chunk), "--threads", str(cfg.threads),
                                 "--device", device, "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes)]

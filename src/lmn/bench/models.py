@@ -20,6 +20,8 @@ A :class:`Decoder` reaches context P by feeding random ids chunk by chunk (so th
 P-token tensor ever exists), then decodes one token at a time:
 
 * LMN: ``model.prefill(chunk, state, max_chunk)``, then ``model.step``;
+* ``lmn-native``: the same prefill, then steps through :class:`lmn.native.NativeStepper`
+  (the C kernel; CPU only);
 * GPT-2: ``forward(chunk, cache, use_cache=True)`` per chunk -- HF's ``DynamicCache``,
   which concatenates on every step, as ``generate()`` uses it;
 * Mamba: the same through its cache. Caveat (transformers' implementation): a forward
@@ -33,7 +35,7 @@ from __future__ import annotations
 import inspect
 
 SIZES = ("paper", "large")
-DECODE_MODELS = ("lmn", "gpt2", "mamba")
+DECODE_MODELS = ("lmn", "lmn-native", "gpt2", "mamba")
 TRAIN_MODELS = ("lmn", "lmn-ckpt", "lmn-materialized", "gpt2")
 
 _LMN = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2}}
@@ -161,19 +163,35 @@ class Decoder:
 
 
 class LMNDecoder(Decoder):
-    def __init__(self, model, max_chunk: int = 1024):
+    def __init__(self, model, max_chunk: int = 1024, native: bool = False):
         self.model, self.max_chunk, self.state = model, max_chunk, None
+        self.stepper = None
+        if native:
+            from lmn.native import NativeStepper
+
+            self.stepper = NativeStepper(model, batch_size=1)  # compiles the kernel once, before timing
+        self.handed_over = False  # the prefilled state moved into the native stepper
 
     def prefill(self, chunk):
+        if self.handed_over:
+            raise RuntimeError("prefill after native decode steps is not supported by this benchmark")
         _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
 
     def step(self, token):
+        if self.stepper is not None:
+            if not self.handed_over:
+                if self.state is not None:
+                    self.stepper.load_state(self.state)
+                self.state, self.handed_over = None, True
+            return self.stepper.step(token)
         if self.state is None:
             self.state = self.model.init_state(1, device=token.device)
         return self.model.step(token, self.state)[0]
 
     def state_bytes(self) -> int:
-        return self.state.nbytes
+        if self.handed_over:
+            return self.stepper.nbytes
+        return 0 if self.state is None else self.state.nbytes
 
 
 class HFDecoder(Decoder):
@@ -211,4 +229,6 @@ class HFDecoder(Decoder):
 
 
 def make_decoder(kind: str, model, max_chunk: int = 1024) -> Decoder:
-    return LMNDecoder(model, max_chunk) if kind == "lmn" else HFDecoder(model)
+    if kind.startswith("lmn"):
+        return LMNDecoder(model, max_chunk, native=kind == "lmn-native")
+    return HFDecoder(model)

@@ -71,7 +71,9 @@ def render_decode(doc: dict) -> str:
         f"warm-up steps. State: LMN's streaming state (`state.nbytes`), GPT-2's KV cache, Mamba's "
         f"conv + SSM cache, at P. Peak RSS: high-water mark of the measuring process (a fresh "
         f"process per point; includes Python, torch and, for the baselines, transformers). "
-        f"K = 1024, M = 1024².",
+        f"K = 1024, M = 1024². Models: `lmn` steps with `LMN.step` (PyTorch), `lmn-native` "
+        f"with `lmn.native.NativeStepper` (the same computation as one C call per token, after "
+        f"the same PyTorch prefill), `gpt2` and `mamba` through transformers' caches.",
         "",
         f"Limits: {s['timeout']:g} s per baseline point, {s['lmn_timeout']:g} s per LMN point; GPT-2 is "
         f"not run where its KV cache would exceed {format_bytes(s['max_cache_bytes'])}; a model stops "
@@ -86,7 +88,8 @@ def render_decode(doc: dict) -> str:
         params = doc["models"][size]
         lines += [f"## {size} size, {device}", ""]
         lines += ["Parameters: " + "; ".join(f"{m} {params[m]['params']:,}" for m in models) + ".", ""]
-        pair = "lmn" in models and "gpt2" in models
+        # LMN variants against GPT-2's KV cache, one ratio column each
+        pairs = [m for m in models if m.startswith("lmn") and "gpt2" in models]
 
         def ok(m, P):
             p = at.get((m, P))
@@ -103,12 +106,12 @@ def render_decode(doc: dict) -> str:
             ("State / cache bytes at P", lambda p: format_bytes(p["state_bytes"]), lambda p: p["state_bytes"]),
             ("Peak RSS of the process", lambda p: format_bytes(p["peak_rss_bytes"]), lambda p: p["peak_rss_bytes"]),
         ):
-            head = ["P"] + models + (["lmn ÷ gpt2"] if pair else [])
+            head = ["P"] + models + [f"{m} ÷ gpt2" for m in pairs]
             rows = []
             for P in positions:
                 row = [format_count(P)] + [cell(m, P, fn) for m in models]
-                if pair:
-                    a, b = ok("lmn", P), ok("gpt2", P)
+                for m in pairs:
+                    a, b = ok(m, P), ok("gpt2", P)
                     row.append(_ratio(key(a), key(b)) if a and b else "-")
                 rows.append(row)
             lines += [f"### {title}", ""] + _table(head, rows)
