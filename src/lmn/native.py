@@ -110,8 +110,13 @@ def _summarizer_matrix(memory, d: int, dtype: torch.dtype) -> tuple[Tensor, Tens
     summ = copy.deepcopy(memory.summarizer).to(torch.float64)
     with torch.no_grad():
         inputs = torch.cat([torch.zeros(1, 2 * C, dtype=torch.float64), torch.eye(2 * C, dtype=torch.float64)])
-        # (items, 2C) -> left / right (items, n_banks, 1, d): bank-major within each half
-        out = summ(inputs[:, :C].reshape(-1, nb, 1, d), inputs[:, C:].reshape(-1, nb, 1, d)).reshape(-1, C)
+        # (items, 2C) -> left / right (1, n_banks, items, d), bank-major within each half: the
+        # probes ride on the summarizer's item axis (a leading batch axis would make a
+        # batched matmul expand the weight once per probe)
+        def banks(half: Tensor) -> Tensor:
+            return half.reshape(-1, nb, d).transpose(0, 1)[None]
+
+        out = summ(banks(inputs[:, :C]), banks(inputs[:, C:]))[0].transpose(0, 1).reshape(-1, C)
         bias = out[0]
         matrix = (out[1:] - bias).T  # (C, 2C)
     return matrix.to(dtype).contiguous(), bias.to(dtype).contiguous()
@@ -165,8 +170,13 @@ class NativeStepper:
                 eps.append(torch.finfo(self.dtype).eps if norm.eps is None else norm.eps)
         parts += [model.ln_f.weight, model.ln_f.bias, model.head.weight.T, model.head.bias]
         eps.append(model.ln_f.eps)
-        with torch.no_grad():
-            self._weights = torch.cat([p.detach().to(self.dtype).reshape(-1) for p in parts]).contiguous()
+        self._weights = torch.empty(sum(p.numel() for p in parts), dtype=self.dtype)
+        with torch.no_grad():  # copied part by part: no second full-size copy of the weights
+            offset = 0
+            for part in parts:
+                n = part.numel()
+                self._weights[offset : offset + n].view(part.shape).copy_(part.detach())
+                offset += n
         self._eps = torch.tensor(eps, dtype=torch.float64)
         self._dims = torch.tensor(
             [cfg.vocab_size, d, cfg.n_layers, cfg.n_heads, nb, cfg.ff_mult * d, max_levels,
