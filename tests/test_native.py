@@ -137,3 +137,19 @@ def test_generate_native_equals_generate():
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     assert torch.equal(model.generate(prompt, 40, top_k=4, generator=g()),
                        model.generate(prompt, 40, top_k=4, generator=g(), native=True))
+
+
+def test_native_build_errors_are_clear(tmp_path, monkeypatch):
+    import lmn.native as native
+
+    model = small_model(summarizer="linear", n_banks=1)
+    monkeypatch.setattr(native, "_LIBS", {})  # force a fresh build, into an empty cache
+    monkeypatch.setenv("LMN_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with pytest.raises(RuntimeError, match="failed"):
+        NativeStepper(model)
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler anywhere
+    with pytest.raises(RuntimeError, match="needs a C compiler"):
+        NativeStepper(model)
+    assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written kernel left behind

@@ -79,8 +79,13 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL:
                 "lmn.native needs a C compiler to build its kernel (none of $CC, cc, gcc, clang "
                 "was found on the PATH); install one (e.g. `apt install gcc`) or use LMN.step"
             )
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot write the compiled kernel to {cache} ({exc}); point $LMN_KERNEL_CACHE at a writable directory"
+            ) from exc
         os.close(fd)
         try:
             proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
