@@ -18,7 +18,8 @@ Scope: CPU, float32 or float64, ``expand = 0`` (any summarizer, banks, heads, po
 encoding). The weights are copied when the stepper is made (like an exported model):
 after changing the model's parameters make a new stepper. The state is a fixed-capacity
 buffer of ``max_levels`` tree levels per layer (default 40: streams of up to 2**41 - 1
-tokens); its meaningful part is the O(log n) state of :class:`lmn.LMNState`.
+tokens); its meaningful part is the O(log n) state of :class:`lmn.LMNState`. A stepper
+owns one scratch buffer: use one stepper per thread.
 
 Tested against :meth:`lmn.LMN.step` and :func:`lmn.reference_forward` in
 ``tests/test_native.py``.
