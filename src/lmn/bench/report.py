@@ -174,7 +174,8 @@ def render_train(doc: dict) -> str:
         f"(fewer where a step is long: see n). Sweep: batch = max(1, {s['tokens_per_batch']:,} // T). "
         f"Peak memory growth: how far the step raised the process's high-water RSS above its level "
         f"after building the model and the batch (fresh process per point). Models: `lmn` parallel "
-        f"form; `lmn-ckpt` the same with per-block activation checkpointing; `lmn-materialized` "
+        f"form; `lmn-ckpt` the same with `gradient_checkpointing` (blocks recomputed in backward; "
+        f"from commit 8974a17 on, feed-forward layers also in recomputed row chunks); `lmn-materialized` "
         f"gathers every position's slots into a (B, T, slots, d) tensor; `gpt2` transformers' GPT-2 "
         f"with SDPA attention and no dropout. K = 1024.",
         "",
