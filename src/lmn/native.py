@@ -31,6 +31,7 @@ import copy
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -71,7 +72,9 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL:
     cc = find_compiler()
     source = _SOURCE.read_bytes()
     flags = [*_CFLAGS, f"-DREAL={_REAL[dtype]}"]
-    tag = hashlib.sha256(source + " ".join([str(cc), *flags]).encode()).hexdigest()[:16]
+    # one build per source, compiler, flags and machine type (a home directory may be shared)
+    tag = hashlib.sha256(source + " ".join([str(cc), *flags, platform.machine(), platform.system()]).encode())
+    tag = tag.hexdigest()[:16]
     cache = kernel_cache_dir()
     lib_path = cache / f"lmn_step_{_REAL[dtype]}_{tag}.so"
     if not lib_path.exists():
