@@ -263,3 +263,25 @@ def test_recomputed_chunks_backward_equals_autograd(c0, prefix_levels):
     for j, (gf, ga) in enumerate(zip(grads_f, grads_a)):
         _check(f"recomputed grad of input {j}", gf, ga, tol=1e-12)
     assert torch.autograd.gradcheck(lambda *xs: _RecomputedChunks.apply(chunk, c0, T1, *xs), inputs)
+
+
+def test_training_step_imports_no_symbolic_shape_machinery():
+    """Backward through the recomputing functions must not pull in sympy & co. (passing
+    grad_outputs to torch.autograd.grad does): ~30-70 MiB of resident memory, which is
+    most of the 32K training-memory target's margin. Run in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from lmn import LMN, LMNConfig\n"
+        "m = LMN(LMNConfig(chunk_size=16))\n"
+        "idx = torch.zeros(1, 64, dtype=torch.long)\n"
+        "for ckpt in (True, False):\n"
+        "    m.gradient_checkpointing = ckpt\n"
+        "    m(idx).sum().backward()\n"
+        "print(sorted(n for n in ('sympy', 'mpmath', 'torch.fx.experimental.symbolic_shapes') if n in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

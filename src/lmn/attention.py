@@ -264,6 +264,17 @@ def _attend_all(chunk: int, c0: int, T1: int, k_t, v_t, s_self, nodes_qv) -> Ten
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
+def vjp(out: Tensor, inputs: list[Tensor], grad_out: Tensor) -> tuple:
+    """``torch.autograd.grad(out, inputs, grad_out, allow_unused=True)``, computed as the
+    gradient of the scalar ``sum(out * grad_out)`` (the same numbers: the product's backward
+    multiplies ``grad_out`` by one). Passing ``grad_outputs`` makes torch import its symbolic
+    shape machinery on first use (sympy, ~30-70 MiB resident), which would count against
+    the training step's memory."""
+    with torch.enable_grad():  # backward() runs with grad mode off
+        total = (out * grad_out).sum()
+    return torch.autograd.grad(total, inputs, allow_unused=True)
+
+
 class _RecomputedChunks(torch.autograd.Function):
     """:func:`_attend_all` whose backward recomputes one chunk at a time.
 
@@ -297,7 +308,7 @@ class _RecomputedChunks(torch.autograd.Function):
             wanted = [j for j, leaf in enumerate(leaves) if leaf.requires_grad]
             if not wanted:
                 break
-            grads = torch.autograd.grad(out, [leaves[j] for j in wanted], grad_out[..., u0:u1], allow_unused=True)
+            grads = vjp(out, [leaves[j] for j in wanted], grad_out[..., u0:u1])
             for j, g in zip(wanted, grads):
                 if g is None:
                     continue

@@ -16,9 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from .attention import SingleVectorAttention
+from .attention import SingleVectorAttention, vjp
 from .config import LMNConfig
 from .memory import LogMemory
 from .state import LayerState, LMNState, n_levels
@@ -95,6 +94,36 @@ class FeedForward(nn.Module):
             )
         # in place when nothing is recorded for backward: saves a (T, ff_mult*d) buffer
         return self.down(F.silu(self.up(x), inplace=True))
+
+
+class _CheckpointedBlock(torch.autograd.Function):
+    """Run a block without recording it; in backward, run it again under autograd from its
+    saved input and differentiate that. The block has no randomness, so the recomputation
+    is the same function. Written out rather than taken from ``torch.utils.checkpoint``,
+    whose first call imports ~800 modules (sympy, dynamo: ~68 MiB of resident memory)."""
+
+    @staticmethod
+    def forward(ctx, block, chunk: int, h, *params):
+        ctx.block, ctx.chunk = block, chunk
+        ctx.save_for_backward(h)
+        with torch.no_grad():
+            out, _ = block(h, return_state=False, chunk=chunk)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (h,) = ctx.saved_tensors
+        params = [p for p in ctx.block.parameters()]
+        inputs = [h.detach().requires_grad_(ctx.needs_input_grad[2])] + params
+        with torch.enable_grad():
+            out, _ = ctx.block(inputs[0], return_state=False, chunk=ctx.chunk)
+        wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+        grads = vjp(out, [inputs[i] for i in wanted], grad_out)
+        result = [None] * len(inputs)
+        for i, g in zip(wanted, grads):
+            result[i] = g
+        return (None, None, *result)
 
 
 class LMNBlock(nn.Module):
@@ -297,7 +326,8 @@ class LMN(nn.Module):
         layers = []
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled() and not return_state:
-                h, layer_state = checkpoint(block, h, False, self.config.chunk_size, use_reentrant=False)
+                h = _CheckpointedBlock.apply(block, self.config.chunk_size, h, *block.parameters())
+                layer_state = None
             else:
                 h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
             layers.append(layer_state)
