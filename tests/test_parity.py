@@ -176,9 +176,8 @@ def test_continuing_a_stream_in_parallel_pieces(kw):
             _check(f"prefill(max_chunk={max_chunk}) then steps", steps, ref[:, 250:])
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = small_model(summarizer="linear", n_banks=2)
-    idx = torch.randint(0, 11, (2, 65))
+def _grads_plain_and_checkpointed(model, idx):
+    """Parameter gradients of one loss without, then with gradient checkpointing."""
 
     def grads():
         model.zero_grad()
@@ -187,7 +186,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     plain = grads()
     model.gradient_checkpointing = True
-    ckpt = grads()
+    assert all(b.ff.recompute for b in model.blocks)
+    return plain, grads()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = small_model(summarizer="linear", n_banks=2)
+    idx = torch.randint(0, 11, (2, 65))
+    plain, ckpt = _grads_plain_and_checkpointed(model, idx)
     for a, b in zip(plain, ckpt):
         assert torch.equal(a, b)  # recomputation runs the same ops on the same inputs
 
@@ -214,16 +220,8 @@ def test_chunked_feed_forward_backward_equals_autograd(monkeypatch):
     monkeypatch.setattr(FeedForward, "chunk_rows", 7)
     model = small_model(summarizer="conv", n_banks=2).double()
     idx = torch.randint(0, 11, (2, 33))
-
-    def grads():
-        model.zero_grad()
-        model(idx).square().mean().backward()
-        return [p.grad.clone() for p in model.parameters()]
-
-    plain = grads()
-    model.gradient_checkpointing = True
-    assert all(b.ff.recompute for b in model.blocks)
-    for a, b in zip(plain, grads()):
+    plain, ckpt = _grads_plain_and_checkpointed(model, idx)
+    for a, b in zip(plain, ckpt):
         assert (a - b).abs().max().item() < 1e-12
 
 

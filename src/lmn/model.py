@@ -93,7 +93,7 @@ class FeedForward(nn.Module):
                 x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, self.chunk_rows
             )
         # in place when nothing is recorded for backward: saves a (T, ff_mult*d) buffer
-        return self.down(F.silu(self.up(x), inplace=True))
+        return self.down(F.silu(self.up(x), inplace=not torch.is_grad_enabled()))
 
 
 class _CheckpointedBlock(torch.autograd.Function):
@@ -114,8 +114,7 @@ class _CheckpointedBlock(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (h,) = ctx.saved_tensors
-        params = [p for p in ctx.block.parameters()]
-        inputs = [h.detach().requires_grad_(ctx.needs_input_grad[2])] + params
+        inputs = [h.detach().requires_grad_(ctx.needs_input_grad[2]), *ctx.block.parameters()]
         with torch.enable_grad():
             out, _ = ctx.block(inputs[0], return_state=False, chunk=ctx.chunk)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad]

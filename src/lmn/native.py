@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .model import LMN
-from .state import LayerState, LMNState, n_levels
+from .state import LayerState, LMNState, n_levels, state_nbytes
 
 _SOURCE = Path(__file__).with_name("kernels") / "lmn_step.c"
 _CFLAGS = ["-O3", "-std=c99", "-fPIC", "-shared"]
@@ -168,10 +168,11 @@ class NativeStepper:
         for block in model.blocks:
             sW, sb = _summarizer_matrix(block.memory, d, self.dtype)
             a, ff = block.attn, block.ff
+            with torch.no_grad():
+                qkv_w, qkv_b = a._fused("qkv")  # [W_q; W_k; W_v], as LMN.step uses it
             # matrices input-major (transposed against nn.Linear), as the kernel reads them
             parts += [
-                block.norm1.weight, sW.T, sb,
-                torch.cat([a.q.weight, a.k.weight, a.v.weight]).T, torch.cat([a.q.bias, a.k.bias, a.v.bias]),
+                block.norm1.weight, sW.T, sb, qkv_w.T, qkv_b,
                 a.o.weight.T, a.o.bias, block.norm2.weight,
                 ff.up.weight.T, ff.up.bias, ff.down.weight.T, ff.down.bias,
             ]
@@ -192,7 +193,8 @@ class NativeStepper:
              int(cfg.pos_encoding == "sinusoidal")],
             dtype=torch.int64,
         )
-        self._layer_state = (max_levels + 1) * self._C + 2 * max_levels * nb * d
+        # per stream and layer: max_levels + 1 nodes, then q and v of max_levels * n_banks slots
+        self._layer_state = (3 * max_levels + 1) * self._C
         self._state = torch.zeros(batch_size, cfg.n_layers, self._layer_state, dtype=self.dtype)
         self._work = torch.zeros(self._lib.lmn_work_size(self._dims.data_ptr()), dtype=self.dtype)
         self._ptrs = (self._weights.data_ptr(), self._state.data_ptr(), self._work.data_ptr())
@@ -290,6 +292,4 @@ class NativeStepper:
     def nbytes(self) -> int:
         """Bytes of the stream's meaningful state (as :attr:`lmn.LMNState.nbytes`); the
         buffer itself has the fixed size of ``max_levels``."""
-        from .state import state_nbytes
-
         return state_nbytes(self.config, self.batch_size, self.pos, self._state.element_size())
