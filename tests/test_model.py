@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmn import LMN, LMNConfig
-from lmn.model import sample_next
+from lmn.generation import sample_next
 
 
 def test_paper_parameter_count():

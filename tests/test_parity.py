@@ -225,42 +225,55 @@ def test_chunked_feed_forward_backward_equals_autograd(monkeypatch):
         assert (a - b).abs().max().item() < 1e-12
 
 
-def _chunk_inputs(T, levels_g, B=1, H=2, dh=3, chunk=4, prefix_levels=0):
-    """Random float64 inputs of the attention kernels for a T-token piece."""
+def _chunk_inputs(T, tree, chunk, n_levels, c0=0, prefix_levels=0, B=1, H=2, dh=3, G=2):
+    """Random float64 inputs of the attention kernels for a T-token piece, and their meta."""
+    from lmn.attention import SlotGroup, _chunk_plan, _slot_specs
+
     T1 = T + 1
-    Tp = -(-T1 // chunk) * chunk
     g = torch.Generator().manual_seed(0)
+    groups = []
+    for level, r in tree.read_groups(n_levels):
+        block = tree.block_length(level)
+        groups.append(SlotGroup(torch.randn(2, B, H, G, dh, T // block + 1, generator=g, dtype=torch.float64),
+                                block, level, r))
+    # levels above this piece's own tree: only the stream's earlier node (one entry)
+    for level in range(n_levels + 1, n_levels + 1 + prefix_levels):
+        groups.append(SlotGroup(torch.randn(2, B, H, G, dh, 1, generator=g, dtype=torch.float64), None, level, 0))
+    blocks = [grp.block for grp in groups]
+    Tp = max([T1] + [u0 + _chunk_plan(u0, min(u0 + chunk, T1), chunk, blocks)[0] for u0 in range(0, T1, chunk)])
     k_t = torch.randn(B, H, dh, Tp, generator=g, dtype=torch.float64)
     v_t = torch.randn(B, H, dh, T1, generator=g, dtype=torch.float64)
     s_self = torch.randn(B, H, T1, generator=g, dtype=torch.float64)
-    nodes = [torch.randn(2, B, H, G, dh, (T >> i) + 1, generator=g, dtype=torch.float64)
-             for i, G in enumerate(levels_g, start=1)]
-    # levels above this piece's own tree: only the stream's earlier node (one entry)
-    nodes += [torch.randn(2, B, H, 2, dh, 1, generator=g, dtype=torch.float64) for _ in range(prefix_levels)]
-    return T1, [k_t, v_t, s_self, *nodes]
+    meta = (chunk, c0, T1, tree, blocks, *_slot_specs(groups, "cpu"))
+    return meta, [k_t, v_t, s_self, *[grp.entries for grp in groups]]
 
 
-@pytest.mark.parametrize("c0, prefix_levels", [(0, 0), (16, 2)])
-def test_recomputed_chunks_backward_equals_autograd(c0, prefix_levels):
+@pytest.mark.parametrize(
+    "stride, read, chunk, c0, prefix_levels",
+    [(2, "latest", 4, 0, 0), (2, "latest", 4, 16, 2), (3, "digits", 3, 0, 0), (3, "latest", 3, 27, 1)],
+)
+def test_recomputed_chunks_backward_equals_autograd(stride, read, chunk, c0, prefix_levels):
     """The chunk-recomputing autograd.Function (used in training with several chunks) has
     the gradients of plain autograd through the same kernels, and passes gradcheck; levels
     longer than a chunk (one node shared by several chunks) and stream-prefix levels
     included."""
     from lmn.attention import _attend_all, _RecomputedChunks
+    from lmn.tree import Tree
 
-    chunk = 4
-    T1, inputs = _chunk_inputs(12, [2, 2, 2], chunk=chunk, prefix_levels=prefix_levels)
+    tree = Tree(stride, read)
+    meta, inputs = _chunk_inputs(12, tree, chunk, n_levels=tree.n_levels_in(12), c0=c0, prefix_levels=prefix_levels)
+    T1 = meta[2]
     inputs = [t.requires_grad_() for t in inputs]
     w = torch.randn(inputs[1].shape[:-1] + (T1,), dtype=torch.float64)
 
-    out_f = _RecomputedChunks.apply(chunk, c0, T1, *inputs)
+    out_f = _RecomputedChunks.apply(meta, *inputs)
     grads_f = torch.autograd.grad((out_f * w).sum(), inputs)
-    out_a = _attend_all(chunk, c0, T1, *inputs[:3], inputs[3:])
+    out_a = _attend_all(meta, *inputs[:3], inputs[3:])
     grads_a = torch.autograd.grad((out_a * w).sum(), inputs)
     _check("recomputed forward", out_f, out_a, tol=1e-12)
     for j, (gf, ga) in enumerate(zip(grads_f, grads_a)):
         _check(f"recomputed grad of input {j}", gf, ga, tol=1e-12)
-    assert torch.autograd.gradcheck(lambda *xs: _RecomputedChunks.apply(chunk, c0, T1, *xs), inputs)
+    assert torch.autograd.gradcheck(lambda *xs: _RecomputedChunks.apply(meta, *xs), inputs)
 
 
 def test_training_step_imports_no_symbolic_shape_machinery():

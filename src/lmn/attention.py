@@ -12,6 +12,7 @@ never because of its value.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .config import LMNConfig
+from .tree import ceil_log
 
 
 class SingleVectorAttention(nn.Module):
@@ -38,12 +40,15 @@ class SingleVectorAttention(nn.Module):
     def _fused(self, which: str) -> tuple[Tensor, Tensor]:
         """Concatenated weights: ``"qv"`` = [W_q; W_v] (the slot side) or ``"qkv"``.
 
-        Under autograd they are rebuilt on every call (so gradients flow); in inference
+        Under autograd they are rebuilt on every call (so gradients flow); otherwise
         they are cached and rebuilt only when a parameter changes (tracked by identity and
         version counter), which saves two ``cat`` per streaming step.
         """
         mods = (self.q, self.v) if which == "qv" else (self.q, self.k, self.v)
-        if torch.is_grad_enabled():
+        params = [p for m in mods for p in (m.weight, m.bias)]
+        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+            # (inference tensors, from a model made under torch.inference_mode(), have no
+            # version counter to key a cache on: rebuilt every call)
             return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in mods for p in (m.weight, m.bias))
         cached = self._fused_cache.get(which)
@@ -70,97 +75,113 @@ class SingleVectorAttention(nn.Module):
         return qv[0], qv[1]
 
     # ------------------------------------------------------------------ parallel form
-    def forward(
-        self,
-        x: Tensor,
-        levels: list[Tensor],
-        return_cache: bool = False,
-        chunk: int = 4096,
-        prefix: tuple[int, list[Tensor], list[Tensor]] | None = None,
-    ):
+    def read_groups(self, x: Tensor, levels: list[Tensor], tree, prefix=None) -> list[SlotGroup]:
+        """The slot groups a sequence attends over (see :meth:`lmn.tree.Tree.read_groups`).
+
+        Args:
+            x: ``(B, T, d)`` normalised input (the level-0 nodes).
+            levels: ``[N_1, ..., N_L]`` from :meth:`lmn.memory.LogMemory.build`.
+            tree: the model's :class:`lmn.tree.Tree`.
+            prefix: continue a stream: ``(c0, cached)`` where ``c0`` tokens came before ``x``
+                (a multiple of ``k**p``, ``p`` the smallest with ``T <= k**p``) and
+                ``cached[i]`` holds the q/v projections ``(B, H, n, d_head)`` of the slots
+                of level ``i`` in the stream's slot cache. Levels ``>= p`` are then read
+                from the stream only (constant over the piece); for ``"latest"`` a block of
+                a lower level that starts the piece reads the stream's latest node. Only
+                positions ``0 .. T-2`` are exact: the last one may read nodes that complete
+                with it (the caller recomputes it with :meth:`step`).
+        """
+        B, T, _ = x.shape
+        k = tree.stride
+        c0, cached = prefix if prefix is not None else (0, [])
+        local = len(levels) if prefix is None else min(len(levels), ceil_log(T, k) - 1)
+        groups = []
+        for level, r in tree.read_groups(local):
+            if tree.read == "latest":  # entry 0: the stream's node before the piece (or nothing)
+                _, nb, n, e, _ = levels[level - 1].shape
+                qv = self._project(levels[level - 1]).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
+                padded = qv.new_zeros(2, B, self.n_heads, nb * e, self.d_head, n + 1)
+                padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
+                del qv
+                if level < len(cached):
+                    padded[0, ..., 0], padded[1, ..., 0] = cached[level]
+            else:  # block q reads node q*k + r (zeros where no such node: never present)
+                if level == 0:  # the tokens themselves, one slot each
+                    qv = self._project(x[:, None, :, None, :]).permute(4, 0, 5, 1, 3, 6, 2)
+                else:
+                    qv = self._project(levels[level - 1]).permute(4, 0, 5, 1, 3, 6, 2)
+                n = qv.shape[-1]
+                n_blocks = T // tree.block_length(level) + 1
+                full = qv.new_zeros(*qv.shape[:-1], n_blocks * k)
+                full[..., :n] = qv
+                del qv
+                picked = full.unflatten(-1, (n_blocks, k))[..., r]  # (2, B, H, nb, E, dh, n_blocks)
+                padded = picked.flatten(3, 4).contiguous()
+            groups.append(SlotGroup(padded, tree.block_length(level), level, r))
+        # levels above the piece's own tree: the stream's cached slots, one entry for all
+        for level in range(local + 1, len(cached)):
+            q, v = cached[level]
+            if q.shape[2] == 0:
+                continue
+            if tree.read == "latest":
+                entries = [(q, v)]
+            else:  # one group per pending node
+                per = tree.node_slots(level)
+                entries = [(q[:, :, s : s + per], v[:, :, s : s + per]) for s in range(0, q.shape[2], per)]
+            for r, (qn, vn) in enumerate(entries):
+                groups.append(SlotGroup(torch.stack([qn, vn])[..., None], None, level, r))
+        return groups
+
+    def forward(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None) -> Tensor:
         """Parallel form.
 
         Args:
             x: ``(B, T, d)`` normalised input (slot 0 and the key side).
             levels: ``[N_1, ..., N_L]`` from :meth:`lmn.memory.LogMemory.build`.
-            return_cache: also return the projected q/v of the *last* node of every level,
-                ``(B, H, slots, d_head)`` each, for the streaming state.
-            chunk: positions processed at once (a power of two); bounds the temporaries.
-            prefix: continue a stream: ``(c0, q, v)`` where ``c0`` tokens came before ``x``
-                (a multiple of the next power of two >= T) and ``q[i-1]``/``v[i-1]`` are
-                the cached projections ``(B, H, G_i, d_head)`` of the stream's latest
-                level-i node for ``i = 1 .. floor(log2 c0)``. A level-i block of ``x``
-                that starts the sequence then reads that node instead of nothing. Only
-                positions ``0 .. T-2`` are exact: the last one may read nodes that
-                complete with it (the caller recomputes it with :meth:`step`).
+            tree: the model's :class:`lmn.tree.Tree` (which slots are read, and where).
+            chunk: positions processed at once (a power of the stride); bounds the
+                temporaries.
+            prefix: continue a stream (see :meth:`read_groups`).
         Returns:
-            ``(out (B, T, d), cache or None)``.
+            ``out (B, T, d)``.
 
-        Work on the shifted axis u = t + 1 in [0, T] (u = 0 is a dummy). Position t reads
-        node ``j = u // 2**i - 1`` at level i, so the 2**i positions reading node j form
-        the aligned block ``j + 1`` of the u axis: every node is projected once and
-        broadcast over its block, and no ``(B, T, slots, d)`` tensor is ever formed.
-        Memory is O(T * d) for the sequence plus O(chunk * H * slots) for the scores.
-        Tensors are kept time-last (``(B, H, dh, u)``) so that every broadcast multiply
-        and reduction runs over a contiguous time axis.
+        Work on the shifted axis u = t + 1 in [0, T] (u = 0 is a dummy). Every group
+        reads one node per aligned block of its block length on the u axis, so every
+        node is projected once and broadcast over its block, and no ``(B, T, slots, d)``
+        tensor is ever formed. Memory is O(T * d) for the sequence plus
+        O(chunk * H * slots) for the scores. Tensors are kept time-last (``(B, H, dh, u)``)
+        so that every broadcast multiply and reduction runs over a contiguous time axis.
         """
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
-        if chunk < 1 or chunk & (chunk - 1):
-            raise ValueError(f"chunk must be a power of two, got {chunk}")
-        # columns past u = T only exist so that the last partial block of a level can be
-        # viewed as a whole block; their results are dropped
-        Tp = -(-(T + 1) // chunk) * chunk if T + 1 > chunk else max(
-            [((T >> i) + 1) << i for i in range(1, len(levels) + 1)], default=T + 1
-        )
+        if chunk != tree.chunk(chunk):
+            raise ValueError(f"chunk must be a power of the stride {tree.stride}, got {chunk}")
+        T1 = T + 1
         q = self.q(x).view(B, T, H, dh)
         k = self.k(x).view(B, T, H, dh) * self.scale  # fold 1/sqrt(d_head) into the key
         s_self = F.pad((q * k).sum(-1).transpose(1, 2), (1, 0))  # slot 0 scores, (B, H, T+1)
         del q  # (the dels keep no-grad inference memory low; autograd keeps what it needs)
+        v_t = F.pad(self.v(x).view(B, T, H, dh).permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
+        groups = self.read_groups(x, levels, tree, prefix)
+        blocks = [g.block for g in groups]
+        Tp = max([T1] + [u0 + _chunk_plan(u0, min(u0 + chunk, T1), chunk, blocks)[0] for u0 in range(0, T1, chunk)])
         k_t = F.pad(k.permute(0, 2, 3, 1), (1, Tp - T - 1))  # (B, H, dh, Tp), column u: k_{u-1}
         del k
-        v_t = F.pad(self.v(x).view(B, T, H, dh).permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
-
-        c0, pre_q, pre_v = prefix if prefix is not None else (0, [], [])
-        nodes_qv = []  # per level: (2, B, H, G, dh, n+1); entry m' is node m'-1 (0: earlier)
-        cache_q, cache_v = [], []
-        for i in range(1, max(len(levels), len(pre_q)) + 1):
-            if i <= len(levels):
-                nodes = levels[i - 1]
-                _, nb, n, e, _ = nodes.shape
-                qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
-                padded = qv.new_zeros(2, B, H, nb * e, dh, n + 1)
-                padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
-                del qv
-                if return_cache:
-                    cache_q.append(padded[0, ..., -1])
-                    cache_v.append(padded[1, ..., -1])
-            else:  # a level above this sequence's tree: only the stream's node exists
-                padded = x.new_zeros(2, B, H, pre_q[i - 1].shape[2], dh, 1)
-            if i <= len(pre_q):  # block 0 reads the latest node of the stream so far
-                padded[0, ..., 0] = pre_q[i - 1]
-                padded[1, ..., 0] = pre_v[i - 1]
-            nodes_qv.append(padded)
+        c0 = 0 if prefix is None else prefix[0]
+        slot_level, slot_r = _slot_specs(groups, x.device)
+        meta = (chunk, c0, T1, tree, blocks, slot_level, slot_r)
+        nodes_qv = [g.entries for g in groups]
 
         # With several chunks under autograd, no chunk's scores or probabilities are kept:
         # backward recomputes one chunk at a time from chunk-sized slices of the inputs
         # (see _RecomputedChunks), so training memory stays O(T * d) plus one chunk's
         # O(chunk * H * slots), for ~1/3 more attention compute.
-        T1 = T + 1
         if torch.is_grad_enabled() and T1 > chunk:
-            out = _RecomputedChunks.apply(chunk, c0, T1, k_t, v_t, s_self, *nodes_qv)
+            out = _RecomputedChunks.apply(meta, k_t, v_t, s_self, *nodes_qv)
         else:
-            out = _attend_all(chunk, c0, T1, k_t, v_t, s_self, nodes_qv)
+            out = _attend_all(meta, k_t, v_t, s_self, nodes_qv)
         out = out[..., 1:]  # (B, H, dh, T)
-        out = self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
-        cache = None
-        if return_cache:
-            empty = x.new_zeros(B, H, 0, dh)
-            cache = (
-                torch.cat(cache_q, dim=2) if cache_q else empty,
-                torch.cat(cache_v, dim=2) if cache_v else empty,
-            )
-        return out, cache
+        return self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
 
     # ------------------------------------------------------------------ streaming form
     def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor) -> Tensor:
@@ -179,43 +200,58 @@ class SingleVectorAttention(nn.Module):
 
 # ---------------------------------------------------------------------- chunk kernels
 # Shapes (time-last): k_t (B, H, dh, Tp) with column u holding k_{u-1}; v_t (B, H, dh, T+1);
-# s_self (B, H, T+1); per level i a tensor (2, B, H, G_i, dh, n_i + 1) of projected
-# nodes whose entry m is node m-1 (entry 0: the stream's earlier node, or zeros).
+# s_self (B, H, T+1); per slot group a tensor (2, B, H, G, dh, n_entries) of projected
+# nodes whose entry q is the node read by block q of the group (see SlotGroup).
 
 
-def _chunk_plan(u0: int, u1: int, chunk: int, nodes_qv) -> tuple[int, list[tuple[int, int, int]]]:
-    """What the chunk of shifted positions ``u0 <= u < u1`` reads: per level
-    ``(first, nblk, r_c)`` -- node entries ``first .. first+nblk-1``, each broadcast over
+class SlotGroup(NamedTuple):
+    """Slots read as one node per aligned block of ``block`` positions on the u axis:
+    ``entries (2, B, H, G, d_head, n_entries)`` holds q and v of the node block ``q``
+    reads (``block=None``: one entry, read by every position). ``level``/``r`` name the
+    group for :meth:`lmn.tree.Tree.absent`."""
+
+    entries: Tensor
+    block: int | None
+    level: int
+    r: int
+
+
+def _slot_specs(groups: list[SlotGroup], device) -> tuple[Tensor, Tensor]:
+    """Per attention slot (slot 0: the token itself, level -1) its level and group index."""
+    levels = [-1] + [g.level for g in groups for _ in range(g.entries.shape[3])]
+    rs = [0] + [g.r for g in groups for _ in range(g.entries.shape[3])]
+    return torch.tensor(levels, device=device), torch.tensor(rs, device=device)
+
+
+def _chunk_plan(u0: int, u1: int, chunk: int, blocks: list[int | None]) -> tuple[int, list[tuple[int, int, int]]]:
+    """What the chunk of shifted positions ``u0 <= u < u1`` reads: per group (of block
+    length ``blocks[g]``)
+    ``(first, nblk, r_c)`` -- entries ``first .. first+nblk-1``, each broadcast over
     ``r_c`` consecutive columns -- and ``cols``, the key columns ``u0 .. u0+cols-1`` it
-    needs. ``u0`` is a multiple of ``chunk``, so every level's blocks align with it."""
+    needs. ``u0`` is a multiple of ``chunk`` and every block length a power of the same
+    stride, so every block either lies inside the chunk or covers it."""
     width = u1 - u0
     plan, cols = [], width
-    for i, qv in enumerate(nodes_qv, start=1):
-        r_c = min(1 << i, chunk)  # a block longer than the chunk: one node for the whole chunk
-        if qv.shape[-1] == 1:  # no node of this level inside the sequence: one block
-            r_c = width
+    for block in blocks:
+        if block is None:  # one node for every position
+            plan.append((0, 1, width))
+            continue
+        r_c = min(block, chunk)  # a block longer than the chunk: one node for the whole chunk
         nblk = -(-width // r_c)
-        plan.append((u0 >> i, nblk, r_c))
+        plan.append((u0 // block, nblk, r_c))
         cols = max(cols, nblk * r_c)
     return cols, plan
 
 
-def _slot_thresholds(nodes_qv, device) -> Tensor:
-    """Per attention slot, the smallest shifted position u = t + 1 at which it exists:
-    0 for the token itself, 2**i for each of level i's G_i slots."""
-    need = [0] + [1 << i for i, qv in enumerate(nodes_qv, start=1) for _ in range(qv.shape[3])]
-    return torch.tensor(need, device=device)
-
-
-def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, need: Tensor) -> Tensor:
+def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta) -> Tensor:
     """Attention output ``(B, H, dh, width)`` of one chunk from its own slices only:
     ``k_loc (B, H, dh, >= cols)``, ``v_loc (B, H, dh, width)``, ``s_loc (B, H, width)``,
-    per level ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
-    position counted from the start of the stream and ``need`` the slots' thresholds
-    (:func:`_slot_thresholds`), for the presence mask."""
+    per group ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
+    position counted from the start of the stream (for the presence mask)."""
     B, H, dh, width = v_loc.shape
+    tree, slot_level, slot_r = meta[3], meta[5], meta[6]
     scores, blocks = [s_loc], []
-    for i, (qv, (_, nblk, r_c)) in enumerate(zip(qv_loc, plan), start=1):
+    for qv, (_, nblk, r_c) in zip(qv_loc, plan):
         cols = nblk * r_c
         k_blocks = k_loc[..., :cols].view(B, H, dh, nblk, r_c)
         qn, vn = qv.unsqueeze(-1).unbind(0)  # (B, H, G, dh, nblk, 1) each
@@ -226,9 +262,9 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, need: Tensor)
 
     scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
     del scores
-    # presence by position only: a level-i slot exists for u = t + 1 >= 2**i
+    # presence by position only (lmn.tree): e.g. for "latest" a level-i slot exists for u >= k**i
     u_global = torch.arange(u_start, u_start + width, device=v_loc.device)
-    absent = u_global[None, :] < need[:, None]  # (S, width)
+    absent = tree.absent(u_global, slot_level, slot_r)  # (S, width)
     probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
     del scores_t
     p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
@@ -246,21 +282,21 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, need: Tensor)
     return out
 
 
-def _chunk_slices(u0: int, u1: int, chunk: int, k_t, v_t, s_self, nodes_qv):
-    cols, plan = _chunk_plan(u0, u1, chunk, nodes_qv)
+def _chunk_slices(u0: int, u1: int, meta, k_t, v_t, s_self, nodes_qv):
+    cols, plan = _chunk_plan(u0, u1, meta[0], meta[4])
     qv_loc = [qv[..., first : first + nblk] for qv, (first, nblk, _) in zip(nodes_qv, plan)]
     return (k_t[..., u0 : u0 + cols], v_t[..., u0:u1], s_self[..., u0:u1], qv_loc), plan
 
 
-def _attend_all(chunk: int, c0: int, T1: int, k_t, v_t, s_self, nodes_qv) -> Tensor:
+def _attend_all(meta, k_t, v_t, s_self, nodes_qv) -> Tensor:
     """Output ``(B, H, dh, T1)`` for the shifted positions ``0 <= u < T1``, chunk by chunk
     (differentiable by plain autograd, which then keeps every chunk's probabilities)."""
+    chunk, c0, T1 = meta[:3]
     outs = []
-    need = _slot_thresholds(nodes_qv, k_t.device)
     for u0 in range(0, T1, chunk):
         u1 = min(u0 + chunk, T1)
-        (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
-        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0, need))
+        (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
+        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0, meta))
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
@@ -286,25 +322,25 @@ class _RecomputedChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, chunk, c0, T1, k_t, v_t, s_self, *nodes_qv):
-        ctx.meta = (chunk, c0, T1)
+    def forward(ctx, meta, k_t, v_t, s_self, *nodes_qv):
+        ctx.meta = meta
         ctx.save_for_backward(k_t, v_t, s_self, *nodes_qv)
-        return _attend_all(chunk, c0, T1, k_t, v_t, s_self, nodes_qv)
+        return _attend_all(meta, k_t, v_t, s_self, nodes_qv)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        chunk, c0, T1 = ctx.meta
+        meta = ctx.meta
+        chunk, c0, T1 = meta[:3]
         k_t, v_t, s_self, *nodes_qv = ctx.saved_tensors
-        needs = ctx.needs_input_grad[3:]
+        needs = ctx.needs_input_grad[1:]
         full = [torch.zeros_like(t) if need else None for t, need in zip((k_t, v_t, s_self, *nodes_qv), needs)]
-        thresholds = _slot_thresholds(nodes_qv, k_t.device)
         for u0 in range(0, T1, chunk):
             u1 = min(u0 + chunk, T1)
-            (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, chunk, k_t, v_t, s_self, nodes_qv)
+            (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
             leaves = [t.detach().requires_grad_(need) for t, need in zip((k_loc, v_loc, s_loc, *qv_loc), needs)]
             with torch.enable_grad():
-                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0, thresholds)
+                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0, meta)
             wanted = [j for j, leaf in enumerate(leaves) if leaf.requires_grad]
             if not wanted:
                 break
@@ -319,4 +355,4 @@ class _RecomputedChunks(torch.autograd.Function):
                 else:
                     first = plan[j - 3][0]
                     full[j][..., first : first + g.shape[-1]] += g
-        return (None, None, None, *full)
+        return (None, *full)

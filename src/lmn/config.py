@@ -3,13 +3,19 @@
 Glossary (code name -> paper symbol / meaning):
     d_model    embedding width d
     n_banks    number of independent memory banks (the paper's "multi-memory")
-    summarizer the learned function S that maps a pair of level i-1 nodes to a level i node
+    summarizer the learned function S that maps ``stride`` level i-1 nodes to a level i node
     expand     k of the expander summarizer; level i then holds 1 + i*k vectors per bank
+    stride     children per tree node (the paper's binary tree: 2)
+    read       which completed nodes a position attends to ("latest" or "digits")
+
+The tree's arithmetic (levels, nodes read, the streaming counter) lives in :mod:`lmn.tree`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+from .tree import READ_RULES, Tree
 
 SUMMARIZERS = ("linear", "conv", "dwsep")
 POS_ENCODINGS = ("none", "sinusoidal")
@@ -27,8 +33,8 @@ class LMNConfig:
         n_layers: number of LMN blocks.
         n_heads: attention heads of the single-vector attention; must divide ``d_model``.
         n_banks: memory banks per layer (one summarizer each for ``"linear"``).
-        summarizer: ``"linear"`` (per-bank Linear(2d -> d)), ``"conv"`` (one Conv1d with
-            kernel 2 / stride 2 over all banks' channels) or ``"dwsep"``
+        summarizer: ``"linear"`` (per-bank Linear(stride*d -> d)), ``"conv"`` (one Conv1d
+            with kernel = stride = ``stride`` over all banks' channels) or ``"dwsep"``
             (depthwise-separable version of ``"conv"``).
         expand: k of the expander summarizer (0 disables it).
         ff_mult: hidden width of the feed-forward network is ``ff_mult * d_model``.
@@ -36,8 +42,16 @@ class LMNConfig:
             the token embedding).
         norm_eps: epsilon of the RMSNorm/LayerNorm layers; ``None`` uses torch's default
             (machine epsilon of the dtype for RMSNorm, 1e-5 for LayerNorm).
-        chunk_size: positions the parallel form attends at once (a power of two). A
+        chunk_size: positions the parallel form attends at once (a power of two; for a
+            stride other than 2 the largest power of the stride not above it). A
             memory/speed knob only: results do not depend on it.
+        stride: k, the children of every tree node (>= 2; the paper's tree is 2). A level-i
+            node summarises ``stride**i`` tokens.
+        read: ``"latest"`` (the paper's rule: at each level the latest completed node;
+            for ``stride > 2`` parts of the prefix are then read by no slot) or
+            ``"digits"`` (every completed node not yet merged into the level above: a
+            disjoint cover of the prefix, up to ``stride - 1`` nodes per level). See
+            :mod:`lmn.tree`.
     """
 
     vocab_size: int = 65
@@ -51,6 +65,8 @@ class LMNConfig:
     pos_encoding: str = "none"
     norm_eps: float | None = None
     chunk_size: int = 4096
+    stride: int = 2
+    read: str = "latest"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
@@ -78,6 +94,10 @@ class LMNConfig:
             or self.chunk_size & (self.chunk_size - 1)
         ):
             raise ValueError(f"LMNConfig.chunk_size must be a power of two >= 1, got {self.chunk_size!r}")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 2:
+            raise ValueError(f"LMNConfig.stride must be an integer >= 2, got {self.stride!r}")
+        if self.read not in READ_RULES:
+            raise ValueError(f"LMNConfig.read must be one of {READ_RULES}, got {self.read!r}")
         if self.norm_eps is not None and not (self.norm_eps > 0):
             raise ValueError(f"LMNConfig.norm_eps must be > 0 or None, got {self.norm_eps!r}")
 
@@ -85,18 +105,14 @@ class LMNConfig:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
-    def level_set_size(self, level: int) -> int:
-        """Vectors per bank held by one node of ``level`` (1 + level*k with the expander)."""
-        return 1 + level * self.expand
-
-    def slots_per_level(self, level: int) -> int:
-        """Memory slots that ``level`` (>= 1) contributes to the attention, over all banks."""
-        return self.n_banks * self.level_set_size(level)
+    @property
+    def tree(self) -> Tree:
+        """The memory tree (stride, read rule, node shapes): see :mod:`lmn.tree`."""
+        return Tree.of(self)
 
     def n_slots(self, t: int) -> int:
         """Number of attended slots at 0-based position ``t`` (slot 0 = the token itself)."""
-        levels = (t + 1).bit_length() - 1
-        return 1 + sum(self.slots_per_level(i) for i in range(1, levels + 1))
+        return self.tree.n_slots(t)
 
     def architecture(self) -> dict:
         """The fields that define the function (everything but runtime knobs)."""

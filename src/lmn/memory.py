@@ -1,33 +1,26 @@
-"""The logarithmic memory: tree construction (parallel form) and its streaming update.
+"""The logarithmic memory of one layer: building the tree (parallel form) and the base-k
+counter that grows it one node at a time (streaming form and prefill).
 
-Notation (0-based positions t, levels i >= 1, banks b):
+Notation (0-based positions, levels i >= 1, banks b, stride k; see :mod:`lmn.tree`):
 
     N[b, 0, j] = x_j
-    N[b, i, j] = S_b([N[b, i-1, 2j] ; N[b, i-1, 2j+1]])     (after the expander, if any)
+    N[b, i, j] = S_b(N[b, i-1, kj], ..., N[b, i-1, kj + k - 1])   (after the expander, if any)
 
-Position t reads, at each level i = 1 .. floor(log2(t+1)), the node
-``j = floor((t+1) / 2**i) - 1``: the latest *completed* aligned block of 2**i tokens that
-ends at or before t. Level i therefore has ``floor(T / 2**i)`` nodes in a sequence of T
-tokens, and all of them are read by somebody.
-
-Streaming: after ``c`` tokens the state holds, per level, the latest completed node
-(level 0: the latest token). Token ``c`` (1-based count) completes a node at every level
-``i <= tz(c)`` (``tz`` = number of trailing zero bits), each made from the *previous* latest
-node of level i-1 and the one completed at this very step: a binary counter. That is one
-summarizer call per step amortised (sum over c of tz(c) / c -> 1).
+The streaming state keeps, per level, the last completed nodes (:func:`lmn.tree.kept`),
+shaped ``(B, n_banks, r_i, E_i, d)``. Adding a completed node to a level whose ``k - 1``
+pending siblings are there merges the ``k`` of them into a node of the level above, and
+so on up: :meth:`LogMemory.carry`, the one carry routine of the package. A token carries
+``carry_height(count)`` levels: one summarizer call per step amortised.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .config import LMNConfig
 from .summarizers import Expander, build_summarizer
-
-
-def trailing_zeros(c: int) -> int:
-    """Number of trailing zero bits of ``c`` (> 0): the levels a token completes."""
-    return (c & -c).bit_length() - 1
+from .tree import Tree, carry_height
 
 
 class LogMemory(nn.Module):
@@ -35,22 +28,18 @@ class LogMemory(nn.Module):
 
     def __init__(self, config: LMNConfig):
         super().__init__()
+        self.tree = Tree.of(config)
         self.n_banks = config.n_banks
         self.expand = config.expand
         self.summarizer = build_summarizer(config)
         self.expander = Expander(config.d_model, config.expand) if config.expand > 0 else None
 
-    def slot_offset(self, level: int) -> int:
-        """Index of the first attention slot of ``level`` in the streaming slot cache
-        (levels 1 .. level-1 come first; level i has ``n_banks * (1 + i*k)`` slots)."""
-        return self.n_banks * sum(1 + i * self.expand for i in range(1, level))
-
-    def merge(self, left: Tensor, right: Tensor) -> Tensor:
-        """Merge two children node sets ``(..., n_banks, E, d)`` into their parent
-        ``(..., n_banks, E + k, d)``."""
+    def merge(self, children: Tensor) -> Tensor:
+        """Merge the children ``(..., n_banks, k, E, d)`` of nodes into the nodes
+        ``(..., n_banks, E + expand, d)``."""
         if self.expander is not None:
-            left, right = self.expander(left), self.expander(right)
-        return self.summarizer(left, right)
+            children = self.expander(children)
+        return self.summarizer(children.transpose(-3, -2)).contiguous()  # (..., nb, E', k, d) -> (..., nb, E', d)
 
     def build(self, x: Tensor) -> list[Tensor]:
         """All tree levels of a sequence at once.
@@ -58,51 +47,53 @@ class LogMemory(nn.Module):
         Args:
             x: ``(B, T, d)`` normalised layer input.
         Returns:
-            ``[N_1, ..., N_L]`` with ``L = floor(log2 T)`` and
-            ``N_i: (B, n_banks, T >> i, 1 + i*k, d)``; node j of level i summarises
-            tokens ``j*2**i .. (j+1)*2**i - 1``.
+            ``[N_1, ..., N_L]`` with ``L = floor(log_k T)`` and
+            ``N_i: (B, n_banks, T // k**i, 1 + i*expand, d)``; node j of level i summarises
+            tokens ``j*k**i .. (j+1)*k**i - 1``.
         """
         B, T, d = x.shape
+        k = self.tree.stride
         prev = x[:, None, :, None, :].expand(B, self.n_banks, T, 1, d)  # level 0
         levels = []
-        for i in range(1, T.bit_length()):
-            n = T >> i
-            pairs = prev[:, :, : 2 * n].unflatten(2, (n, 2))  # (B, nb, n, 2, E, d)
-            left, right = pairs[:, :, :, 0], pairs[:, :, :, 1]
+        for _ in range(self.tree.n_levels_in(T)):
+            n = prev.shape[2] // k
+            children = prev[:, :, : k * n].unflatten(2, (n, k))  # (B, nb, n, k, E, d)
             if self.expander is not None:
-                left, right = self.expander(left), self.expander(right)
-            e = left.shape[-2]
-            # the summarizer works on (..., n_banks, m, d): fold (n, E) into m
-            node = self.summarizer(left.flatten(2, 3), right.flatten(2, 3)).unflatten(2, (n, e))
+                children = self.expander(children)
+            e = children.shape[-2]
+            # the summarizer works on (..., n_banks, m, k, d): fold (n, E) into m
+            node = self.summarizer(children.transpose(3, 4).flatten(2, 3)).unflatten(2, (n, e))
             levels.append(node)
             prev = node
         return levels
 
-    def update(self, nodes: list[Tensor], x: Tensor, count: int) -> list[tuple[int, Tensor]]:
-        """Streaming update after the ``count``-th token (1-based) of a stream.
+    def carry(self, nodes: list[Tensor], node: Tensor, level: int, count: int) -> list[tuple[int, Tensor]]:
+        """Add a completed node to the counter, merging upwards as far as it carries.
 
         Args:
-            nodes: per level ``i = 0 .. L`` the latest completed node ``(B, n_banks, E_i, d)``
-                (level 0: the previous token); modified in place.
-            x: ``(B, d)`` normalised input of the new token.
-            count: number of tokens seen including this one.
+            nodes: the state's kept nodes per level, ``(B, n_banks, r_i, E_i, d)``, for the
+                stream *before* the token that completed ``node``; updated in place to the
+                kept nodes after it (:func:`lmn.tree.kept` of ``count``).
+            node: ``(B, n_banks, E, d)``, the new node of ``level`` (a token: level 0).
+            level: its level; every level below it must already be up to date.
+            count: tokens seen including the one that completed ``node``.
         Returns:
-            ``(level, node)`` for every level >= 1 that received a new node.
+            ``(level, node)`` of every node completed, the given one first.
         """
-        B, d = x.shape
-        new = x[:, None, None, :].expand(B, self.n_banks, 1, d).contiguous()
-        if count == 1:
+        k, latest = self.tree.stride, self.tree.read == "latest"
+        completed = [(level, node)]
+        top = carry_height(count, k)
+        for i in range(level, top):  # k - 1 pending siblings + this one -> a node of level i+1
+            siblings = nodes[i][:, :, nodes[i].shape[2] - (k - 1) :]
+            node_ = node[:, :, None]
+            nodes[i] = node_ if latest else node_[:, :, :0]  # "latest" keeps the latest node
+            node = self.merge(torch.cat([siblings, node_], dim=2))
+            completed.append((i + 1, node))
+        new = node[:, :, None]
+        if top == len(nodes):  # the first node of a new level
             nodes.append(new)
-            return []
-        changed = []
-        for i in range(1, trailing_zeros(count) + 1):
-            merged = self.merge(nodes[i - 1], new)
-            nodes[i - 1] = new
-            new = merged
-            changed.append((i, merged))
-        level = len(changed)
-        if level < len(nodes):
-            nodes[level] = new
+        elif latest and count // k**top % k == 1:  # the level's kept node was merged: replace it
+            nodes[top] = new
         else:
-            nodes.append(new)
-        return changed
+            nodes[top] = torch.cat([nodes[top], new], dim=2)
+        return completed

@@ -1,5 +1,5 @@
-"""The LMN language model: blocks, LM head, the three forms (parallel, streaming,
-prefill) and generation.
+"""The LMN language model: blocks, LM head and the three forms (parallel, streaming,
+prefill); sampling lives in :mod:`lmn.generation`.
 
     h = h + SVA(memory(RMSNorm(h)))
     h = h + FF(RMSNorm(h)),   FF = Linear(d, ff_mult*d) -> SiLU -> Linear(ff_mult*d, d)
@@ -11,6 +11,7 @@ which tree nodes a token reads.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 from .attention import SingleVectorAttention, vjp
 from .config import LMNConfig
 from .memory import LogMemory
-from .state import LayerState, LMNState, n_levels
+from .state import LayerState, LMNState
+from .tree import ceil_log, piece_lengths
 
 
 def sinusoidal_encoding(positions: Tensor, d_model: int, dtype: torch.dtype) -> Tensor:
@@ -137,86 +139,121 @@ class LMNBlock(nn.Module):
     def forward(self, h: Tensor, return_state: bool = False, chunk: int = 4096):
         """``h: (B, T, d)`` -> ``(h, layer_state or None)``."""
         x = self.norm1(h)
+        tree = self.memory.tree
         levels = self.memory.build(x)
-        a, cache = self.attn(x, levels, return_cache=return_state, chunk=chunk)
-        h = h + a
+        h = h + self.attn(x, levels, tree, chunk=chunk)
         h = h + self.ff(self.norm2(h))
         layer_state = None
         if return_state:
-            B, T, d = x.shape
-            last = x[:, -1, None, None, :].expand(B, self.memory.n_banks, 1, d).contiguous()
-            nodes = [last] + [lvl[:, :, -1] for lvl in levels]
-            layer_state = LayerState(nodes, cache[0], cache[1])
+            T = x.shape[1]
+            nodes = [_tail(_tokens(x, self.memory.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
+                     for i, r in enumerate(tree.kept(T))]
+            layer_state = LayerState(nodes, *self.slot_cache(nodes, T))
         return h, layer_state
 
+    def slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
+        """q/v ``(B, H, S, d_head)`` of the slots that position ``pos - 1`` read, projected
+        from the kept ``nodes`` of a state after ``pos`` tokens."""
+        qs, vs = [], []
+        for i, (lo, hi) in enumerate(self.memory.tree.cached_ranges(pos)):
+            if hi > lo:
+                sel = nodes[i][:, :1, lo:hi] if i == 0 else nodes[i][:, :, lo:hi]  # a token: one slot
+                q, v = self.attn.project_nodes(sel)  # (B, H, n, G, dh)
+                qs.append(q.flatten(2, 3))
+                vs.append(v.flatten(2, 3))
+        if not qs:
+            B, H, dh = nodes[0].shape[0], self.attn.n_heads, self.attn.d_head
+            empty = nodes[0].new_zeros(B, H, 0, dh)
+            return empty, empty.clone()
+        return torch.cat(qs, dim=2), torch.cat(vs, dim=2)
+
     def extend(self, h: Tensor, layer: LayerState, c0: int, chunk: int = 4096) -> Tensor:
-        """Continue a stream of ``c0`` tokens with ``h: (B, C, d)`` in one parallel pass
-        (chunked prefill). Requires ``c0 % next_pow2(C) == 0`` so that the new tokens'
-        tree is aligned; updates ``layer`` in place and returns the new ``h``."""
+        """Continue a stream of ``c0`` tokens with ``h: (B, C, d)``, ``C >= 2``, in one
+        parallel pass (chunked prefill). Requires ``c0`` to be a multiple of ``k**p``, ``p``
+        the smallest with ``C <= k**p`` (:func:`lmn.tree.piece_lengths`), so that the new
+        tokens' tree is aligned; updates ``layer`` in place and returns the new ``h``."""
         x = self.norm1(h)
-        B, C, d = x.shape
-        mem, nb = self.memory, self.memory.n_banks
+        C = x.shape[1]
+        tree, mem = self.memory.tree, self.memory
         levels = mem.build(x)
-        old_levels = n_levels(c0)
+        bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
+        cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        a = self.attn(x, levels, tree, chunk=chunk, prefix=(c0, cached))
 
-        def slots(q: Tensor, i: int) -> Tensor:  # level i's slots in a (B, H, S, dh) cache
-            start = mem.slot_offset(i)
-            return q[:, :, start : start + nb * (1 + i * mem.expand)]
-
-        pre_q = [slots(layer.slot_q, i) for i in range(1, old_levels + 1)]
-        pre_v = [slots(layer.slot_v, i) for i in range(1, old_levels + 1)]
-        a, (cq, cv) = self.attn(x, levels, return_cache=True, chunk=chunk, prefix=(c0, pre_q, pre_v))
-
-        # the new state: level i <= log2(C) now holds this piece's last node; above, the
-        # binary counter may carry (only when C is a power of two), as in LogMemory.update
-        count = c0 + C
-        nodes = [x[:, -1, None, None, :].expand(B, nb, 1, d).contiguous()]
-        new_q, new_v = [], []
-        for i, lvl in enumerate(levels, start=1):
-            nodes.append(lvl[:, :, -1])
-            new_q.append(slots(cq, i))
-            new_v.append(slots(cv, i))
-        i, carry = len(levels) + 1, nodes[-1]
-        while count % (1 << i) == 0:
-            carry = mem.merge(layer.nodes[i - 1], carry)
-            q, v = self.attn.project_nodes(carry[:, :, None])
-            nodes.append(carry)
-            new_q.append(q[:, :, 0])
-            new_v.append(v[:, :, 0])
-            i += 1
-        for j in range(i, old_levels + 1):  # untouched higher levels
-            nodes.append(layer.nodes[j])
-            new_q.append(pre_q[j - 1])
-            new_v.append(pre_v[j - 1])
+        # the new state: levels below p from the piece's own tree; from p up the stream's,
+        # plus the piece's level-p node carried in when the piece fills a whole block
+        count, p = c0 + C, ceil_log(C, tree.stride)
+        kept = tree.kept(count)
+        nodes = list(layer.nodes)
+        for i in range(p):
+            if i == 0:
+                nodes[0] = _tail(_tokens(x, mem.n_banks), kept[0])
+            elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
+                nodes[i] = _tail(levels[i - 1], kept[i])
+        if C == tree.stride**p:
+            mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
         layer.nodes[:] = nodes
-        layer.slot_q = torch.cat(new_q, dim=2)
-        layer.slot_v = torch.cat(new_v, dim=2)
+        layer.slot_q, layer.slot_v = self.slot_cache(nodes, count)
 
         # the last position may read nodes completed by itself: redo it as a streaming step
         a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v)
         h = h + torch.cat([a[:, :-1], a_last[:, None]], dim=1)
         return h + self.ff(self.norm2(h))
 
-    def step(self, h: Tensor, layer: LayerState, count: int) -> Tensor:
-        """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place."""
+    def step(self, h: Tensor, layer: LayerState, count: int, cached_before: list[int]) -> Tensor:
+        """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place.
+        ``cached_before``: :meth:`lmn.tree.Tree.cached_slots` of ``count - 1``."""
         x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
-        changed = self.memory.update(layer.nodes, x, count)
-        cached_levels = n_levels(count - 1)  # levels whose slots are already in the cache
-        for level, node in changed:
-            q, v = self.attn.project_nodes(node[:, :, None])  # (B, H, 1, G, dh)
-            q, v = q[:, :, 0], v[:, :, 0]  # (B, H, G, dh)
-            if level <= cached_levels:  # overwrite this level's slots in place
-                start = self.memory.slot_offset(level)
-                layer.slot_q[:, :, start : start + q.shape[2]] = q
-                layer.slot_v[:, :, start : start + v.shape[2]] = v
-            else:  # first node of a new level (count is a power of two): grow the cache
-                layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
-                layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
+        B, d = x.shape
+        token = x[:, None, None, :].expand(B, self.memory.n_banks, 1, d).contiguous()
+        completed = self.memory.carry(layer.nodes, token, 0, count)
+        self._update_cache(layer, completed, count, cached_before)
         h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
         # functional calls: nn.Module.__call__ costs more than these tiny ops themselves
         y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
         ff = self.ff
         return h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+
+    def _update_cache(self, layer: LayerState, completed, count: int, before: list[int]) -> None:
+        """Bring the slot cache from the read set of position ``count - 2`` to that of
+        ``count - 1``, projecting only the nodes that have just become readable."""
+        tree = self.memory.tree
+        if tree.read == "latest":  # each completed level's slot range is overwritten (or appended)
+            for level, node in completed[1:]:
+                q, v = self.attn.project_nodes(node[:, :, None])  # (B, H, 1, G, dh)
+                q, v = q[:, :, 0], v[:, :, 0]  # (B, H, G, dh)
+                if level < len(before):
+                    start = sum(before[:level])
+                    layer.slot_q[:, :, start : start + q.shape[2]] = q
+                    layer.slot_v[:, :, start : start + v.shape[2]] = v
+                else:  # first node of a new level (count is a power of k): grow the cache
+                    layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
+                    layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
+            return
+        # "digits": the levels below the top of the carry are emptied, the top gains a node
+        top, node = completed[-1]
+        if top == 0:
+            if (count - 1) % tree.stride == 0:  # the previous token was merged: nothing new to read
+                return
+            node, top = layer.nodes[0][:, :1, -2], 0  # the previous token joins the level-0 slots
+        start = sum(before[:top])
+        end = start + (before[top] if top < len(before) else 0)
+        q, v = self.attn.project_nodes(node[:, :, None])
+        q, v = q.flatten(2, 3), v.flatten(2, 3)
+        keep_from = 0 if top == 0 else start
+        layer.slot_q = torch.cat([layer.slot_q[:, :, keep_from:end], q, layer.slot_q[:, :, end:]], dim=2)
+        layer.slot_v = torch.cat([layer.slot_v[:, :, keep_from:end], v, layer.slot_v[:, :, end:]], dim=2)
+
+
+def _tokens(x: Tensor, n_banks: int) -> Tensor:
+    """Tokens ``(B, T, d)`` as level-0 nodes ``(B, n_banks, T, 1, d)`` (a view)."""
+    B, T, d = x.shape
+    return x[:, None, :, None, :].expand(B, n_banks, T, 1, d)
+
+
+def _tail(level: Tensor, r: int) -> Tensor:
+    """The last ``r`` nodes of ``level (B, n_banks, n, E, d)``, as a new tensor."""
+    return level[:, :, level.shape[2] - r :].contiguous()
 
 
 class LMN(nn.Module):
@@ -325,10 +362,10 @@ class LMN(nn.Module):
         layers = []
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled() and not return_state:
-                h = _CheckpointedBlock.apply(block, self.config.chunk_size, h, *block.parameters())
+                h = _CheckpointedBlock.apply(block, self._chunk, h, *block.parameters())
                 layer_state = None
             else:
-                h, layer_state = block(h, return_state=return_state, chunk=self.config.chunk_size)
+                h, layer_state = block(h, return_state=return_state, chunk=self._chunk)
             layers.append(layer_state)
         logits = self.head(self.ln_f(h))
         if not return_state:
@@ -350,16 +387,15 @@ class LMN(nn.Module):
             last = self._extend(piece, state)[:, -1]
         return last, state
 
+    @property
+    def _chunk(self) -> int:
+        return self.config.tree.chunk(self.config.chunk_size)
+
     def _pieces(self, idx: Tensor, state: LMNState, max_chunk: int | None):
+        """Pieces of ``idx`` whose trees align with the stream's (:func:`lmn.tree.piece_lengths`)."""
         self._check_state(state, idx.shape[0], idx.device)
-        t, T = 0, idx.shape[1]
-        while t < T:
-            pos = state.pos  # read afresh: the caller extends the state between pieces
-            n = T - t
-            if pos > 0:
-                n = min(n, pos & -pos)  # keep the piece's tree aligned with the stream's
-            if max_chunk is not None:
-                n = min(n, max_chunk)
+        t = 0
+        for n in piece_lengths(state.pos, idx.shape[1], self.config.stride, max_chunk):
             yield idx[:, t : t + n]
             t += n
 
@@ -369,9 +405,11 @@ class LMN(nn.Module):
             state.layers, state.pos = fresh.layers, fresh.pos
             return logits
         c0, C = state.pos, piece.shape[1]
+        if C == 1:  # one token: the streaming step is the parallel form of one position
+            return self.step(piece[:, 0], state)[0][:, None]
         h = self._embed(piece, c0)
         for block, layer in zip(self.blocks, state.layers):
-            h = block.extend(h, layer, c0, chunk=self.config.chunk_size)
+            h = block.extend(h, layer, c0, chunk=self._chunk)
         state.pos = c0 + C
         return self.head(self.ln_f(h))
 
@@ -414,68 +452,24 @@ class LMN(nn.Module):
         self._check_tokens(tokens, "tokens")
         self._check_state(state, tokens.shape[0], tokens.device)
         count = state.pos + 1
+        before = self.config.tree.cached_slots(state.pos)
         h = self._embed(tokens, state.pos)
         for block, layer in zip(self.blocks, state.layers):
-            h = block.step(h, layer, count)
+            h = block.step(h, layer, count, before)
         state.pos = count
         h = F.layer_norm(h, self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
         return F.linear(h, self.head.weight, self.head.bias), state
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        native: bool = False,
-    ) -> Tensor:
-        """Prefill ``idx (B, T)`` in one parallel pass, then sample ``max_new_tokens`` with
-        streaming steps (memory O(log n)). ``temperature=0`` is greedy. ``native=True``
-        runs the steps through :class:`lmn.native.NativeStepper` (CPU, C compiler needed).
-        Returns ``(B, T + max_new_tokens)``."""
-        pieces = [idx]
-        for tok in self.generate_stream(idx, max_new_tokens, temperature, top_k, generator, native):
-            pieces.append(tok[:, None])
-        return torch.cat(pieces, dim=1)
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, native: bool = False) -> Tensor:
+        """Sample a continuation of ``idx (B, T)``: see :func:`lmn.generation.generate`."""
+        from .generation import generate
 
-    @torch.no_grad()
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator, native)
+
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, native=False):
         """Like :meth:`generate` but yields each new ``(B,)`` token as soon as it exists."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if not (temperature >= 0) or math.isinf(temperature):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-        if max_new_tokens == 0:
-            return
-        logits, state = self(idx, return_state=True)
-        logits = logits[:, -1]
-        stepper = None
-        if native:
-            from .native import NativeStepper
+        from .generation import generate_stream
 
-            stepper = NativeStepper(self, batch_size=idx.shape[0]).load_state(state)
-        for n in range(max_new_tokens):
-            tok = sample_next(logits, temperature, top_k, generator)
-            yield tok
-            if n + 1 < max_new_tokens:
-                if stepper is not None:
-                    logits = stepper.step(tok)
-                else:
-                    logits, state = self.step(tok, state)
-
-
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator=None) -> Tensor:
-    """Sample ids ``(B,)`` from ``logits (B, V)``; greedy when ``temperature == 0``."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return generate_stream(self, idx, max_new_tokens, temperature, top_k, generator, native)

@@ -1,12 +1,14 @@
-"""The streaming state of an LMN: one node per tree level, per bank, per layer.
+"""The streaming state of an LMN: a base-k counter of tree nodes per layer.
 
-After ``pos`` tokens a layer holds
+After ``pos`` tokens a layer holds (see :mod:`lmn.tree` for which nodes and why)
 
-* ``nodes[i]`` for levels ``i = 0 .. floor(log2 pos)``: the latest completed node,
-  ``(B, n_banks, 1 + i*k, d)`` (level 0 is the latest token);
-* ``slot_q``/``slot_v``: the attention's projections of the nodes of levels >= 1,
-  ``(B, H, S, d_head)`` with ``S = n_banks * sum_i (1 + i*k)``, so that reading the memory
-  never re-projects a node.
+* ``nodes[i]`` for levels ``i = 0 .. floor(log_k pos)``: the last ``r_i`` completed nodes
+  of the level (:func:`lmn.tree.kept`), ``(B, n_banks, r_i, 1 + i*expand, d)`` (level 0:
+  tokens, copied into every bank). For the paper's tree (stride 2, ``read="latest"``)
+  that is the latest node of every level;
+* ``slot_q``/``slot_v``: the attention's projections of the memory slots that position
+  ``pos - 1`` read, ``(B, H, S, d_head)`` (levels ascending, then nodes oldest first, then
+  bank-major), so that reading the memory never re-projects a node.
 
 Its size is therefore O(log pos) (see :func:`state_nbytes`). The state carries its own
 position; ``LMN.step`` updates it in place and returns it (``clone()`` to branch).
@@ -24,18 +26,10 @@ from torch import Tensor
 from .config import LMNConfig
 
 
-def n_levels(pos: int) -> int:
-    """Tree levels >= 1 present after ``pos`` tokens: floor(log2 pos) (0 for pos <= 1)."""
-    return max(pos.bit_length() - 1, 0)
-
-
 def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int = 4) -> int:
-    """Exact size in bytes of the tensors of a state after ``pos`` tokens."""
-    L = n_levels(pos)
-    node_vectors = 0 if pos == 0 else config.n_banks * sum(config.level_set_size(i) for i in range(L + 1))
-    slot_vectors = sum(config.slots_per_level(i) for i in range(1, L + 1))
-    per_layer = node_vectors * config.d_model + 2 * slot_vectors * config.d_model
-    return config.n_layers * batch_size * per_layer * element_size
+    """Exact size in bytes of the tensors of a state after ``pos`` tokens
+    (:meth:`lmn.tree.Tree.state_nbytes`)."""
+    return config.tree.state_nbytes(config.d_model, config.n_layers, batch_size, pos, element_size)
 
 
 @dataclass
@@ -45,10 +39,18 @@ class LayerState:
     slot_v: Tensor | None = None
 
 
+_SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read"
+
+
+def _shape(c: LMNConfig) -> list[int]:
+    """The config fields a state's tensors depend on, as integers (read: its index)."""
+    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, ("latest", "digits").index(c.read)]
+
+
 class LMNState:
     """Streaming state of a whole model (see module docstring)."""
 
-    _VERSION = 1
+    _VERSION = 2
 
     def __init__(self, config: LMNConfig, batch_size: int, pos: int, layers: list[LayerState]):
         self.config = config
@@ -73,7 +75,7 @@ class LMNState:
 
     @property
     def n_levels(self) -> int:
-        return n_levels(self.pos)
+        return self.config.tree.n_levels(self.pos)
 
     @property
     def device(self) -> torch.device:
@@ -108,10 +110,7 @@ class LMNState:
     def state_dict(self) -> dict[str, Tensor]:
         d = {k: v.detach() for k, v in self.tensors().items()}
         c = self.config
-        d["meta"] = torch.tensor(
-            [self._VERSION, self.pos, self.batch_size, c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand],
-            dtype=torch.int64,
-        )
+        d["meta"] = torch.tensor([self._VERSION, self.pos, self.batch_size, *_shape(c)], dtype=torch.int64)
         return d
 
     @classmethod
@@ -122,13 +121,13 @@ class LMNState:
         version, pos, batch_size, *shape = meta
         if version != cls._VERSION:
             raise ValueError(f"unsupported LMN state version {version} (expected {cls._VERSION})")
-        want = [config.n_layers, config.n_banks, config.d_model, config.n_heads, config.expand]
+        want = _shape(config)
         if shape != want:
-            names = "n_layers, n_banks, d_model, n_heads, expand"
-            raise ValueError(f"state was saved for a model with ({names}) = {shape}, this model has {want}")
+            raise ValueError(f"state was saved for a model with ({_SHAPE_NAMES}) = {shape}, this model has {want}")
         layers = []
+        n_node_levels = len(config.tree.kept(pos))
         for l in range(config.n_layers):
-            nodes = [data[f"layers.{l}.nodes.{i}"] for i in range(n_levels(pos) + 1 if pos else 0)]
+            nodes = [data[f"layers.{l}.nodes.{i}"] for i in range(n_node_levels)]
             layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"]))
         state = cls(config, batch_size, pos, layers)
         expected = state_nbytes(config, batch_size, pos, state.layers[0].slot_q.element_size())

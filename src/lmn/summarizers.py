@@ -1,18 +1,23 @@
-"""Summarizers S_b: the learned functions that merge two level i-1 nodes into one level i node.
+"""Summarizers S_b: the learned functions that merge ``k`` level i-1 nodes into one level i node.
 
-Every summarizer takes two node tensors ``left`` and ``right`` shaped
-``(..., n_banks, m, d)`` -- ``m`` is any number of independent items (nodes of a level,
-times the vectors of each node's set when the expander is on) -- and returns the merged
-nodes with the same shape. Each has two versions of one computation:
+Every summarizer takes the children of a batch of nodes, ``children`` shaped
+``(..., n_banks, m, k, d)`` -- ``m`` is any number of independent items (nodes of a level,
+times the vectors of each node's set when the expander is on), ``k`` the stride -- and
+returns the merged nodes ``(..., n_banks, m, d)``. Each has three views of one function:
 
 * ``forward``: the fast, batched version used by the parallel and streaming forms.
 * ``reference``: the plain version used by :mod:`lmn.reference`, written as directly as
   possible from the definition (for the convolutions it literally calls the
-  ``nn.Conv1d`` modules on a length-2 sequence ``[left, right]``).
+  ``nn.Conv1d`` modules on the length-k sequence of children).
+* ``affine()``: the summarizer as one affine map ``(W, b)`` in float64, ``W: (C, k*C)``
+  with ``C = n_banks * d``, acting on the children's vectors laid out child-major then
+  bank-major (``[child_0 bank_0, child_0 bank_1, ..., child_1 bank_0, ...]``), or ``None``
+  for a summarizer that is not affine. Fast paths that need a matrix (the native step)
+  are built from it and refuse a summarizer whose ``affine()`` is ``None`` or missing.
 
 The expander (paper Sec. "Expander summarizer") grows each node's *set* of vectors by
 ``k`` with a transposed 1-D convolution (kernel ``1 + k``) along the set axis before
-pairing, so that a level i node holds ``1 + i*k`` vectors per bank.
+merging, so that a level i node holds ``1 + i*k`` vectors per bank.
 """
 
 from __future__ import annotations
@@ -25,16 +30,16 @@ from .config import LMNConfig
 
 
 class LinearSummarizer(nn.Module):
-    """One ``Linear(2d -> d)`` with bias per bank, shared across levels (the paper's).
+    """One ``Linear(k*d -> d)`` with bias per bank, shared across levels (the paper's, k = 2).
 
-    Weights are stored in the paper's layout ``(n_banks, 2d, d)`` and initialised as in
-    its code: ``xavier_normal_`` on that 3-D tensor, then scaled by 0.1 (same for the
-    ``(n_banks, 1, d)`` bias).
+    Weights are stored in the paper's layout ``(n_banks, k*d, d)`` (rows: child 0's
+    features, then child 1's, ...) and initialised as in its code: ``xavier_normal_`` on
+    that 3-D tensor, then scaled by 0.1 (same for the ``(n_banks, 1, d)`` bias).
     """
 
-    def __init__(self, d_model: int, n_banks: int):
+    def __init__(self, d_model: int, n_banks: int, stride: int = 2):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_banks, 2 * d_model, d_model))
+        self.weight = nn.Parameter(torch.empty(n_banks, stride * d_model, d_model))
         self.bias = nn.Parameter(torch.empty(n_banks, 1, d_model))
         self.reset_parameters()
 
@@ -43,16 +48,26 @@ class LinearSummarizer(nn.Module):
             nn.init.xavier_normal_(self.weight).mul_(0.1)
             nn.init.xavier_normal_(self.bias).mul_(0.1)
 
-    def forward(self, left: Tensor, right: Tensor) -> Tensor:
-        pair = torch.cat([left, right], dim=-1)  # (..., n_banks, m, 2d)
-        return torch.matmul(pair, self.weight) + self.bias  # (..., n_banks, m, d)
+    def forward(self, children: Tensor) -> Tensor:
+        joined = children.flatten(-2)  # (..., n_banks, m, k*d): the children side by side
+        return torch.matmul(joined, self.weight) + self.bias  # (..., n_banks, m, d)
 
-    def reference(self, left: Tensor, right: Tensor) -> Tensor:
+    def reference(self, children: Tensor) -> Tensor:
         outs = []
         for b in range(self.weight.shape[0]):
-            pair = torch.cat([left[..., b, :, :], right[..., b, :, :]], dim=-1)
-            outs.append(pair @ self.weight[b] + self.bias[b])
+            joined = torch.cat(children[..., b, :, :, :].unbind(-2), dim=-1)  # (..., m, k*d)
+            outs.append(joined @ self.weight[b] + self.bias[b])
         return torch.stack(outs, dim=-3)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        nb, kd, d = self.weight.shape
+        k, C = kd // d, nb * d
+        w = self.weight.detach().to(torch.float64)
+        W = torch.zeros(C, k * C, dtype=torch.float64, device=w.device)
+        for b in range(nb):  # block-diagonal over banks: bank b reads only its own children
+            for r in range(k):
+                W[b * d : (b + 1) * d, r * C + b * d : r * C + (b + 1) * d] = w[b, r * d : (r + 1) * d].T
+        return W, self.bias.detach().to(torch.float64).reshape(C)
 
 
 def _banks_to_channels(x: Tensor) -> Tensor:
@@ -60,65 +75,82 @@ def _banks_to_channels(x: Tensor) -> Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
+def _children_to_channels(children: Tensor) -> Tensor:
+    # (..., n_banks, m, k, d) -> (..., m, k, n_banks*d)
+    return children.movedim(-4, -2).flatten(-2)
+
+
 def _channels_to_banks(x: Tensor, n_banks: int) -> Tensor:
     # (..., m, n_banks*d) -> (..., n_banks, m, d)
     return x.unflatten(-1, (n_banks, -1)).transpose(-3, -2)
 
 
-class ConvSummarizer(nn.Module):
-    """One standard ``Conv1d(C, C, kernel_size=2, stride=2)`` over the node axis, where
-    ``C = n_banks * d``: every output bank sees both children of every bank."""
+def _conv_reference(children: Tensor, convs, n_banks: int) -> Tensor:
+    """Run ``convs`` (Conv1d modules in order) on each item's length-k sequence of children."""
+    lead, m = children.shape[:-4], children.shape[-3]
+    seq = _children_to_channels(children).transpose(-1, -2)  # (..., m, C, k)
+    seq = seq.reshape(-1, seq.shape[-2], seq.shape[-1])  # (items, C, k): a length-k sequence
+    for conv in convs:
+        seq = conv(seq)
+    out = seq[..., 0].reshape(*lead, m, -1)  # (..., m, C)
+    return _channels_to_banks(out, n_banks)
 
-    def __init__(self, d_model: int, n_banks: int):
+
+class ConvSummarizer(nn.Module):
+    """One standard ``Conv1d(C, C, kernel_size=k, stride=k)`` over the node axis, where
+    ``C = n_banks * d``: every output bank sees every child of every bank."""
+
+    def __init__(self, d_model: int, n_banks: int, stride: int = 2):
         super().__init__()
         self.n_banks = n_banks
         channels = n_banks * d_model
-        self.conv = nn.Conv1d(channels, channels, kernel_size=2, stride=2)
+        self.conv = nn.Conv1d(channels, channels, kernel_size=stride, stride=stride)
 
-    def forward(self, left: Tensor, right: Tensor) -> Tensor:
-        # A kernel-2/stride-2 convolution over [left, right] is a linear map of the
-        # concatenated pair: W[:, :, 0] acts on the left child, W[:, :, 1] on the right.
-        pair = torch.cat([_banks_to_channels(left), _banks_to_channels(right)], dim=-1)
-        weight = torch.cat([self.conv.weight[:, :, 0], self.conv.weight[:, :, 1]], dim=1)
-        return _channels_to_banks(F.linear(pair, weight, self.conv.bias), self.n_banks)
+    def forward(self, children: Tensor) -> Tensor:
+        # A kernel-k/stride-k convolution over [child_0, ..., child_k-1] is a linear map of
+        # the concatenated children: W[:, :, r] acts on child r.
+        joined = _children_to_channels(children).flatten(-2)  # (..., m, k*C)
+        weight = self.conv.weight.permute(0, 2, 1).flatten(1)  # (C, k*C) = [W[:,:,0], W[:,:,1], ...]
+        return _channels_to_banks(F.linear(joined, weight, self.conv.bias), self.n_banks)
 
-    def reference(self, left: Tensor, right: Tensor) -> Tensor:
-        lead = left.shape[:-3]
-        seq = torch.stack([_banks_to_channels(left), _banks_to_channels(right)], dim=-1)
-        seq = seq.reshape(-1, seq.shape[-2], 2)  # (items, C, 2): a length-2 sequence
-        out = self.conv(seq)[..., 0]  # (items, C)
-        out = out.reshape(*lead, left.shape[-2], -1)
-        return _channels_to_banks(out, self.n_banks)
+    def reference(self, children: Tensor) -> Tensor:
+        return _conv_reference(children, [self.conv], self.n_banks)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        w = self.conv.weight.detach().to(torch.float64)
+        return w.permute(0, 2, 1).flatten(1), self.conv.bias.detach().to(torch.float64)
 
 
 class DepthwiseSeparableSummarizer(nn.Module):
-    """Depthwise ``Conv1d(C, C, 2, stride=2, groups=C)`` then pointwise ``Conv1d(C, C, 1)``
+    """Depthwise ``Conv1d(C, C, k, stride=k, groups=C)`` then pointwise ``Conv1d(C, C, 1)``
     (``C = n_banks * d``); the pointwise step mixes banks."""
 
-    def __init__(self, d_model: int, n_banks: int):
+    def __init__(self, d_model: int, n_banks: int, stride: int = 2):
         super().__init__()
         self.n_banks = n_banks
         channels = n_banks * d_model
-        self.depthwise = nn.Conv1d(channels, channels, kernel_size=2, stride=2, groups=channels)
+        self.depthwise = nn.Conv1d(channels, channels, kernel_size=stride, stride=stride, groups=channels)
         self.pointwise = nn.Conv1d(channels, channels, kernel_size=1)
 
-    def forward(self, left: Tensor, right: Tensor) -> Tensor:
-        w = self.depthwise.weight  # (C, 1, 2)
-        mixed = (
-            _banks_to_channels(left) * w[:, 0, 0]
-            + _banks_to_channels(right) * w[:, 0, 1]
-            + self.depthwise.bias
-        )
+    def forward(self, children: Tensor) -> Tensor:
+        w = self.depthwise.weight  # (C, 1, k)
+        ch = _children_to_channels(children)  # (..., m, k, C)
+        mixed = ch[..., 0, :] * w[:, 0, 0]
+        for r in range(1, w.shape[-1]):
+            mixed = mixed + ch[..., r, :] * w[:, 0, r]
+        mixed = mixed + self.depthwise.bias
         out = F.linear(mixed, self.pointwise.weight[:, :, 0], self.pointwise.bias)
         return _channels_to_banks(out, self.n_banks)
 
-    def reference(self, left: Tensor, right: Tensor) -> Tensor:
-        lead = left.shape[:-3]
-        seq = torch.stack([_banks_to_channels(left), _banks_to_channels(right)], dim=-1)
-        seq = seq.reshape(-1, seq.shape[-2], 2)
-        out = self.pointwise(self.depthwise(seq))[..., 0]
-        out = out.reshape(*lead, left.shape[-2], -1)
-        return _channels_to_banks(out, self.n_banks)
+    def reference(self, children: Tensor) -> Tensor:
+        return _conv_reference(children, [self.depthwise, self.pointwise], self.n_banks)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        dw = self.depthwise.weight.detach().to(torch.float64)[:, 0]  # (C, k)
+        pw = self.pointwise.weight.detach().to(torch.float64)[:, :, 0]  # (C, C)
+        W = torch.cat([pw * dw[:, r] for r in range(dw.shape[1])], dim=1)  # pw @ diag(dw[:, r])
+        b = pw @ self.depthwise.bias.detach().to(torch.float64) + self.pointwise.bias.detach().to(torch.float64)
+        return W, b
 
 
 SUMMARIZER_CLASSES = {
@@ -129,7 +161,13 @@ SUMMARIZER_CLASSES = {
 
 
 def build_summarizer(config: LMNConfig) -> nn.Module:
-    return SUMMARIZER_CLASSES[config.summarizer](config.d_model, config.n_banks)
+    return SUMMARIZER_CLASSES[config.summarizer](config.d_model, config.n_banks, config.stride)
+
+
+def affine_form(summarizer: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``summarizer.affine()``, or ``None`` when the summarizer does not state one."""
+    fn = getattr(summarizer, "affine", None)
+    return fn() if callable(fn) else None
 
 
 class Expander(nn.Module):
