@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lmn.train import build_model
+from lmn.trainer import build_model
 from lmn_testdata import small_corpus
 
 ARGS = ["--preset", "smoke", "--max-iters", "1", "--eval-interval", "1", "--eval-iters", "2", "--log-interval", "1",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmn.cli import main
-from lmn.train import CheckpointError, TrainConfig, preset_config, train
+from lmn.trainer import CheckpointError, TrainConfig, preset_config, train
 from lmn_testdata import require_shakespeare, small_corpus
 
 TINY = ["--model-opt", "d_model=8", "--model-opt", "n_layers=1", "--model-opt", "n_heads=2",
@@ -152,15 +152,16 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, capsys, model):
 
 
 def test_gradient_checkpointing_switch_reaches_the_models():
-    from lmn.train import _enable_gradient_checkpointing, build_model
+    from lmn.trainer import build_model, enable_gradient_checkpointing
 
     lmn = build_model("lmn", {"vocab_size": 11, "d_model": 8, "n_layers": 1, "n_heads": 2})
-    _enable_gradient_checkpointing(lmn)
+    enable_gradient_checkpointing("lmn", lmn)
     assert lmn.gradient_checkpointing is True
     for kind, cfg in (("gpt2", {"vocab_size": 11, "n_embd": 8, "n_layer": 1, "n_head": 2}),
-                      ("mamba", {"vocab_size": 11})):
+                      ("mamba", {"vocab_size": 11}), ("mamba2", {"vocab_size": 11, "hidden_size": 8}),
+                      ("rwkv", {"vocab_size": 11, "hidden_size": 8})):
         model = build_model(kind, cfg)
-        _enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(kind, model)
         assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.hf.modules()), kind
 
 
@@ -184,7 +185,7 @@ def test_resume_refuses_another_config(tmp_path, capsys):
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     cfg = _tiny_run(tmp_path)
-    from lmn.train import build_model, load_checkpoint, resolve_model_config
+    from lmn.trainer import build_model, load_checkpoint, resolve_model_config
 
     vocab_size = json.loads((Path(cfg.out_dir) / "config.json").read_text())["corpus"]["vocab_size"]
     other = resolve_model_config("lmn", {"d_model": 16, "n_layers": 1}, vocab_size)

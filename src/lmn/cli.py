@@ -54,15 +54,15 @@ def _model_opt(text: str) -> tuple[str, object]:
 
 # TrainConfig fields that get a flag spelled differently from --field-name.
 _FLAG_NAMES = {"out_dir": ("--out", "--out-dir")}
-_NO_FLAG = {"model_config"}  # set with --model-opt KEY=VALUE
+_NO_FLAG = {"model_config", "task_options"}  # set with --model-opt / --task-opt KEY=VALUE
 
 
 def _add_train_parser(sub) -> None:
-    from .train import PRESETS, TrainConfig
+    from .trainer import PRESETS, TrainConfig
 
     p = sub.add_parser(
         "train",
-        help="train LMN or a baseline (paper protocol by default)",
+        help="train LMN or another registered model kind (paper protocol by default)",
         description="Train a model. Start from --preset, then override any field with its flag. "
         "The resolved config is written to RUN/config.json.",
     )
@@ -72,6 +72,10 @@ def _add_train_parser(sub) -> None:
     p.add_argument(
         "--model-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
         help="override a field of the model's config, e.g. --model-opt d_model=64 (repeatable)",
+    )
+    p.add_argument(
+        "--task-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
+        help="set an option of the task (repeatable; the text task has none)",
     )
     for f in fields(TrainConfig):
         if f.name in _NO_FLAG:
@@ -87,11 +91,13 @@ def _add_train_parser(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .train import PRESETS, TrainConfig, preset_config, saved_config, train
+    import torch
+
+    from .trainer import PRESETS, TrainConfig, preset_config, saved_config, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in _NO_FLAG and getattr(args, f.name) is not None}
-    model_opts = dict(args.model_opt)
+    model_opts, task_opts = dict(args.model_opt), dict(args.task_opt)
     if args.preset is not None and args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     preset = args.preset
@@ -102,13 +108,16 @@ def _cmd_train(args) -> int:
         saved = saved_config(overrides["out_dir"])
         cfg_dict = {**saved["train"], **overrides}
         cfg_dict["model_config"] = {**saved["train"].get("model_config", {}), **model_opts}
+        cfg_dict["task_options"] = {**saved["train"].get("task_options", {}), **task_opts}
         cfg = TrainConfig.from_dict(cfg_dict)
         preset = saved.get("preset")
     else:
         preset = preset or "paper-lmn"
-        cfg = preset_config(preset, model_config=model_opts, **overrides)
+        cfg = preset_config(preset, model_config=model_opts, task_options=task_opts, **overrides)
+    if cfg.threads:  # a process-wide setting: the command's to make, not the library's
+        torch.set_num_threads(cfg.threads)
     summary = train(cfg, resume=args.resume, force=args.force, preset=preset)
-    if summary.get("whole_val_loss") is not None:
+    if summary.get("whole_val_loss") is not None and summary.get("final_val_loss") is not None:
         print(f"{cfg.out_dir}: final val {summary['final_val_loss']:.4f} | whole val {summary['whole_val_loss']:.4f} "
               f"nats ({summary['whole_val_bits_per_char']:.4f} bits/char)")
     return 0
@@ -137,7 +146,8 @@ def _add_generate_parser(sub) -> None:
 def _cmd_generate(args) -> int:
     import torch
 
-    from .train import load_run
+    from .kinds import get_kind
+    from .trainer import load_run
 
     if args.tokens < 0:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
@@ -153,9 +163,9 @@ def _cmd_generate(args) -> int:
         if find_compiler() is None:
             raise UsageError("--native needs a C compiler (cc, gcc or clang, or $CC); none was found")
     model, tokenizer, doc = load_run(args.checkpoint, device=args.device)
-    kind = doc["train"]["model"]
-    if kind != "lmn":
-        raise UsageError(f"{args.checkpoint} is a {kind!r} run; generate streams from LMN runs only")
+    kind = get_kind(doc["train"]["model"])
+    if kind.stream is None:
+        raise UsageError(f"{args.checkpoint} is a {kind.name!r} run; generate streams from LMN runs only")
     if args.top_k is not None and not 1 <= args.top_k:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     unknown = tokenizer.unknown_chars(args.prompt)
@@ -170,7 +180,7 @@ def _cmd_generate(args) -> int:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sys.stdout
     out.write(args.prompt)
-    for tok in model.generate_stream(idx, args.tokens, args.temperature, args.top_k, generator, args.native):
+    for tok in kind.stream(model, idx, args.tokens, args.temperature, args.top_k, generator, args.native):
         out.write(tokenizer.decode(tok))
         out.flush()
     out.write("\n")
@@ -188,7 +198,7 @@ def _add_plot_parser(sub) -> None:
 
 
 def _cmd_plot(args) -> int:
-    from .train import read_metrics
+    from .trainer import read_metrics
 
     output = Path(args.output)
     if output.suffix.lower() != ".png":
@@ -240,7 +250,7 @@ def _add_bench_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="efficiency benchmarks: streaming decode and training step vs length",
-        description="Efficiency benchmarks against GPT-2 and Mamba; every point in a fresh process. "
+        description="Efficiency benchmarks against GPT-2 and the recurrent baselines; every point in a fresh process. "
         "Results: JSON + markdown table + PNG plots (see lmn bench decode --help).",
     )
     add_bench_subcommands(p, _Parser)
@@ -271,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import CorpusError
-    from .train import CheckpointError
+    from .trainer import CheckpointError
 
     try:
         return args.func(args)

@@ -15,13 +15,21 @@ import statistics
 import sys
 from pathlib import Path
 
-# Taha, "Logarithmic Memory Networks (LMNs)", arXiv 2501.07905, Table 1 (Tiny Shakespeare,
-# character level; "val loss" after 5,000 iterations of the protocol in lmn.train).
-PAPER_TABLE1 = {
-    "lmn": {"params": 71_489, "val_loss": 1.7742},
-    "gpt2": {"params": 71_105, "val_loss": 1.9704},
-}
-MODEL_NAMES = {"lmn": "LMN", "gpt2": "GPT-2", "mamba": "Mamba"}
+from .kinds import REGISTRY, get_kind, kind_or_none
+
+
+def paper_table1() -> dict:
+    """Taha, "Logarithmic Memory Networks (LMNs)", arXiv 2501.07905, Table 1 (Tiny
+    Shakespeare, character level; "val loss" after 5,000 iterations of the protocol in
+    lmn.trainer): ``{kind: {"params", "val_loss"}}``, as each registered kind states it."""
+    return {name: dict(get_kind(name).paper) for name in REGISTRY if get_kind(name).paper is not None}
+
+
+def model_title(kind: str) -> str:
+    """A kind's name in tables ("GPT-2"); an unregistered name as it is."""
+    spec = kind_or_none(kind)
+    return spec.title if spec is not None else kind
+
 # The paper's training protocol (the presets paper-lmn / paper-gpt2); a run that departs from
 # it (e.g. Mamba's shorter budget) is labelled with its departures and summarised apart.
 PAPER_PROTOCOL = {"max_iters": 5000, "eval_iters": 200, "eval_interval": 100, "block_size": 512,
@@ -117,7 +125,7 @@ def build_table1(run_dirs: list[Path]) -> dict:
             if all(r.get(stat) is not None for r in group)
         }
         summary[key].update(model=model, protocol=protocol, params=group[0]["params"])
-    return {"paper": PAPER_TABLE1, "paper_protocol": PAPER_PROTOCOL, "common_step": COMMON_STEP,
+    return {"paper": paper_table1(), "paper_protocol": PAPER_PROTOCOL, "common_step": COMMON_STEP,
             "runs": runs, "summary": summary}
 
 
@@ -148,7 +156,7 @@ def render_markdown(table: dict) -> str:
         tps = "–" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}"
         status = "complete" if r["complete"] else f"incomplete (last evaluation at step {r['step']} of {r['max_iters']})"
         out.append(
-            f"| {r['run']} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['seed']} | {r['params']:,} "
+            f"| {r['run']} | {model_title(r['model'])} | {r['seed']} | {r['params']:,} "
             f"| {r.get('protocol', 'paper')} | {r['step']} | {_f(r.get('val_loss_at_common_step'))} "
             f"| {_f(r.get('final_train_loss'))} | {_f(r.get('final_val_loss'))} | {_f(r.get('whole_val_loss'))} "
             f"| {_f(r.get('whole_val_bits_per_char'))} | {wall} | {tps} | {status} |"
@@ -166,7 +174,7 @@ def render_markdown(table: dict) -> str:
         model = s.get("model", key)
         p = table["paper"].get(model, {}) if s.get("protocol", "paper") == "paper" else {}
         out.append(
-            f"| {MODEL_NAMES.get(model, model)} | {s.get('protocol', '–')} "
+            f"| {model_title(model)} | {s.get('protocol', '–')} "
             f"| {s.get('params', '–') if not s else format(s['params'], ',')} "
             f"| {format(p['params'], ',') if p else '–'} | {_ms(s.get('val_loss_at_common_step'))} "
             f"| {_ms(s.get('final_val_loss'))} "

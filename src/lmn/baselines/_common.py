@@ -1,11 +1,15 @@
-"""What the baseline wrappers share: config (de)serialisation and input checks."""
+"""What the baseline wrappers share: config (de)serialisation, input checks, the module
+around a transformers model, and decoding through its cache."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, fields
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..kinds.base import Decoder
 
 
 class ConfigMixin:
@@ -43,3 +47,102 @@ def check_idx(idx: Tensor, vocab_size: int, max_len: int | None = None) -> None:
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"idx contains token id {lo if lo < 0 else hi}, outside [0, {vocab_size})")
+
+
+def import_transformers(kind: str):
+    """``transformers``, or an ImportError that says how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(f"the {kind} baseline needs HuggingFace transformers: pip install 'lmn[train]'") from None
+    return transformers
+
+
+class HFModel(nn.Module):
+    """A transformers causal LM behind the trainer's contract: ``forward(idx (B, T)) ->
+    logits (B, T, vocab)``. Subclasses set ``config_class`` and build ``self.hf`` in
+    ``make_hf(config)`` (random init: nothing is downloaded)."""
+
+    config_class: type = None
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} expects a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.hf = self.make_hf(config)
+
+    def make_hf(self, config) -> nn.Module:
+        raise NotImplementedError
+
+    def max_positions(self) -> int | None:
+        return None
+
+    def num_parameters(self) -> int:
+        # parameters() yields a tied weight once, so the head is not counted twice.
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: Tensor) -> Tensor:
+        check_idx(idx, self.config.vocab_size, self.max_positions())
+        return self.hf(input_ids=idx, use_cache=False).logits
+
+
+# ----------------------------------------------------------------------------- decoding
+CACHE_KEYWORDS = ("cache", "past_key_values", "cache_params", "state")
+
+
+class HFDecoder(Decoder):
+    """Decoding through a transformers model's own cache, whatever its keyword is called in
+    the installed version (``cache``, ``past_key_values``, ``cache_params`` or RWKV's
+    ``state``): a forward per prefill chunk, then one per token, as ``generate()`` does."""
+
+    def __init__(self, model: nn.Module, max_chunk: int = 1024):
+        self.hf = getattr(model, "hf", model)
+        self.cache, self.pos = None, 0
+        params = inspect.signature(self.hf.forward).parameters
+        self.cache_kw = next(k for k in CACHE_KEYWORDS if k in params)
+        self.wants_position = "cache_position" in params and self.cache_kw == "cache_params"
+
+    def _forward(self, ids: Tensor) -> Tensor:
+        kwargs = {"use_cache": True}
+        if self.cache is not None:
+            kwargs[self.cache_kw] = self.cache
+        if self.wants_position:  # transformers 4.x Mamba needs it spelled out
+            kwargs["cache_position"] = torch.arange(self.pos, self.pos + ids.shape[1], device=ids.device)
+        out = self.hf(input_ids=ids, **kwargs)
+        self.cache = next(getattr(out, k) for k in CACHE_KEYWORDS if getattr(out, k, None) is not None)
+        self.pos += ids.shape[1]
+        return out.logits
+
+    def prefill(self, chunk: Tensor) -> None:
+        self._forward(chunk)
+
+    def step(self, token: Tensor) -> Tensor:
+        return self._forward(token[:, None])[:, -1]
+
+    def state_bytes(self) -> int:
+        return tensor_bytes(self.cache)
+
+
+def tensor_bytes(obj, _seen=None, _depth=0) -> int:
+    """Bytes of every distinct tensor reachable from a (HF) cache object: lists, tuples,
+    dicts and the attributes of transformers' cache classes."""
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.data_ptr(), obj.numel())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return obj.numel() * obj.element_size()
+    if _depth > 4:
+        return 0
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif type(obj).__module__.startswith("transformers") and hasattr(obj, "__dict__"):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(tensor_bytes(v, seen, _depth + 1) for v in items)

@@ -3,20 +3,28 @@
 With the defaults (n_embd 32, 4 layers, 4 heads, inner 128, 512 positions, tied LM head)
 it has 69,344 parameters for a 65-symbol vocabulary. The paper's Table 1 reports 71,105
 for its hand-written GPT; the difference is that model's details (e.g. an untied head
-would add 65 * 32 = 2,080), not a different size class.
+would add 65 * 32 = 2,080), not a different size class. ``large`` (bench): n_embd 256,
+8 layers, 8 heads, inner 1024: 6,466,304 parameters.
 
 Dropout is 0 everywhere, as in the paper's protocol -- and because with attention
 dropout SDPA leaves its fused CPU kernel for a path several times slower.
+
+GPT-2's learned position table grows with the context bench must reach (``n_positions``
+is raised to the benchmarked length); bench's ``params`` counts it at the usual 512
+positions, ``params_total`` at the size actually built (+n_embd per extra position).
+Decoding uses HF's ``DynamicCache``, which concatenates on every step, as ``generate()``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from torch import nn
 
-from ._common import ConfigMixin, check_idx
+from ..kinds.base import ModelKind, hf_checkpointing
+from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
+
+DEFAULT_POSITIONS = 512
 
 
 @dataclass
@@ -28,15 +36,15 @@ class GPT2BaselineConfig(ConfigMixin):
     n_layer: int = 4
     n_head: int = 4
     n_inner: int = 128
-    n_positions: int = 512
+    n_positions: int = DEFAULT_POSITIONS
 
     def __post_init__(self) -> None:
         self._check_positive_ints("vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
-    def to_hf(self) -> GPT2Config:
-        return GPT2Config(
+    def to_hf(self):
+        return import_transformers("gpt2").GPT2Config(
             vocab_size=self.vocab_size,
             n_embd=self.n_embd,
             n_layer=self.n_layer,
@@ -54,20 +62,49 @@ class GPT2BaselineConfig(ConfigMixin):
         )
 
 
-class GPT2Baseline(nn.Module):
+class GPT2Baseline(HFModel):
     """``forward(idx (B, T)) -> logits (B, T, vocab)``; ``T <= n_positions``."""
 
-    def __init__(self, config: GPT2BaselineConfig):
-        super().__init__()
-        if not isinstance(config, GPT2BaselineConfig):
-            raise TypeError(f"GPT2Baseline expects a GPT2BaselineConfig, got {type(config).__name__}")
-        self.config = config
-        self.hf = GPT2LMHeadModel(config.to_hf())  # random init, HF's GPT-2 scheme
+    config_class = GPT2BaselineConfig
 
-    def num_parameters(self) -> int:
-        # parameters() yields a tied weight once, so the head is not counted twice.
-        return sum(p.numel() for p in self.parameters())
+    def make_hf(self, config: GPT2BaselineConfig) -> nn.Module:
+        return import_transformers("gpt2").GPT2LMHeadModel(config.to_hf())  # random init, HF's GPT-2 scheme
 
-    def forward(self, idx: Tensor) -> Tensor:
-        check_idx(idx, self.config.vocab_size, self.config.n_positions)
-        return self.hf(input_ids=idx, use_cache=False).logits
+    def max_positions(self) -> int:
+        return self.config.n_positions
+
+
+def _with_positions(config: dict, positions: int | None) -> dict:
+    n = DEFAULT_POSITIONS if positions is None else max(positions, DEFAULT_POSITIONS)
+    return {**config, "n_positions": n}
+
+
+def _reported_params(model: GPT2Baseline, config) -> int:
+    """Parameters with the position table at 512 rows, however many were built."""
+    return model.num_parameters() - (model.config.n_positions - DEFAULT_POSITIONS) * model.config.n_embd
+
+
+def _cache_bytes(config: dict, positions: int) -> int:
+    """K and V of every layer: 2 * layers * P * n_embd * 4 bytes (batch 1, float32)."""
+    return 2 * config["n_layer"] * positions * config["n_embd"] * 4
+
+
+KINDS = {"gpt2": ModelKind(
+    name="gpt2",
+    title="GPT-2",
+    config_class=GPT2BaselineConfig,
+    model_class=GPT2Baseline,
+    decoder=HFDecoder,
+    sizes={"paper": {}, "large": {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_inner": 1024}},
+    max_positions=lambda config: config["n_positions"],
+    with_positions=_with_positions,
+    reported_params=_reported_params,
+    state_bytes=_cache_bytes,
+    enable_checkpointing=hf_checkpointing,
+    requires=("transformers",),
+    describe={"decode": "through transformers' KV cache (`DynamicCache`)",
+              "bench-train": "transformers' GPT-2 with SDPA attention and no dropout",
+              "state": "GPT-2's KV cache"},
+    paper={"params": 71_105, "val_loss": 1.9704},
+    preset={},
+)}

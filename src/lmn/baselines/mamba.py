@@ -1,6 +1,7 @@
 """Mamba baseline: ``transformers.MambaForCausalLM``, random init, sized to the paper's
 models: d 44, 4 layers, state 16, expand 2, conv 4, tied head -> 71,016 parameters for a
-65-symbol vocabulary (LMN: 71,489; GPT-2: 69,344).
+65-symbol vocabulary (LMN: 71,489; GPT-2: 69,344). ``large`` (bench): d 400, 8 layers:
+8,381,600 (LMN's count at the same depth).
 
 Speed on CPU: without the ``mamba-ssm`` CUDA kernels transformers runs the selective scan
 in PyTorch. Its plain path loops over time, and the backward of that loop allocates a
@@ -9,6 +10,11 @@ full-size gradient per time step: ~110 s per 16 x 512 training step on one core.
 recurrence, different summation order): ~4 s per step. We ask for it
 (``use_mambapy=True``) and warn when it is missing. Even so, the ``paper-mamba`` preset
 uses a shorter budget than the paper's 5,000 steps.
+
+Decoding caveat (transformers' implementation): a forward over more than one token starts
+its selective scan from a zero SSM state, so after a chunked prefill the SSM state
+*values* are not those of one long pass. Its size and the cost of a step do not depend on
+them, which is what ``lmn bench decode`` measures.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 
-from torch import Tensor, nn
-from transformers import MambaConfig, MambaForCausalLM
+from torch import nn
 
-from ._common import ConfigMixin, check_idx
+from ..kinds.base import ModelKind, hf_checkpointing
+from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
 
 
 @dataclass
@@ -39,8 +45,8 @@ class MambaBaselineConfig(ConfigMixin):
             "vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel"
         )
 
-    def to_hf(self) -> MambaConfig:
-        return MambaConfig(
+    def to_hf(self):
+        return import_transformers("mamba").MambaConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
@@ -55,25 +61,35 @@ class MambaBaselineConfig(ConfigMixin):
         )
 
 
-class MambaBaseline(nn.Module):
+class MambaBaseline(HFModel):
     """``forward(idx (B, T)) -> logits (B, T, vocab)``."""
 
-    def __init__(self, config: MambaBaselineConfig):
-        super().__init__()
-        if not isinstance(config, MambaBaselineConfig):
-            raise TypeError(f"MambaBaseline expects a MambaBaselineConfig, got {type(config).__name__}")
-        self.config = config
+    config_class = MambaBaselineConfig
+
+    def make_hf(self, config: MambaBaselineConfig) -> nn.Module:
         if importlib.util.find_spec("mambapy") is None:
             warnings.warn(
                 "mambapy is not installed: Mamba's scan falls back to a per-time-step loop that trains "
                 "~25x slower on CPU; pip install mambapy",
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.hf = MambaForCausalLM(config.to_hf())
+        return import_transformers("mamba").MambaForCausalLM(config.to_hf())
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: Tensor) -> Tensor:
-        check_idx(idx, self.config.vocab_size)
-        return self.hf(input_ids=idx, use_cache=False).logits
+KINDS = {"mamba": ModelKind(
+    name="mamba",
+    title="Mamba",
+    config_class=MambaBaselineConfig,
+    model_class=MambaBaseline,
+    decoder=HFDecoder,
+    sizes={"paper": {}, "large": {"hidden_size": 400, "num_hidden_layers": 8}},
+    enable_checkpointing=hf_checkpointing,
+    requires=("transformers",),
+    describe={"decode": "through transformers' Mamba cache",
+              "bench-train": "transformers' Mamba (PyTorch scan)",
+              "state": "Mamba's conv + SSM cache"},
+    # The paper's protocol on a shorter budget: on CPU, transformers' Mamba (even with
+    # mambapy's parallel scan) takes ~4 s per 16 x 512 step, so 5,000 steps with the full
+    # evaluation schedule would take over 12 hours. 1,000 steps, 20 batches per estimate.
+    preset={"max_iters": 1000, "eval_iters": 20},
+)}

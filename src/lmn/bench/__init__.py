@@ -15,7 +15,7 @@ see :mod:`lmn.bench.report`) and PNG plots.
 Layout:
 
 * :mod:`lmn.bench.common` -- machine description, size parsing, subprocess runner, timers;
-* :mod:`lmn.bench.models` -- the two model sizes and the decode adapters (LMN, GPT-2, Mamba);
+* :mod:`lmn.bench.models` -- the sizes and decode adapters, read from the model registry (:mod:`lmn.kinds`);
 * :mod:`lmn.bench.materialized` -- the LMN forward that gathers every slot into a
   ``(B, T, slots, d)`` tensor (what the efficient parallel form avoids);
 * :mod:`lmn.bench.decode`, :mod:`lmn.bench.train` -- the drivers;

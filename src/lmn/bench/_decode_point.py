@@ -80,7 +80,7 @@ def measure(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmn.bench._decode_point", description=__doc__.splitlines()[0])
     p.add_argument("--size", required=True, help="paper or large")
-    p.add_argument("--model", required=True, help="lmn, gpt2 or mamba")
+    p.add_argument("--model", required=True, help="a registered kind usable by bench decode (lmn, gpt2, mamba, ...)")
     p.add_argument("--position", type=int, required=True, help="context length P reached before timing")
     p.add_argument("--repeats", type=int, default=20, help="timed decode steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed decode steps first")

@@ -20,6 +20,8 @@ def measure(args) -> dict:
     import torch.nn.functional as F
 
     from .common import StepTimer, device_label, peak_rss_bytes, summarize, sync
+    from lmn.kinds import get_kind
+
     from .models import build_model
 
     if args.mmap_threshold:
@@ -38,17 +40,10 @@ def measure(args) -> dict:
     idx = torch.randint(V, (B, T), generator=gen).to(device)
     targets = torch.randint(V, (B, T), generator=gen).to(device)
 
-    if args.model == "lmn-materialized":
-        from .materialized import materialized_forward
+    bench_forward = get_kind(args.model).bench_forward
 
-        def forward():
-            return materialized_forward(model, idx)
-    elif args.model == "gpt2":
-        def forward():
-            return model(input_ids=idx, use_cache=False).logits
-    else:
-        def forward():
-            return model(idx)
+    def forward():
+        return bench_forward(model, idx)
 
     def train_step():
         loss = F.cross_entropy(forward().flatten(0, 1), targets.flatten())
@@ -112,7 +107,7 @@ def measure(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmn.bench._train_point", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="paper", help="paper or large")
-    p.add_argument("--model", required=True, help="lmn, lmn-ckpt, lmn-materialized or gpt2")
+    p.add_argument("--model", required=True, help="a registered kind usable by bench train (lmn, lmn-ckpt, gpt2, ...)")
     p.add_argument("--batch", type=int, required=True, help="sequences per batch B")
     p.add_argument("--length", type=int, required=True, help="sequence length T")
     p.add_argument("--repeats", type=int, default=3, help="timed steps (at most)")

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from .common import parse_bytes, parse_choices, parse_count, parse_counts
-from .models import DECODE_MODELS, SIZES, TRAIN_MODELS
+from .models import DECODE_DEFAULT, SIZES, TRAIN_DEFAULT, decode_models, train_models
 
 DEFAULT_OUT = "docs/results/bench"
+QUICK_TRAIN = ("lmn", "gpt2", "lmn-materialized")
 QUICK_OUT = "docs/results/bench/quick"
 
 
@@ -21,23 +22,25 @@ def add_bench_subcommands(p: argparse.ArgumentParser, parser_class) -> None:
     d = sub.add_parser(
         "decode", help="streaming decode: latency, state bytes and peak RSS vs context P",
         description="Per-token decode latency, state/cache bytes and peak RSS at context positions P, "
-        "for LMN streaming, GPT-2 with its KV cache and Mamba with its cache. Each point runs in a "
+        "for LMN streaming, GPT-2 with its KV cache and the recurrent baselines with theirs. Each point runs in a "
         "fresh process. Writes NAME.json, NAME.md, NAME_latency.png and NAME_memory.png to --out.",
     )
     d.add_argument("--sizes", default="paper,large", help=f"model sizes, of {', '.join(SIZES)} (default paper,large)")
-    d.add_argument("--models", default=None, help=f"models, of {', '.join(DECODE_MODELS)} (default: all; "
-                   "lmn-native only where a C compiler is found)")
+    d.add_argument("--models", default=None, help=f"models, of {', '.join(decode_models())} (default: "
+                   f"{','.join(DECODE_DEFAULT)}, each only where it can run here, e.g. lmn-native needs a C compiler)")
     d.add_argument("--positions", default=None, help="context positions P, K = 1024, M = 1024^2 "
                    "(default 256,1K,4K,16K,32K,128K,1M; --quick: 16,100)")
     d.add_argument("--repeats", type=int, default=None, help="timed decode steps per point (default 50; --quick: 3)")
     d.add_argument("--warmup", type=int, default=None, help="untimed decode steps first (default 10; --quick: 2)")
     d.add_argument("--chunk", type=int, default=1024, help="prefill chunk in tokens (LMN's max_chunk too; default 1024)")
-    d.add_argument("--timeout", type=float, default=1200, help="seconds per GPT-2/Mamba point, prefill "
+    d.add_argument("--timeout", type=float, default=1200, help="seconds per baseline point, prefill "
                    "included (default 1200: GPT-2's quadratic prefill to 128K, or the large one's to 32K, "
                    "takes minutes on one core)")
-    d.add_argument("--lmn-timeout", type=float, default=3600, help="seconds per LMN point (default 3600: "
+    d.add_argument("--lmn-timeout", type=float, default=3600, help="seconds per LMN point, or of any kind "
+                   "registered with long_decode (default 3600: "
                    "the large LMN's prefill to 1M takes ~10 minutes on one core)")
-    d.add_argument("--max-cache", default="4G", help="skip GPT-2 points whose KV cache would exceed this "
+    d.add_argument("--max-cache", default="4G", help="skip points whose predicted state/cache (e.g. GPT-2's "
+                   "KV cache) would exceed this "
                    "(default 4G; 0: no limit)")
     _common_flags(d, default_name="decode")
     d.set_defaults(bench_func=_cmd_decode)
@@ -50,8 +53,8 @@ def add_bench_subcommands(p: argparse.ArgumentParser, parser_class) -> None:
         "16 x 512, 1 x 32K and 1 x 256K (LMN only). Writes NAME.json, NAME.md and NAME.png to --out.",
     )
     t.add_argument("--sizes", default="paper", help=f"model sizes, of {', '.join(SIZES)} (default paper)")
-    t.add_argument("--models", default=None, help=f"of {', '.join(TRAIN_MODELS)} "
-                   "(default all; --quick: lmn,gpt2,lmn-materialized)")
+    t.add_argument("--models", default=None, help=f"of {', '.join(train_models())} "
+                   f"(default {','.join(TRAIN_DEFAULT)}; --quick: {','.join(QUICK_TRAIN)})")
     t.add_argument("--lengths", default=None, help="sequence lengths T (default 512,2K,8K,32K; --quick: 32,128)")
     t.add_argument("--tokens-per-batch", default=None, help="tokens per sweep batch: batch = max(1, "
                    "tokens // T) (default 8192, the paper's 16 x 512; --quick: 256)")
@@ -106,12 +109,15 @@ def _devices(args) -> list[str]:
 
 
 def _default_decode_models() -> str:
-    from lmn.native import find_compiler
+    from lmn.kinds import get_kind
 
-    models = list(DECODE_MODELS)
-    if find_compiler() is None:
-        print("note: no C compiler found, so lmn-native (the C streaming step) is left out", file=sys.stderr)
-        models.remove("lmn-native")
+    models = []
+    for name in DECODE_DEFAULT:
+        why = get_kind(name).unavailable()
+        if why is None:
+            models.append(name)
+        else:
+            print(f"note: {name} is left out: {why}", file=sys.stderr)
     return ",".join(models)
 
 
@@ -122,7 +128,7 @@ def _cmd_decode(args, command: str) -> int:
     sizes = parse_choices(args.sizes if not (q and args.sizes == "paper,large") else "paper", SIZES, "size")
     cfg = DecodeSettings(
         sizes=sizes,
-        models=parse_choices(args.models or _default_decode_models(), DECODE_MODELS, "model"),
+        models=parse_choices(args.models or _default_decode_models(), decode_models(), "model"),
         positions=parse_counts(args.positions or (QUICK_POSITIONS if q else FULL_POSITIONS)),
         repeats=_positive(args.repeats if args.repeats is not None else (3 if q else 50), "--repeats"),
         warmup=max(0, args.warmup if args.warmup is not None else (2 if q else 10)),
@@ -160,7 +166,7 @@ def _parse_special(text: str) -> list[tuple[int, int, tuple[str, ...] | None]]:
         b, x, t = shape.lower().partition("x")
         if not x:
             raise ValueError(f"--special: expected BxT[:model+model], got {item!r}")
-        names = tuple(parse_choices(models.replace("+", ","), TRAIN_MODELS, "model")) if models else None
+        names = tuple(parse_choices(models.replace("+", ","), train_models(), "model")) if models else None
         out.append((parse_count(b), parse_count(t), names))
     return out
 
@@ -176,11 +182,11 @@ def _cmd_train(args, command: str) -> int:
     from .train import FULL_LENGTHS, QUICK_LENGTHS, TrainSettings, run_train
 
     q = args.quick
-    default_models = "lmn,gpt2,lmn-materialized" if q else ",".join(TRAIN_MODELS)
+    default_models = ",".join(QUICK_TRAIN if q else TRAIN_DEFAULT)
     special = args.special if args.special is not None else ("1x512:lmn" if q else "16x512,1x32K,1x256K:lmn+lmn-ckpt")
     cfg = TrainSettings(
         sizes=parse_choices(args.sizes, SIZES, "size"),
-        models=parse_choices(args.models or default_models, TRAIN_MODELS, "model"),
+        models=parse_choices(args.models or default_models, train_models(), "model"),
         lengths=parse_counts(args.lengths or (QUICK_LENGTHS if q else FULL_LENGTHS)),
         tokens_per_batch=parse_count(args.tokens_per_batch or ("256" if q else "8192")),
         special=_parse_special(special),

@@ -2,8 +2,9 @@
 
 For every (device, size, model, P), in that order, one fresh process
 (:mod:`lmn.bench._decode_point`) builds the model, reaches context P and times single-token
-steps. A model stops at its first point that times out or fails; GPT-2 points whose KV
-cache alone would exceed ``--max-cache`` are recorded as skipped without running.
+steps. A model stops at its first point that times out or fails; points whose predicted
+state or cache (a kind's ``state_bytes``, e.g. GPT-2's KV cache) would exceed
+``--max-cache`` are recorded as skipped without running.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lmn.kinds import get_kind
+
 from .common import device_label, format_bytes, format_count, header, run_point, write_json
-from .models import gpt2_cache_bytes, model_table
+from .models import model_config, model_table
 from .report import write_outputs
 
 FULL_POSITIONS = "256,1K,4K,16K,32K,128K,1M"
@@ -55,24 +58,11 @@ def run_decode(cfg: DecodeSettings, out_dir: Path, name: str = "decode", command
                 stopped = None  # (status, position) of this model's first failure
                 for P in cfg.positions:
                     point = {"device": label, "size": size, "model": kind, "position": P}
-                    if kind == "gpt2":
-                        point["estimated_cache_bytes"] = est = gpt2_cache_bytes(size, P)
                     if stopped is not None:
                         point.update(status="skipped", reason=f"stopped: {stopped[0]} at P = {format_count(stopped[1])}")
-                    elif kind == "lmn-native" and not device.startswith("cpu"):
-                        point.update(status="skipped", reason="the native step runs on the CPU only")
-                    elif kind == "gpt2" and cfg.max_cache_bytes and est > cfg.max_cache_bytes:
-                        point.update(status="skipped", reason=f"KV cache would be {format_bytes(est)} "
-                                     f"> --max-cache {format_bytes(cfg.max_cache_bytes)}")
                     else:
-                        timeout = cfg.lmn_timeout if kind.startswith("lmn") else cfg.timeout
-                        args = ["--size", size, "--model", kind, "--position", str(P), "--repeats", str(cfg.repeats),
-                                "--warmup", str(cfg.warmup), "--chunk", str(cfg.chunk), "--threads", str(cfg.threads),
-                                "--device", device, "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes)]
-                        result = run_point("lmn.bench._decode_point", args, timeout, cfg.threads)
-                        result.pop("device", None)
-                        point.update(result)
-                        if point["status"] != "ok":
+                        point.update(_measure(cfg, device, size, kind, P))
+                        if point["status"] not in ("ok", "skipped"):
                             stopped = ({"timeout": "timed out", "oom": "out of memory"}.get(point["status"], "failed"), P)
                     points.append(point)
                     _say(_progress(point))
@@ -81,6 +71,28 @@ def run_decode(cfg: DecodeSettings, out_dir: Path, name: str = "decode", command
     write_json(json_path, doc)
     write_outputs(doc, out_dir, name, plots)
     return doc
+
+
+def _measure(cfg: DecodeSettings, device: str, size: str, kind: str, P: int) -> dict:
+    """One point's record: measured in a fresh process, or skipped where the kind says it
+    cannot run (CPU-only on a GPU) or its predicted state exceeds ``--max-cache``."""
+    spec = get_kind(kind)
+    out = {}
+    if spec.state_bytes is not None:
+        out["estimated_cache_bytes"] = est = spec.state_bytes(model_config(size, kind, P), P)
+        if cfg.max_cache_bytes and est > cfg.max_cache_bytes:
+            what = spec.describe.get("state", f"{kind}'s state")
+            return {**out, "status": "skipped", "reason": f"{what} would be {format_bytes(est)} "
+                    f"> --max-cache {format_bytes(cfg.max_cache_bytes)}"}
+    if spec.cpu_only and not device.startswith("cpu"):
+        return {**out, "status": "skipped", "reason": f"{kind} runs on the CPU only"}
+    timeout = cfg.lmn_timeout if spec.long_decode else cfg.timeout
+    args = ["--size", size, "--model", kind, "--position", str(P), "--repeats", str(cfg.repeats),
+            "--warmup", str(cfg.warmup), "--chunk", str(cfg.chunk), "--threads", str(cfg.threads),
+            "--device", device, "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes)]
+    result = run_point("lmn.bench._decode_point", args, timeout, cfg.threads)
+    result.pop("device", None)
+    return {**out, **result}
 
 
 def _progress(p: dict) -> str:

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from lmn.kinds import kind_or_none
+
 from .common import format_bytes, format_count, format_seconds, write_text
 
 
@@ -61,23 +63,53 @@ def _ratio(a, b) -> str:
     return f"{a / b:.3g}" if a is not None and b else "-"
 
 
+def _models(doc: dict) -> list[str]:
+    return list(dict.fromkeys(p["model"] for p in doc["points"]))
+
+
+def _described(models: list[str], what: str) -> str:
+    """``"`lmn` ...; `gpt2` ..."``: each registered kind's own phrase for ``what``."""
+    parts = []
+    for m in models:
+        kind = kind_or_none(m)
+        phrase = kind.describe.get(what) if kind is not None else None
+        parts.append(f"`{m}` {phrase}" if phrase else f"`{m}`")
+    return "; ".join(parts)
+
+
+def _compared(models: list[str]) -> list[tuple[str, str]]:
+    """``(model, reference)`` pairs for ratio columns: each kind's ``compare_to``, when both
+    are in the table."""
+    pairs = []
+    for m in models:
+        kind = kind_or_none(m)
+        if kind is not None and kind.compare_to in models:
+            pairs.append((m, kind.compare_to))
+    return pairs
+
+
+def _title(m: str) -> str:
+    kind = kind_or_none(m)
+    return kind.title if kind is not None else m
+
+
 # ----------------------------------------------------------------------------- decode
 def render_decode(doc: dict) -> str:
     s = doc["settings"]
+    models = _models(doc)
+    states = ", ".join(kind.describe["state"] for kind in map(kind_or_none, models)
+                       if kind is not None and "state" in kind.describe)
     lines = _preamble(doc, "Decode: per-token latency and memory vs context")
     lines += [
         f"Latency: one decode step (one token, batch 1) after reaching context P by a chunked "
         f"prefill of random ids; median of {s['repeats']} timed steps [min – max] after {s['warmup']} "
-        f"warm-up steps. State: LMN's streaming state (`state.nbytes`), GPT-2's KV cache, Mamba's "
-        f"conv + SSM cache, at P. Peak RSS: high-water mark of the measuring process (a fresh "
-        f"process per point; includes Python, torch and, for the baselines, transformers). "
-        f"K = 1024, M = 1024². Models: `lmn` steps with `LMN.step` (PyTorch), `lmn-native` "
-        f"with `lmn.native.NativeStepper` (the same computation as one C call per token, after "
-        f"the same PyTorch prefill), `gpt2` and `mamba` through transformers' caches.",
+        f"warm-up steps. State: {states or 'the decode state'}, at P. Peak RSS: high-water mark of the "
+        f"measuring process (a fresh process per point; includes Python, torch and, for the baselines, "
+        f"transformers). K = 1024, M = 1024². Models: {_described(models, 'decode')}.",
         "",
-        f"Limits: {s['timeout']:g} s per baseline point, {s['lmn_timeout']:g} s per LMN point; GPT-2 is "
-        f"not run where its KV cache would exceed {format_bytes(s['max_cache_bytes'])}; a model stops "
-        f"after its first failed point.",
+        f"Limits: {s['timeout']:g} s per baseline point, {s['lmn_timeout']:g} s per LMN point; a model is "
+        f"not run where its predicted state or cache would exceed {format_bytes(s['max_cache_bytes'])}; "
+        f"a model stops after its first failed point.",
         "",
     ]
     for device, size in _groups(doc["points"]):
@@ -88,8 +120,7 @@ def render_decode(doc: dict) -> str:
         params = doc["models"][size]
         lines += [f"## {size} size, {device}", ""]
         lines += ["Parameters: " + "; ".join(f"{m} {params[m]['params']:,}" for m in models) + ".", ""]
-        # LMN variants against GPT-2's KV cache, one ratio column each
-        pairs = [m for m in models if m.startswith("lmn") and "gpt2" in models]
+        pairs = _compared(models)  # e.g. LMN against GPT-2's KV cache, one ratio column each
 
         def ok(m, P):
             p = at.get((m, P))
@@ -106,12 +137,12 @@ def render_decode(doc: dict) -> str:
             ("State / cache bytes at P", lambda p: format_bytes(p["state_bytes"]), lambda p: p["state_bytes"]),
             ("Peak RSS of the process", lambda p: format_bytes(p["peak_rss_bytes"]), lambda p: p["peak_rss_bytes"]),
         ):
-            head = ["P"] + models + [f"{m} ÷ gpt2" for m in pairs]
+            head = ["P"] + models + [f"{m} ÷ {ref}" for m, ref in pairs]
             rows = []
             for P in positions:
                 row = [format_count(P)] + [cell(m, P, fn) for m in models]
-                for m in pairs:
-                    a, b = ok(m, P), ok("gpt2", P)
+                for m, ref in pairs:
+                    a, b = ok(m, P), ok(ref, P)
                     row.append(_ratio(key(a), key(b)) if a and b else "-")
                 rows.append(row)
             lines += [f"### {title}", ""] + _table(head, rows)
@@ -173,11 +204,8 @@ def render_train(doc: dict) -> str:
         f"median of {s['repeats']} timed steps [min – max] after {s['warmup']} warm-up step(s) "
         f"(fewer where a step is long: see n). Sweep: batch = max(1, {s['tokens_per_batch']:,} // T). "
         f"Peak memory growth: how far the step raised the process's high-water RSS above its level "
-        f"after building the model and the batch (fresh process per point). Models: `lmn` parallel "
-        f"form; `lmn-ckpt` the same with `gradient_checkpointing` (blocks recomputed in backward; "
-        f"from commit 8974a17 on, feed-forward layers also in recomputed row chunks); `lmn-materialized` "
-        f"gathers every position's slots into a (B, T, slots, d) tensor; `gpt2` transformers' GPT-2 "
-        f"with SDPA attention and no dropout. K = 1024.",
+        f"after building the model and the batch (fresh process per point). "
+        f"Models: {_described(_models(doc), 'bench-train')}. K = 1024.",
         "",
         f"Limits: {s['timeout']:g} s per point; a model stops after its first failed length.",
         "",
@@ -214,16 +242,16 @@ def render_train(doc: dict) -> str:
         lines += _table(head, rows)
         by = {(p["model"], p["batch"], p["length"]): p for p in pts if p["status"] == "ok"}
         shapes = sorted({(p["batch"], p["length"]) for p in pts}, key=lambda x: (x[1], x[0]))
-        if "lmn" in models and "gpt2" in models:
+        for m, ref in _compared(models):
             rows = []
             for b, t in shapes:
-                a, g = by.get(("lmn", b, t)), by.get(("gpt2", b, t))
+                a, g = by.get((m, b, t)), by.get((ref, b, t))
                 if a and g:
                     rows.append([f"{b} × {format_count(t)}", _ratio(a["time"]["median_s"], g["time"]["median_s"]),
                                  _ratio(a["peak_growth_bytes"], g["peak_growth_bytes"])])
             if rows:
-                lines += ["LMN relative to GPT-2 at equal shape:", ""]
-                lines += _table(["B × T", "time lmn ÷ gpt2", "memory growth lmn ÷ gpt2"], rows)
+                lines += [f"{_title(m)} relative to {_title(ref)} at equal shape:", ""]
+                lines += _table(["B × T", f"time {m} ÷ {ref}", f"memory growth {m} ÷ {ref}"], rows)
     return "\n".join(lines)
 
 

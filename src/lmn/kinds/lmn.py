@@ -1,0 +1,141 @@
+"""LMN as a model kind, and its bench variants.
+
+==================  =========================================================================
+kind                what it is
+==================  =========================================================================
+``lmn``             :class:`lmn.LMN` (parallel form to train; ``LMN.step`` to decode)
+``lmn-native``      the same model decoding through :class:`lmn.native.NativeStepper` (C, CPU)
+``lmn-ckpt``        the same model with ``gradient_checkpointing`` (``lmn bench train`` only)
+``lmn-materialized``  the forward that gathers every slot into a ``(B, T, slots, d)`` tensor
+                    (:mod:`lmn.bench.materialized`; ``lmn bench train`` only)
+==================  =========================================================================
+
+Sizes: ``paper`` = ``LMNConfig()`` (d 32, 4 layers, 4 heads, 2 banks: 71,489 parameters
+for 65 symbols); ``large`` = d 256, 8 layers, 8 heads, 2 banks: 8,449,089.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import Tensor, nn
+
+from ..config import LMNConfig
+from ..model import LMN
+from .base import Decoder, ModelKind
+
+SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2}}
+
+
+class LMNDecoder(Decoder):
+    """Chunked ``model.prefill`` then ``model.step``; with ``native`` the steps run through
+    the C stepper, which takes over the prefilled state at the first step."""
+
+    def __init__(self, model, max_chunk: int = 1024, native: bool = False):
+        self.model, self.max_chunk, self.state = model, max_chunk, None
+        self.stepper = None
+        if native:
+            from ..native import NativeStepper
+
+            self.stepper = NativeStepper(model, batch_size=1)  # compiles the kernel once, before timing
+        self.handed_over = False  # the prefilled state moved into the native stepper
+
+    def prefill(self, chunk: Tensor) -> None:
+        if self.handed_over:
+            raise RuntimeError("prefill after native decode steps is not supported by this benchmark")
+        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
+
+    def step(self, token: Tensor) -> Tensor:
+        if self.stepper is not None:
+            if not self.handed_over:
+                if self.state is not None:
+                    self.stepper.load_state(self.state)
+                self.state, self.handed_over = None, True
+            return self.stepper.step(token)
+        if self.state is None:
+            self.state = self.model.init_state(1, device=token.device)
+        return self.model.step(token, self.state)[0]
+
+    def state_bytes(self) -> int:
+        if self.handed_over:
+            return self.stepper.nbytes
+        return 0 if self.state is None else self.state.nbytes
+
+
+def _state_bytes(config: dict, positions: int) -> int:
+    from ..state import state_nbytes
+
+    return state_nbytes(LMNConfig.from_dict(config), 1, positions, 4)
+
+
+def _checkpointing(model: nn.Module) -> None:
+    model.gradient_checkpointing = True  # a runtime switch of lmn.LMN
+
+
+def _with_checkpointing(model: nn.Module) -> nn.Module:
+    _checkpointing(model)
+    return model
+
+
+def _materialized_forward(model: nn.Module, idx: Tensor) -> Tensor:
+    from ..bench.materialized import materialized_forward
+
+    return materialized_forward(model, idx)
+
+
+def _no_compiler() -> str | None:
+    from ..native import find_compiler
+
+    return None if find_compiler() is not None else "no C compiler found (the native step is compiled on first use)"
+
+
+def _stream(model, idx, max_new_tokens, temperature, top_k, generator, native):
+    """Tokens sampled by the model's streaming generation, one ``(B,)`` tensor at a time."""
+    stream = getattr(model, "generate_stream", None)
+    if stream is not None:
+        yield from stream(idx, max_new_tokens, temperature, top_k, generator, native)
+        return
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                         native=native)
+    yield from out[:, idx.shape[1]:].unbind(1)
+
+
+LMN_KIND = ModelKind(
+    name="lmn",
+    title="LMN",
+    config_class=LMNConfig,
+    model_class=LMN,
+    decoder=lambda model, max_chunk: LMNDecoder(model, max_chunk),
+    sizes=SIZES,
+    state_bytes=_state_bytes,
+    enable_checkpointing=_checkpointing,
+    long_decode=True,
+    compare_to="gpt2",
+    describe={"decode": "steps with `LMN.step` (PyTorch)", "bench-train": "parallel form",
+              "state": "LMN's streaming state (`state.nbytes`)"},
+    paper={"params": 71_489, "val_loss": 1.7742},
+    preset={},
+    stream=_stream,
+)
+
+def _variant(name: str, uses: set, describe: dict, **changes) -> ModelKind:
+    """A bench variant of the ``lmn`` kind: same model and sizes, no preset, no Table 1."""
+    return replace(LMN_KIND, name=name, uses=frozenset(uses), describe=describe, paper=None, preset=None,
+                   stream=None, **changes)
+
+
+KINDS = {
+    "lmn": LMN_KIND,
+    "lmn-native": _variant(
+        "lmn-native", {"decode"}, cpu_only=True, unavailable=_no_compiler,
+        decoder=lambda model, max_chunk: LMNDecoder(model, max_chunk, native=True),
+        describe={"decode": "with `lmn.native.NativeStepper` (the same computation as one C call per token, "
+                            "after the same PyTorch prefill)"}),
+    "lmn-ckpt": _variant(
+        "lmn-ckpt", {"bench-train"}, prepare=_with_checkpointing, compare_to=None,
+        describe={"bench-train": "the same with `gradient_checkpointing` (blocks recomputed in backward; from "
+                                 "commit 8974a17 on, feed-forward layers also in recomputed row chunks)"}),
+    "lmn-materialized": _variant(
+        "lmn-materialized", {"bench-train"}, bench_forward=_materialized_forward, compare_to=None,
+        describe={"bench-train": "gathers every position's slots into a (B, T, slots, d) tensor"}),
+}

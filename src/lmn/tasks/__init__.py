@@ -1,0 +1,56 @@
+"""Tasks the trainer runs (:class:`Task`, :class:`Batch`), by name.
+
+    >>> from lmn.tasks import make_task, task_names
+    >>> task_names()
+    ('text',)
+
+A task is a class with ``from_config(train_config)``; register one with
+:func:`register_task` (the tests register a masked toy task this way) or add it to
+``TASKS`` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import LOSS_KINDS, Batch, Task
+
+# name -> "module:Class", imported on first use
+TASKS: dict[str, str] = {"text": "lmn.tasks.text:TextTask"}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_task(name: str, task_class: type) -> None:
+    """Make ``task_class`` (with ``from_config(train_config)``) trainable as ``--task name``."""
+    if name in TASKS:
+        raise ValueError(f"task {name!r} is built in")
+    _REGISTERED[name] = task_class
+
+
+def task_names() -> tuple[str, ...]:
+    return (*TASKS, *_REGISTERED)
+
+
+def task_class(name: str) -> type:
+    """The class of task ``name``.
+
+    Raises:
+        ValueError: unknown task (the message lists the known ones).
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(task_names())}")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_task(cfg) -> Task:
+    """The task a :class:`lmn.trainer.TrainConfig` names, built from it (loads its data)."""
+    task = task_class(cfg.task).from_config(cfg)
+    if task.loss_kind not in LOSS_KINDS:
+        raise ValueError(f"task {cfg.task!r} has loss_kind {task.loss_kind!r}; expected one of {', '.join(LOSS_KINDS)}")
+    return task
+
+
+__all__ = ["LOSS_KINDS", "TASKS", "Batch", "Task", "make_task", "register_task", "task_class", "task_names"]

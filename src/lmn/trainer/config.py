@@ -1,0 +1,133 @@
+"""The run's configuration: :class:`TrainConfig`, the presets, and what may change on resume."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from ..kinds import get_kind, kind_names
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; the defaults are the paper's LMN protocol."""
+
+    model: str = _opt("lmn", "model kind (see lmn.kinds): " + ", ".join(kind_names("train")))
+    model_config: dict = field(
+        default_factory=dict,
+        metadata={"help": "overrides of the model's own config (vocab_size comes from the task)"},
+    )
+    task: str = _opt("text", "task (see lmn.tasks); text: next-character prediction on --data")
+    task_options: dict = field(default_factory=dict, metadata={"help": "options of the task (--task-opt KEY=VALUE)"})
+    data: str = _opt("tinyshakespeare", "corpus name (tinyshakespeare) or path to a UTF-8 text file")
+    train_frac: float = _opt(0.9, "leading fraction of the corpus used for training; the rest validates")
+    block_size: int = _opt(512, "tokens per training window")
+    batch_size: int = _opt(16, "windows per step (global batch, split across DDP processes)")
+    lr: float = _opt(1e-3, "AdamW learning rate (constant, no schedule)")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (0.01 is torch's default)")
+    max_iters: int = _opt(5000, "optimizer steps")
+    eval_interval: int = _opt(100, "estimate train/val loss every this many steps")
+    eval_iters: int = _opt(200, "random batches per split in each estimate")
+    ckpt_interval: int = _opt(100, "save a checkpoint every this many steps (and at the end)")
+    log_interval: int = _opt(10, "log the training loss every this many steps")
+    whole_val: bool = _opt(True, "at the end, evaluate the whole validation split in non-overlapping windows")
+    seed: int = _opt(1337, "seed of initialisation and batch sampling")
+    dtype: str = _opt("float32", f"compute dtype: {', '.join(DTYPES)} (bfloat16 via autocast)")
+    gradient_checkpointing: bool = _opt(False, "recompute each block in backward instead of keeping its "
+                                        "activations (less memory for long block_size, for some extra time; "
+                                        "same losses)")
+    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda if available)")
+    threads: int = _opt(1, "torch CPU threads per process, set by the lmn command (0 = torch's default)")
+    out_dir: str = _opt("", "run directory (default runs/<model>-seed<seed>)")
+
+    def __post_init__(self) -> None:
+        if self.model not in kind_names("train"):
+            raise ValueError(f"model must be one of {', '.join(kind_names('train'))}, got {self.model!r}")
+        for name in ("model_config", "task_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for name in ("block_size", "batch_size", "eval_interval", "eval_iters", "ckpt_interval", "log_interval"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("max_iters", self.max_iters, 0)
+        _check_int("threads", self.threads, 0)
+        _check_int("seed", self.seed, 0)
+        if self.seed >= 2**31:
+            raise ValueError(f"seed must be < 2**31, got {self.seed}")
+        if not 0.0 < self.train_frac < 1.0:
+            raise ValueError(f"train_frac must be in (0, 1), got {self.train_frac!r}")
+        for name, lo_ok in (("lr", lambda v: v > 0), ("weight_decay", lambda v: v >= 0)):
+            value = getattr(self, name)
+            if not (lo_ok(value) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}") from None
+        if not self.out_dir:
+            self.out_dir = f"runs/{self.model}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """From a dict (e.g. config.json's "train"); fields added since are defaulted."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _check_int(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+# Presets: overrides of the TrainConfig defaults, which are the paper's protocol. Each
+# model kind states its own ``paper-<kind>`` budget (lmn.kinds.base.ModelKind.preset).
+PRESETS: dict[str, dict] = {
+    **{f"paper-{name}": {"model": name, **get_kind(name).preset}
+       for name in kind_names("train") if get_kind(name).preset is not None},
+    # A seconds-long run for tests and CI.
+    "smoke": {
+        "model": "lmn",
+        "model_config": {"d_model": 16, "n_layers": 2, "n_heads": 2},
+        "block_size": 64,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "max_iters": 40,
+        "eval_interval": 20,
+        "eval_iters": 4,
+        "ckpt_interval": 20,
+        "log_interval": 5,
+    },
+}
+
+# Fields that may change when a run is resumed: they do not change what is computed
+# (``data`` is checked by the task's record, e.g. the corpus sha256, instead of by name).
+RESUMABLE_FIELDS = frozenset({"max_iters", "device", "threads", "log_interval", "ckpt_interval", "out_dir", "data",
+                              "gradient_checkpointing"})
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """The TrainConfig of preset ``name`` with ``overrides`` applied (``model_config``
+    overrides are merged into the preset's)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    values = {**PRESETS[name]}
+    model_config = {**values.get("model_config", {}), **overrides.pop("model_config", {})}
+    values.update(overrides)
+    values["model_config"] = model_config
+    return TrainConfig(**values)

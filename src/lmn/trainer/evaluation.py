@@ -1,0 +1,70 @@
+"""Evaluation: the periodic loss estimate on random batches, and the whole-split pass.
+
+The estimate at step s draws its batches from a generator seeded by ``(seed, s)`` alone:
+fresh random batches at each evaluation, yet independent of where a run was stopped.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks import Batch, Task
+from .distributed import Dist
+
+
+def eval_seed(seed: int, step: int) -> int:
+    """Seed of the batches of the estimate at ``step``: distinct for every (seed, step)."""
+    return (seed + 1) * 2**32 + step
+
+
+def local_batch(task: Task, split: str, batch_size: int, generator, dist: Dist, device) -> Batch:
+    """This process's rows of the next global batch: every process draws the same one."""
+    lo, hi = dist.share(batch_size)
+    batch = task.batch(split, batch_size, generator)
+    return (batch if (lo, hi) == (0, batch_size) else batch.rows(lo, hi)).to(device)
+
+
+def batch_loss(model: nn.Module, task: Task, batch: Batch, autocast) -> Tensor:
+    """The task's loss of ``model`` on ``batch`` (logits in float32)."""
+    with autocast:
+        logits = model(batch.x)
+    return task.loss(logits, batch)
+
+
+@torch.no_grad()
+def estimate_loss(model: nn.Module, task: Task, cfg, step: int, dist: Dist, device, autocast) -> dict:
+    """``{split: mean loss}`` over ``cfg.eval_iters`` random global batches per split (the
+    paper's estimate), for the task's splits."""
+    generator = torch.Generator().manual_seed(eval_seed(cfg.seed, step))
+    model.eval()
+    out = {}
+    for split in task.splits:
+        total = 0.0
+        for _ in range(cfg.eval_iters):
+            batch = local_batch(task, split, cfg.batch_size, generator, dist, device)
+            total += batch_loss(model, task, batch, autocast).item()
+        out[split] = dist.mean(total / cfg.eval_iters)
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def evaluate_whole(model: nn.Module, task: Task, batch_size: int, dist: Dist, device, autocast) -> dict:
+    """The task's metrics over every example of its ``whole_split`` (e.g. every validation
+    target of a corpus, in non-overlapping windows). Batches are shared out round-robin
+    across processes and the sums added up."""
+    model.eval()
+    keys = task.score_keys()
+    acc = torch.zeros(len(keys), dtype=torch.float64)  # one running sum per key
+    for i, batch in enumerate(task.whole(batch_size)):
+        if i % dist.world_size != dist.rank:
+            continue
+        batch = batch.to(device)
+        with autocast:
+            logits = model(batch.x)
+        sums = task.score(logits, batch)
+        acc += torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.sum_(acc)
+    model.train()
+    return task.summarize(dict(zip(keys, acc.tolist())))

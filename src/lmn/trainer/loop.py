@@ -1,0 +1,275 @@
+"""The training run: set up (task, model, optimizer, run directory), loop, finish.
+
+``train(cfg)`` reads top to bottom as the run goes: check the configuration, build the task
+and the model, restore a checkpoint when resuming, write the run directory, then alternate
+evaluation, checkpoints and optimizer steps until ``max_iters``, and finish with the
+whole-split evaluation and ``final.json``.
+
+Steps count optimizer updates: the "train" record of step s holds the loss of the batch
+that produced update s; the "eval" record of step s is measured after s updates.
+
+Determinism: weights are initialised after ``torch.manual_seed(seed)``; training batches
+come from a ``torch.Generator`` seeded ``seed`` (checkpointed with the optimizer and the
+weights), and the estimate at step s from a generator seeded by ``(seed, s)`` alone
+(:mod:`lmn.trainer.evaluation`). A resumed run therefore takes bit-identical steps (on the
+same device and thread count). The torch thread count is the caller's to set (the ``lmn``
+command sets it from ``cfg.threads``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO
+
+import torch
+from torch import nn
+
+from ..tasks import Task, make_task
+from .config import DTYPES, TrainConfig
+from .distributed import Dist, init_distributed
+from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
+from .models import (build_model, check_positions, enable_gradient_checkpointing, normalize_model_config,
+                     num_parameters, resolve_model_config, versions)
+from .progress import DeferredStop, Progress, machine_info
+from .rundir import (CONFIG_FILE, FINAL_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, CheckpointError,
+                     atomic_write_text, check_resume_compatible, last_eval, load_checkpoint, prepare_run_dir,
+                     read_metrics, save_checkpoint, saved_config)
+
+
+@dataclass
+class Run:
+    """What one training session holds; the loop's functions read and advance it."""
+
+    cfg: TrainConfig
+    task: Task
+    run_dir: Path
+    dist: Dist
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_gen: torch.Generator
+    preset: str | None
+    progress: Progress
+    autocast: object = None
+    train_model: nn.Module | None = None  # the DDP wrapper, or the model itself
+    metrics: IO | None = None  # metrics.jsonl, open on the main process only
+    step: int = 0
+    start_step: int = 0
+    elapsed_before: float = 0.0  # wall seconds of earlier sessions of this run
+    train_time_before: float = 0.0  # seconds in training steps of earlier sessions
+    train_time: float = 0.0  # seconds in training steps of this session
+    t_start: float = 0.0
+    last_eval: dict | None = None
+    window_t: float = 0.0  # time and steps since the last "train" record
+    window_steps: int = 0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset: str | None = None,
+          stream=None) -> dict:
+    """Run (or resume) training as configured; returns the final summary (final.json).
+
+    Args:
+        cfg: the run's configuration; ``cfg.model_config`` may be partial.
+        resume: continue the run in ``cfg.out_dir`` from its checkpoint.
+        force: start over in an existing, non-empty ``cfg.out_dir``.
+        preset: name recorded in config.json.
+        stream: where progress goes (default stderr); only process 0 writes.
+    Raises:
+        ValueError, CorpusError, CheckpointError: bad configuration, data or checkpoint.
+    """
+    dist, device = init_distributed(cfg.device)
+    dist.share(cfg.batch_size)  # divisible by the number of processes
+    run_dir = prepare_run_dir(cfg, resume=resume, force=force)
+    normalize_model_config(cfg.model, {"vocab_size": 1, **cfg.model_config})  # bad options fail before any I/O
+    task = make_task(cfg)
+    cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config, task.vocab_size))
+    check_positions(cfg.model, cfg.model_config, task.seq_len)
+    if resume:
+        saved = saved_config(run_dir)
+        check_resume_compatible(cfg, saved, task)
+        preset = preset or saved.get("preset")
+    run = _build(cfg, task, run_dir, dist, device, preset, stream)
+    if resume:
+        _restore(run)
+    _write_run_dir(run, resume=resume, force=force)
+    with DeferredStop(enabled=not dist.enabled) as stop:
+        _loop(run, stop)
+    return _finish(run)
+
+
+# ----------------------------------------------------------------------------- setup
+def _build(cfg: TrainConfig, task: Task, run_dir: Path, dist: Dist, device, preset, stream) -> Run:
+    """Model (seeded init), optimizer and training generator: a run at step 0."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.model_config).to(device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(cfg.model, model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_gen = torch.Generator().manual_seed(cfg.seed)
+    autocast = torch.autocast(device.type, dtype=DTYPES[cfg.dtype]) if cfg.dtype != "float32" else nullcontext()
+    return Run(cfg=cfg, task=task, run_dir=run_dir, dist=dist, device=device, model=model, optimizer=optimizer,
+               train_gen=train_gen, preset=preset, autocast=autocast,
+               progress=Progress(cfg.max_iters, stream, enabled=dist.is_main))
+
+
+def _restore(run: Run) -> None:
+    """Weights, optimizer, RNG states and clocks from the run directory's checkpoint."""
+    cfg = run.cfg
+    state = load_checkpoint(run.run_dir, run.model, cfg.model, cfg.model_config, require_state=True)
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.train_gen.set_state(state["rng"]["train"])
+        torch.set_rng_state(state["rng"]["torch"])
+        run.step = run.start_step = int(state["step"])
+        run.elapsed_before, run.train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{run.run_dir / STATE_FILE} is inconsistent with this run ({err})") from None
+    if run.step > cfg.max_iters:
+        raise ValueError(f"{run.run_dir} is already at step {run.step}; --max-iters {cfg.max_iters} cannot go "
+                         f"back (give --max-iters {run.step} or more)")
+    run.last_eval = last_eval(run.run_dir, upto=run.step)
+
+
+def _write_run_dir(run: Run, *, resume: bool, force: bool) -> None:
+    """config.json, the task's files and metrics.jsonl (nothing was written before this
+    point); then the DDP wrapper and the open metrics file."""
+    cfg, run_dir, dist = run.cfg, run.run_dir, run.dist
+    n_params = num_parameters(run.model)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        doc = {"preset": run.preset, "train": cfg.to_dict(), run.task.record_key: run.task.record(),
+               "params": n_params, "versions": versions(cfg.model)}
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+        if not resume:
+            run.task.save(run_dir)
+        # Forget records past the checkpoint: they are about to be recomputed.
+        kept = [r for r in read_metrics(run_dir) if r["type"] != "final" and r["step"] <= run.step] if resume else []
+        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    dist.barrier()
+    run.train_model = run.model
+    if dist.enabled:
+        ids = [run.device] if run.device.type == "cuda" else None
+        run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    run.metrics = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if dist.is_main else None
+    where = f"resuming at step {run.step}" if resume else f"run dir {run_dir}"
+    run.progress.message(f"{cfg.model}: {n_params:,} parameters | {run.task.describe()} | {dist.world_size} "
+                         f"process(es) on {run.device} | {where}")
+
+
+# ----------------------------------------------------------------------------- loop
+def _loop(run: Run, stop: DeferredStop) -> None:
+    """Evaluate, checkpoint, step, until ``max_iters`` (or a stop request)."""
+    cfg = run.cfg
+    run.t_start = time.perf_counter()
+    while True:
+        _maybe_evaluate(run)
+        due = run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_iters or stop.requested
+        if run.step > run.start_step and due:
+            _checkpoint(run)
+        if stop.requested:
+            run.progress.message(f"stopped: checkpoint at step {run.step} in {run.run_dir}; continue with --resume")
+            raise KeyboardInterrupt
+        if run.step >= cfg.max_iters:
+            break
+        _train_step(run)
+
+
+def _maybe_evaluate(run: Run) -> None:
+    """The periodic estimate, every ``eval_interval`` steps and at the end. The step a
+    checkpoint was taken at was evaluated before it, unless the run stopped in between;
+    then that evaluation is still due."""
+    cfg = run.cfg
+    evaluated = run.last_eval is not None and run.last_eval["step"] == run.step
+    if evaluated or not (run.step % cfg.eval_interval == 0 or run.step == cfg.max_iters):
+        return
+    t0 = time.perf_counter()
+    losses = estimate_loss(run.model, run.task, cfg, run.step, run.dist, run.device, run.autocast)
+    run.last_eval = {"type": "eval", "step": run.step, **{f"{s}_loss": v for s, v in losses.items()},
+                     "elapsed_s": run.elapsed()}
+    run.log(run.last_eval)
+    shown = " | ".join(f"{s} {v:.4f}" for s, v in losses.items())
+    run.progress.message(f"eval step {run.step}: {shown} ({time.perf_counter() - t0:.1f}s)")
+
+
+def _train_step(run: Run) -> None:
+    """One optimizer update on the next training batch; a "train" record every
+    ``log_interval`` steps."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    batch = local_batch(run.task, "train", cfg.batch_size, run.train_gen, run.dist, run.device)
+    loss = batch_loss(run.train_model, run.task, batch, run.autocast)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    loss_value = loss.item()  # waits for the step to finish, so timing is honest on GPU
+    dt = time.perf_counter() - t0
+    run.train_time += dt
+    run.window_t += dt
+    run.window_steps += 1
+    if run.step % cfg.log_interval == 0 or run.step == cfg.max_iters:
+        loss_value = run.dist.mean(loss_value)
+        tok_s = run.window_steps * cfg.batch_size * run.task.seq_len / run.window_t
+        per_step = (time.perf_counter() - run.t_start) / (run.step - run.start_step)  # includes evaluation
+        run.log({"type": "train", "step": run.step, "loss": loss_value, "tokens_per_s": tok_s,
+                 "elapsed_s": run.elapsed()})
+        run.progress.update(run.step, loss_value, tok_s, per_step * (cfg.max_iters - run.step))
+        run.window_t, run.window_steps = 0.0, 0
+
+
+def _checkpoint(run: Run) -> None:
+    if run.dist.is_main:
+        save_checkpoint(run.run_dir, run.model, run.cfg.model, run.cfg.model_config, {
+            "step": run.step,
+            "optimizer": run.optimizer.state_dict(),
+            "rng": {"train": run.train_gen.get_state(), "torch": torch.get_rng_state()},
+            "elapsed_s": run.elapsed(),
+            "train_time_s": run.train_time_before + run.train_time,
+        })
+    run.dist.barrier()
+
+
+# ----------------------------------------------------------------------------- finish
+def _finish(run: Run) -> dict:
+    """The whole-split evaluation, then the summary (written to final.json)."""
+    cfg, task = run.cfg, run.task
+    summary = {"model": cfg.model, "preset": run.preset, "params": num_parameters(run.model), "step": run.step,
+               "seed": cfg.seed}
+    for split in task.splits:
+        summary[f"final_{split}_loss"] = run.last_eval[f"{split}_loss"] if run.last_eval else None
+    if cfg.whole_val and task.whole_split is not None:
+        t0 = time.perf_counter()
+        metrics = evaluate_whole(run.model, task, cfg.batch_size, run.dist, run.device, run.autocast)
+        whole = {f"whole_{task.whole_split}_{k}": v for k, v in metrics.items()}
+        summary.update(whole)
+        run.log({"type": "final", "step": run.step, **whole})
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in metrics.items())
+        run.progress.message(f"whole {task.whole_split} split: {shown} ({time.perf_counter() - t0:.1f}s)")
+    train_time = run.train_time_before + run.train_time
+    tokens = run.step * cfg.batch_size * task.seq_len
+    summary.update(
+        wall_time_s=run.elapsed(), train_time_s=train_time, tokens_per_s=tokens / train_time if train_time > 0 else None,
+        block_size=cfg.block_size, batch_size=cfg.batch_size, dtype=cfg.dtype, device=str(run.device),
+        world_size=run.dist.world_size, threads=torch.get_num_threads(), machine=machine_info(),
+        versions=versions(cfg.model), **{task.record_key: task.record()},
+    )
+    if run.metrics is not None:
+        run.metrics.close()
+        atomic_write_text(run.run_dir / FINAL_FILE, json.dumps(summary, indent=2) + "\n")
+    run.dist.barrier()
+    return summary
