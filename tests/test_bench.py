@@ -171,6 +171,24 @@ def test_train_quick_json_and_markdown(train_run):
     assert (out / "train.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_decode_runs_the_recurrent_peers(tmp_path):
+    """Kinds added through the registry run in `lmn bench decode` with nothing else changed;
+    their state does not grow with the context."""
+    out = tmp_path / "b"
+    assert main(["bench", "decode", "--models", "mamba2,rwkv", "--sizes", "paper", "--positions", "16,64",
+                 "--repeats", "2", "--warmup", "1", "--out", str(out), "--no-plots"]) == 0
+    doc = json.loads((out / "decode.json").read_text())
+    by = {(p["model"], p["position"]): p for p in doc["points"]}
+    assert all(p["status"] == "ok" for p in doc["points"]), doc["points"]
+    for m in ("mamba2", "rwkv"):
+        assert by[(m, 16)]["state_bytes"] == by[(m, 64)]["state_bytes"] > 0
+    assert by[("rwkv", 16)]["state_bytes"] == by[("rwkv", 16)]["estimated_cache_bytes"] == 5 * 36 * 4 * 4
+    assert doc["models"]["paper"]["mamba2"]["params"] == 70_192 and doc["models"]["paper"]["rwkv"]["params"] == 71_460
+    md = (out / "decode.md").read_text()
+    assert md == render_decode(doc) and "`rwkv` through transformers' RWKV state" in md
+
+
 def test_decode_skips_gpt2_past_the_cache_limit(tmp_path):
     """No process is started for a point over --max-cache; the table says why."""
     out = tmp_path / "b"

@@ -35,6 +35,8 @@ class RwkvBaselineConfig(ConfigMixin):
 
     def __post_init__(self) -> None:
         self._check_positive_ints("vocab_size", "hidden_size", "num_hidden_layers")
+        if self.num_hidden_layers < 2:  # transformers' init spreads its decay rates over layers 0 .. L-1
+            raise ValueError(f"RwkvBaselineConfig.num_hidden_layers must be >= 2, got {self.num_hidden_layers}")
 
     def to_hf(self):
         return import_transformers("rwkv").RwkvConfig(
