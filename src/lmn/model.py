@@ -374,14 +374,14 @@ class LMN(nn.Module):
 
     def prefill(self, idx: Tensor, state: LMNState | None = None, max_chunk: int | None = 4096):
         """Consume a (long) prompt with bounded memory: parallel passes over pieces of at
-        most ``max_chunk`` tokens (a power of two), each continuing the stream.
+        most ``max_chunk`` tokens (best a power of the stride), each continuing the stream.
 
         Returns ``(logits of the last position (B, vocab_size), state)``. Peak memory
         depends on ``max_chunk``, not on the prompt length.
         """
         self._check_idx(idx)
-        if max_chunk is not None and (max_chunk < 1 or max_chunk & (max_chunk - 1)):
-            raise ValueError(f"max_chunk must be a power of two or None, got {max_chunk!r}")
+        if max_chunk is not None and (isinstance(max_chunk, bool) or not isinstance(max_chunk, int) or max_chunk < 1):
+            raise ValueError(f"max_chunk must be an integer >= 1 or None, got {max_chunk!r}")
         state = self.init_state(idx.shape[0], device=idx.device) if state is None else state
         for piece in self._pieces(idx, state, max_chunk):
             last = self._extend(piece, state)[:, -1]

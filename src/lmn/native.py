@@ -14,11 +14,15 @@ computation as :meth:`lmn.LMN.step` in a single call::
     logits = stepper.step(next_ids)                   # (B,) ids -> (B, vocab) logits
     state = stepper.to_state()                        # back to an LMNState at any time
 
-Scope: CPU, float32 or float64, ``expand = 0`` (any summarizer, banks, heads, positional
-encoding). The weights are copied when the stepper is made (like an exported model):
-after changing the model's parameters make a new stepper. The state is a fixed-capacity
-buffer of ``max_levels`` tree levels per layer (default 40: streams of up to 2**41 - 1
-tokens); its meaningful part is the O(log n) state of :class:`lmn.LMNState`. A stepper
+Scope: CPU, float32 or float64, ``expand = 0``, any stride, read rule, banks, heads and
+positional encoding, and any summarizer that states its affine form
+(:func:`lmn.summarizers.affine_form`; the built-in ones do): the kernel runs the
+summarizer as that matrix, so a summarizer without one is refused, never approximated.
+The weights are copied when the stepper is made (like an exported model): after changing
+the model's parameters make a new stepper. The state is a fixed-capacity buffer of
+``max_levels`` tree levels per layer (default 40: streams of up to ``k**41 - 1`` tokens);
+its meaningful part is the O(log n) state of :class:`lmn.LMNState`. The tree's arithmetic
+comes from :class:`lmn.tree.Counter`, which hands the kernel each step's plan. A stepper
 owns one scratch buffer: use one stepper per thread.
 
 Tested against :meth:`lmn.LMN.step` and :func:`lmn.reference_forward` in
@@ -40,8 +44,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .model import LMN
-from .state import LayerState, LMNState, n_levels, state_nbytes
+from .config import LMNConfig
+from .state import LayerState, LMNState, state_nbytes
+from .summarizers import affine_form
+from .tree import Counter
 
 _SOURCE = Path(__file__).with_name("kernels") / "lmn_step.c"
 _CFLAGS = ["-O3", "-std=c99", "-fPIC", "-shared"]
@@ -101,34 +107,26 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(lib_path))
     p = ctypes.c_void_p
-    lib.lmn_step.argtypes = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, p, p]
+    lib.lmn_step.argtypes = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, p, p, p, p]
     lib.lmn_step.restype = ctypes.c_int64
-    lib.lmn_work_size.argtypes = [p]
-    lib.lmn_work_size.restype = ctypes.c_int64
+    for fn in (lib.lmn_work_size, lib.lmn_max_slots):
+        fn.argtypes = [p]
+        fn.restype = ctypes.c_int64
     _LIBS[dtype] = lib
     return lib
 
 
-def _summarizer_matrix(memory, d: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The summarizer as one affine map ``[left; right] (2C) -> parent (C)``, C = n_banks*d.
-
-    Every summarizer is affine in the concatenated pair, so its matrix is read off by
-    applying a float64 copy of it to zero and to the unit vectors."""
-    nb = memory.n_banks
-    C = nb * d
-    summ = copy.deepcopy(memory.summarizer).to(torch.float64)
-    with torch.no_grad():
-        inputs = torch.cat([torch.zeros(1, 2 * C, dtype=torch.float64), torch.eye(2 * C, dtype=torch.float64)])
-        # (items, 2C) -> left / right (1, n_banks, items, d), bank-major within each half: the
-        # probes ride on the summarizer's item axis (a leading batch axis would make a
-        # batched matmul expand the weight once per probe)
-        def banks(half: Tensor) -> Tensor:
-            return half.reshape(-1, nb, d).transpose(0, 1)[None]
-
-        out = summ(banks(inputs[:, :C]), banks(inputs[:, C:]))[0].transpose(0, 1).reshape(-1, C)
-        bias = out[0]
-        matrix = (out[1:] - bias).T  # (C, 2C)
-    return matrix.to(dtype).contiguous(), bias.to(dtype).contiguous()
+def _summarizer_matrix(memory, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The summarizer's own affine form ``W (C, k*C)``, ``b (C)`` (``C = n_banks * d``), cast
+    to ``dtype``; a clear error when it states none."""
+    form = affine_form(memory.summarizer)
+    if form is None:
+        raise ValueError(
+            f"NativeStepper runs the summarizer as an affine map, but {type(memory.summarizer).__name__} "
+            "states no affine form (an affine() method returning (W, b)); use LMN.step for this model"
+        )
+    W, b = form
+    return W.to(dtype).contiguous(), b.to(dtype).contiguous()
 
 
 class NativeStepper:
@@ -137,14 +135,14 @@ class NativeStepper:
     Args:
         model: the model; its weights are copied now.
         batch_size: number of independent streams stepped together.
-        max_levels: capacity of the state in tree levels (streams up to ``2**(max_levels+1) - 1``
-            tokens).
+        max_levels: capacity of the state in tree levels (streams up to
+            ``stride**(max_levels+1) - 1`` tokens).
     """
 
-    def __init__(self, model: LMN, batch_size: int = 1, max_levels: int = 40):
-        if not isinstance(model, LMN):
+    def __init__(self, model, batch_size: int = 1, max_levels: int = 40):
+        cfg = getattr(model, "config", None)
+        if not isinstance(cfg, LMNConfig) or not hasattr(model, "blocks"):
             raise TypeError(f"NativeStepper takes an lmn.LMN, got {type(model).__name__}")
-        cfg = model.config
         ref = model.head.weight
         if ref.device.type != "cpu":
             raise ValueError(f"NativeStepper runs on the CPU; the model is on {ref.device} (use model.cpu())")
@@ -157,19 +155,21 @@ class NativeStepper:
         if isinstance(max_levels, bool) or not isinstance(max_levels, int) or not 1 <= max_levels <= 61:
             raise ValueError(f"max_levels must be an integer in [1, 61], got {max_levels!r}")
         self.config, self.dtype = cfg, ref.dtype
+        self.tree = cfg.tree
         self.batch_size, self.max_levels = batch_size, max_levels
-        self.pos = 0
+        summarizers = [_summarizer_matrix(block.memory, self.dtype) for block in model.blocks]  # refuse early
         self._lib = _load(self.dtype)
 
         d, nb = cfg.d_model, cfg.n_banks
         self._C = nb * d
         parts = [model.tok_emb.weight]
         eps = []
-        for block in model.blocks:
-            sW, sb = _summarizer_matrix(block.memory, d, self.dtype)
+        self._qkv = []  # per layer: [W_q; W_k; W_v] and bias, to project a token in load_state
+        for block, (sW, sb) in zip(model.blocks, summarizers):
             a, ff = block.attn, block.ff
             with torch.no_grad():
                 qkv_w, qkv_b = a._fused("qkv")  # [W_q; W_k; W_v], as LMN.step uses it
+            self._qkv.append((qkv_w.detach().to(self.dtype).clone(), qkv_b.detach().to(self.dtype).clone()))
             # matrices input-major (transposed against nn.Linear), as the kernel reads them
             parts += [
                 block.norm1.weight, sW.T, sb, qkv_w.T, qkv_b,
@@ -190,21 +190,29 @@ class NativeStepper:
         self._eps = torch.tensor(eps, dtype=torch.float64)
         self._dims = torch.tensor(
             [cfg.vocab_size, d, cfg.n_layers, cfg.n_heads, nb, cfg.ff_mult * d, max_levels,
-             int(cfg.pos_encoding == "sinusoidal")],
+             int(cfg.pos_encoding == "sinusoidal"), cfg.stride, int(cfg.read == "digits")],
             dtype=torch.int64,
         )
-        # per stream and layer: max_levels + 1 nodes, then q and v of max_levels * n_banks slots
-        self._layer_state = (3 * max_levels + 1) * self._C
-        self._state = torch.zeros(batch_size, cfg.n_layers, self._layer_state, dtype=self.dtype)
+        # per stream and layer: kept nodes, their W_q and W_v projections; (levels + 1, k - 1, C) each
+        self._store = (max_levels + 1) * (cfg.stride - 1) * self._C
+        self._state = torch.zeros(batch_size, cfg.n_layers, 3 * self._store, dtype=self.dtype)
         self._work = torch.zeros(self._lib.lmn_work_size(self._dims.data_ptr()), dtype=self.dtype)
+        self._slots = torch.zeros(self._lib.lmn_max_slots(self._dims.data_ptr()), dtype=torch.int64)
+        self._counter = Counter(cfg.stride, max_levels)
+        plan_ptr = self._counter.plan.buffer_info()[0]
         self._ptrs = (self._weights.data_ptr(), self._state.data_ptr(), self._work.data_ptr())
-        self._tail = (self._dims.data_ptr(), self._eps.data_ptr())
+        self._tail = (self._dims.data_ptr(), self._eps.data_ptr(), plan_ptr, self._slots.data_ptr())
+
+    @property
+    def pos(self) -> int:
+        """Tokens consumed so far."""
+        return self._counter.count
 
     # ------------------------------------------------------------------ stepping
     @property
     def capacity(self) -> int:
         """Longest stream the state can hold, in tokens."""
-        return (1 << (self.max_levels + 1)) - 1
+        return self.config.stride ** (self.max_levels + 1) - 1
 
     def step(self, tokens: Tensor) -> Tensor:
         """Consume one token per stream: ``(B,)`` or ``(B, 1)`` integer ids -> logits ``(B, vocab)``."""
@@ -227,23 +235,31 @@ class NativeStepper:
             raise RuntimeError(f"stream is full: {self.pos} tokens is the capacity of max_levels={self.max_levels}")
         tokens = tokens.contiguous()
         logits = torch.empty(self.batch_size, self.config.vocab_size, dtype=self.dtype)
-        rc = self._lib.lmn_step(*self._ptrs, tokens.data_ptr(), logits.data_ptr(), self.batch_size, self.pos, *self._tail)
-        if rc != 0:
+        pos = self.pos
+        self._counter.increment()  # the plan of this step, read by the kernel
+        rc = self._lib.lmn_step(*self._ptrs, tokens.data_ptr(), logits.data_ptr(), self.batch_size, pos, *self._tail)
+        if rc != 0:  # (checked before the kernel touched the state)
+            self._counter.set(pos)
             r = -rc - 1
             raise ValueError(
                 f"tokens contains token id {int(tokens[r])} (stream {r}), outside [0, {self.config.vocab_size})"
             )
-        self.pos += 1
         return logits
 
     # ------------------------------------------------------------------ state exchange
     def _views(self, layer: int):
-        C, nb, d, Lc = self._C, self.config.n_banks, self.config.d_model, self.max_levels
-        s = self._state[:, layer]
-        nodes = s[:, : (Lc + 1) * C].view(self.batch_size, Lc + 1, nb, d)
-        sq = s[:, (Lc + 1) * C : (Lc + 1) * C + Lc * nb * d].view(self.batch_size, Lc * nb, d)
-        sv = s[:, (Lc + 1) * C + Lc * nb * d :].view(self.batch_size, Lc * nb, d)
-        return nodes, sq, sv
+        """``nodes``, ``slot_q``, ``slot_v`` of a layer: ``(B, levels + 1, k - 1, C)`` each."""
+        shape = (self.batch_size, self.max_levels + 1, self.config.stride - 1, self._C)
+        return self._state[:, layer].view(self.batch_size, 3, *shape[1:]).unbind(1)
+
+    def _cache_walk(self, pos: int):
+        """``(level, position, slots, offset)`` of each node in an LMNState's slot cache."""
+        offset = 0
+        for i, (lo, hi) in enumerate(self.tree.cached_ranges(pos)):
+            per = self.tree.node_slots(i)
+            for j in range(lo, hi):
+                yield i, j, per, offset
+                offset += per
 
     def load_state(self, state: LMNState) -> "NativeStepper":
         """Continue the stream held by ``state`` (e.g. after ``model.prefill``); copies it."""
@@ -255,38 +271,48 @@ class NativeStepper:
             raise ValueError(f"state has batch size {state.batch_size}, this stepper {self.batch_size}")
         if state.pos > self.capacity:
             raise ValueError(f"state holds {state.pos} tokens, more than max_levels={self.max_levels} allows")
-        H, dh = self.config.n_heads, self.config.d_head
+        B, d, pos = self.batch_size, self.config.d_model, state.pos
+        kept = self.tree.kept(pos)
         with torch.no_grad():
             self._state.zero_()
             for l, layer in enumerate(state.layers):
                 nodes, sq, sv = self._views(l)
-                for i, node in enumerate(layer.nodes):  # (B, nb, 1, d)
-                    nodes[:, i] = node[:, :, 0].to(self.dtype)
-                S = layer.slot_q.shape[2]
-                # (B, H, S, dh) -> (B, S, H*dh)
-                sq[:, :S] = layer.slot_q.to(self.dtype).permute(0, 2, 1, 3).reshape(self.batch_size, S, H * dh)
-                sv[:, :S] = layer.slot_v.to(self.dtype).permute(0, 2, 1, 3).reshape(self.batch_size, S, H * dh)
-        self.pos = state.pos
+                for i, r in enumerate(kept):  # (B, nb, r, 1, d) -> (B, r, nb*d)
+                    nodes[:, i, :r] = layer.nodes[i][:, :, :, 0].transpose(1, 2).reshape(B, r, self._C).to(self.dtype)
+                for i, j, per, off in self._cache_walk(pos):  # (B, H, per, dh) -> (B, per*d)
+                    sq[:, i, j, : per * d] = layer.slot_q[:, :, off : off + per].transpose(1, 2).reshape(B, -1)
+                    sv[:, i, j, : per * d] = layer.slot_v[:, :, off : off + per].transpose(1, 2).reshape(B, -1)
+                if self.config.read == "digits" and kept and kept[0] > 0:
+                    # the last token is not read yet, but will be: the kernel keeps its projection
+                    w, b = self._qkv[l]
+                    tok = nodes[:, 0, kept[0] - 1, :d]
+                    sq[:, 0, kept[0] - 1, :d] = torch.nn.functional.linear(tok, w[:d], b[:d])
+                    sv[:, 0, kept[0] - 1, :d] = torch.nn.functional.linear(tok, w[2 * d :], b[2 * d :])
+        self._counter.set(pos)
         return self
 
     def to_state(self) -> LMNState:
         """The current stream as an :class:`lmn.LMNState` (a copy)."""
-        cfg, B = self.config, self.batch_size
-        L = n_levels(self.pos)
-        S = cfg.n_banks * L
+        cfg, B, pos = self.config, self.batch_size, self.pos
+        H, dh, d, nb = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.n_banks
         layers = []
         for l in range(cfg.n_layers):
             nodes, sq, sv = self._views(l)
-            node_list = [nodes[:, i, :, None, :].clone() for i in range(L + 1)] if self.pos else []
-            q = sq[:, :S].reshape(B, S, cfg.n_heads, cfg.d_head).permute(0, 2, 1, 3).contiguous()
-            v = sv[:, :S].reshape(B, S, cfg.n_heads, cfg.d_head).permute(0, 2, 1, 3).contiguous()
-            layers.append(LayerState(node_list, q, v))
-        return LMNState(cfg, B, self.pos, layers)
+            node_list = [nodes[:, i, :r].reshape(B, r, nb, 1, d).transpose(1, 2).contiguous()
+                         for i, r in enumerate(self.tree.kept(pos))]
+            qs, vs = [], []
+            for i, j, per, _ in self._cache_walk(pos):
+                qs.append(sq[:, i, j, : per * d].reshape(B, per, H, dh))
+                vs.append(sv[:, i, j, : per * d].reshape(B, per, H, dh))
+            q = torch.cat(qs, dim=1) if qs else sq.new_zeros(B, 0, H, dh)
+            v = torch.cat(vs, dim=1) if vs else sv.new_zeros(B, 0, H, dh)
+            layers.append(LayerState(node_list, q.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()))
+        return LMNState(cfg, B, pos, layers)
 
     def reset(self) -> None:
         """Start new, empty streams."""
         self._state.zero_()
-        self.pos = 0
+        self._counter.set(0)
 
     @property
     def nbytes(self) -> int:

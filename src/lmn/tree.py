@@ -43,6 +43,7 @@ fast helpers the model uses, tested against the plain ones in ``tests/test_tree.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -275,3 +276,43 @@ class Tree:
         while c * self.stride <= chunk_size:
             c *= self.stride
         return c
+
+
+class Counter:
+    """The base-``k`` counter of a stream, kept incrementally for native code: its plan
+    ``[top, L, d_0, d_1, ..., d_capacity]`` (an ``array('q')`` whose buffer the C step
+    reads) holds, after :meth:`increment`, the carry height of the token just counted, the
+    levels present and the base-k digits of the count (:func:`carry_height`,
+    :func:`n_levels`, :func:`digits`)."""
+
+    def __init__(self, stride: int, capacity: int):
+        check_stride(stride)
+        self.stride, self.capacity = stride, capacity
+        self.plan = array("q", [0] * (capacity + 3))
+        self.count = 0
+
+    def set(self, count: int) -> None:
+        """Jump to ``count`` tokens (its carry height included)."""
+        ds = digits(count, self.stride)
+        if len(ds) > self.capacity + 1:
+            raise ValueError(f"{count} tokens exceed the counter's capacity of {self.capacity} levels")
+        self.plan[0] = carry_height(count, self.stride) if count else 0
+        self.plan[1] = max(len(ds) - 1, 0)
+        for i in range(self.capacity + 1):
+            self.plan[2 + i] = ds[i] if i < len(ds) else 0
+        self.count = count
+
+    def increment(self) -> None:
+        """Count one more token: add one to the digits, carrying (the counter's only arithmetic)."""
+        plan, k, i = self.plan, self.stride, 2
+        while i < len(plan) and plan[i] == k - 1:
+            i += 1
+        if i == len(plan):
+            raise ValueError(f"the stream exceeds the counter's capacity of {self.capacity} levels")
+        for j in range(2, i):
+            plan[j] = 0
+        plan[i] += 1
+        plan[0] = i - 2
+        if i - 2 > plan[1]:
+            plan[1] = i - 2
+        self.count += 1
