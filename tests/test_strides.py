@@ -192,3 +192,14 @@ def test_models_work_under_inference_mode_and_no_grad(mode, case):
         _check(f"{mode} parallel (model made outside)", model(idx), ref)
         state = model.init_state(1)
         _check(f"{mode} step (model made outside)", model.step(idx[:, 0], state)[0], ref[:, 0])
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3]], ids=_id)
+def test_materialized_form_follows_the_tree(case):
+    """The benchmark's slot-gathering forward reads the same slots for every stride and rule."""
+    from lmn.bench.materialized import materialized_forward
+
+    model = model_for(case)
+    idx = torch.randint(0, 11, (2, 50))
+    with torch.no_grad():
+        _check("materialized", materialized_forward(model, idx), reference_forward(model, idx))

@@ -1,12 +1,12 @@
 """LMN's parallel form the obvious way: gather every position's slots into one tensor.
 
-Position t attends over ``S(t) = 1 + sum_i n_banks * (1 + i*k)`` slots: itself and, at each
-level ``i = 1 .. floor(log2(t+1))``, node ``j = (t+1) // 2**i - 1`` of every bank (see
-:mod:`lmn.memory`). Here those slots are gathered into
+Position t attends over itself and the nodes the read rule picks (:mod:`lmn.tree`): for
+the paper's tree, at each level ``i = 1 .. floor(log2(t+1))`` node ``j = (t+1) // 2**i - 1``
+of every bank. Here those slots are gathered into
 
-    slots: (B, T, S, d)        S = 1 + sum_{i=1..L} n_banks * (1 + i*k),  L = floor(log2 T)
+    slots: (B, T, S, d)        S = 1 + the slots of every read group of the sequence's tree
 
-(levels a position cannot read yet are masked), projected by W_q and W_v *per position*,
+(slots a position does not read are masked), projected by W_q and W_v *per position*,
 and attended. That is O(T * log T * d) memory and O(T * log T * d^2) work per layer, held
 for the backward pass -- exactly what :class:`lmn.attention.SingleVectorAttention` avoids
 by projecting each node once and broadcasting it over the block of positions that reads
@@ -20,29 +20,35 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmn.model import LMN, sinusoidal_encoding
+from lmn.tree import Tree
 
 
-def gather_slots(x: Tensor, levels: list[Tensor]) -> tuple[Tensor, Tensor]:
+def gather_slots(x: Tensor, levels: list[Tensor], tree: Tree | None = None) -> tuple[Tensor, Tensor]:
     """Every position's slots, materialised.
 
     Args:
         x: ``(B, T, d)`` normalised layer input (slot 0 of position t is ``x[:, t]``).
-        levels: ``[N_1, ..., N_L]``, ``N_i: (B, n_banks, T >> i, E_i, d)`` from
+        levels: ``[N_1, ..., N_L]``, ``N_i: (B, n_banks, T // k**i, E_i, d)`` from
             :meth:`lmn.memory.LogMemory.build`.
+        tree: the model's tree (default: the paper's, stride 2, ``read="latest"``).
     Returns:
-        ``slots (B, T, S, d)`` and ``present (T, S)`` (False where position t cannot read
-        level i yet, i.e. ``t + 1 < 2**i``).
+        ``slots (B, T, S, d)`` and ``present (T, S)`` (False where position t does not
+        read the slot, e.g. for the paper's tree ``t + 1 < 2**i`` at level i).
     """
     B, T, d = x.shape
-    t1 = torch.arange(1, T + 1, device=x.device)  # t + 1
-    slots, present = [x[:, :, None]], [torch.ones(T, 1, dtype=torch.bool, device=x.device)]
-    for i, nodes in enumerate(levels, start=1):
-        _, nb, _, e, _ = nodes.shape
-        j = (t1 >> i) - 1  # node read by position t at level i (-1: none yet)
-        g = nodes[:, :, j.clamp(min=0)]  # (B, nb, T, E, d)
+    tree = tree or Tree(2, "latest", levels[0].shape[1] if levels else 1)
+    u = torch.arange(1, T + 1, device=x.device)  # t + 1
+    slots, slot_level, slot_r = [x[:, :, None]], [-1], [0]
+    for level, r in tree.read_groups(len(levels)):
+        src = x[:, None, :, None, :] if level == 0 else levels[level - 1]  # (B, nb, n, E, d)
+        _, nb, n, e, _ = src.shape
+        j = tree.block_node(u // tree.block_length(level), level, r)  # node read by position t
+        g = src[:, :, j.clamp(0, n - 1)]  # (B, nb, T, E, d); out-of-range ones are absent
         slots.append(g.permute(0, 2, 1, 3, 4).reshape(B, T, nb * e, d))  # bank-major, as the reference
-        present.append((j >= 0)[:, None].expand(T, nb * e))
-    return torch.cat(slots, dim=2), torch.cat(present, dim=1)
+        slot_level += [level] * (nb * e)
+        slot_r += [r] * (nb * e)
+    absent = tree.absent(u, torch.tensor(slot_level, device=x.device), torch.tensor(slot_r, device=x.device))
+    return torch.cat(slots, dim=2), ~absent.T
 
 
 def materialized_forward(model: LMN, idx: Tensor) -> Tensor:
@@ -56,7 +62,7 @@ def materialized_forward(model: LMN, idx: Tensor) -> Tensor:
 
     for block in model.blocks:
         x = block.norm1(h)
-        slots, present = gather_slots(x, block.memory.build(x))  # (B, T, S, d), (T, S)
+        slots, present = gather_slots(x, block.memory.build(x), cfg.tree)  # (B, T, S, d), (T, S)
         S = slots.shape[2]
         attn = block.attn
         q = attn.q(slots).view(B, T, S, H, dh)  # every slot projected at every position
@@ -73,4 +79,5 @@ def materialized_forward(model: LMN, idx: Tensor) -> Tensor:
 
 def slots_count(config, T: int) -> int:
     """S of :func:`gather_slots` for a length-T sequence."""
-    return 1 + sum(config.slots_per_level(i) for i in range(1, T.bit_length()))
+    tree = config.tree
+    return 1 + sum(tree.node_slots(level) for level, _ in tree.read_groups(tree.n_levels_in(T)))
