@@ -13,7 +13,6 @@ The full 200-step check (under a minute on one core) is
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch

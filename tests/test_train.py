@@ -253,3 +253,30 @@ def test_console_script_errors_have_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("lmn generate: error:") and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- older run directories
+def test_runs_written_before_the_task_fields_still_resume(tmp_path, capsys):
+    """config.json of runs made before `task`/`task_options` existed: the defaults (the
+    text task) are theirs, so they resume."""
+    cfg = _tiny_run(tmp_path)
+    path = Path(cfg.out_dir) / "config.json"
+    doc = json.loads(path.read_text())
+    for key in ("task", "task_options"):
+        del doc["train"][key]
+    path.write_text(json.dumps(doc))
+    status, _, err = run_cli("train", "--out", cfg.out_dir, "--resume", "--max-iters", 3, capsys=capsys)
+    assert status == 0, err
+
+
+def test_generate_loads_the_committed_run(capsys):
+    from lmn_testdata import REPO
+
+    run = REPO / "docs" / "results" / "runs" / "lmn-s1337"
+    status, out, err = run_cli("generate", "--checkpoint", run, "--prompt", "ROMEO:", "--tokens", 20, "--seed", 0,
+                               capsys=capsys)
+    assert status == 0, err
+    assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 21
+    status, _, err = run_cli("generate", "--checkpoint", REPO / "docs" / "results" / "runs" / "gpt2-s1337",
+                             capsys=capsys)
+    assert status == 2 and "LMN runs only" in err

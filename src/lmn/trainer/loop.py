@@ -263,7 +263,8 @@ def _finish(run: Run) -> dict:
     train_time = run.train_time_before + run.train_time
     tokens = run.step * cfg.batch_size * task.seq_len
     summary.update(
-        wall_time_s=run.elapsed(), train_time_s=train_time, tokens_per_s=tokens / train_time if train_time > 0 else None,
+        wall_time_s=run.elapsed(), train_time_s=train_time,
+        tokens_per_s=tokens / train_time if train_time > 0 else None,
         block_size=cfg.block_size, batch_size=cfg.batch_size, dtype=cfg.dtype, device=str(run.device),
         world_size=run.dist.world_size, threads=torch.get_num_threads(), machine=machine_info(),
         versions=versions(cfg.model), **{task.record_key: task.record()},
