@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .config import LMNConfig
+from .kernels import use_fused
 from .tree import ceil_log
 
 
@@ -35,6 +36,7 @@ class SingleVectorAttention(nn.Module):
         self.v = nn.Linear(d, d)
         self.o = nn.Linear(d, d)
         self._fused_cache: dict = {}
+        self.fused_kernels = "auto"  # set by LMN.fused_kernels: the Triton path (lmn.kernels)
 
     # ------------------------------------------------------------------ helpers
     def _fused(self, which: str) -> tuple[Tensor, Tensor]:
@@ -45,12 +47,13 @@ class SingleVectorAttention(nn.Module):
         version counter), which saves two ``cat`` per streaming step.
         """
         mods = (self.q, self.v) if which == "qv" else (self.q, self.k, self.v)
-        params = [p for m in mods for p in (m.weight, m.bias)]
-        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
-            # (inference tensors, from a model made under torch.inference_mode(), have no
-            # version counter to key a cache on: rebuilt every call)
+        if torch.is_grad_enabled():
             return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in mods for p in (m.weight, m.bias))
+        try:
+            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in mods for p in (m.weight, m.bias))
+        except RuntimeError:  # inference tensors (a model made under torch.inference_mode()) have
+            # no version counter to key a cache on: rebuilt every call
+            return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
         cached = self._fused_cache.get(which)
         if cached is None or cached[0] != key:
             with torch.no_grad():
@@ -156,6 +159,10 @@ class SingleVectorAttention(nn.Module):
         H, dh = self.n_heads, self.d_head
         if chunk != tree.chunk(chunk):
             raise ValueError(f"chunk must be a power of the stride {tree.stride}, got {chunk}")
+        if prefix is None and use_fused(self.fused_kernels, x, dh):  # fused Triton kernels (lmn.kernels)
+            from .kernels.triton_sva import fused_attention
+
+            return fused_attention(self, x, levels, tree)
         T1 = T + 1
         q = self.q(x).view(B, T, H, dh)
         k = self.k(x).view(B, T, H, dh) * self.scale  # fold 1/sqrt(d_head) into the key

@@ -84,7 +84,7 @@ class LogMemory(nn.Module):
         completed = [(level, node)]
         top = carry_height(count, k)
         for i in range(level, top):  # k - 1 pending siblings + this one -> a node of level i+1
-            siblings = nodes[i][:, :, nodes[i].shape[2] - (k - 1) :]
+            siblings = nodes[i]  # (all k - 1 kept nodes of a level that carries are pending)
             node_ = node[:, :, None]
             nodes[i] = node_ if latest else node_[:, :, :0]  # "latest" keeps the latest node
             node = self.merge(torch.cat([siblings, node_], dim=2))

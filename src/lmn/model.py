@@ -279,6 +279,26 @@ class LMN(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps if config.norm_eps is not None else 1e-5)
         self.head = nn.Linear(config.d_model, config.vocab_size)
         self.gradient_checkpointing = False
+        self.fused_kernels = "auto"
+
+    @property
+    def fused_kernels(self):
+        """Single-vector attention of the parallel form through fused Triton kernels
+        (:mod:`lmn.kernels.triton_sva`, forward and backward): ``"auto"`` (default: on CUDA
+        tensors when ``triton`` imports), ``True`` (whenever the kernel covers the input;
+        on CPU only under ``TRITON_INTERPRET=1``) or ``False`` (the PyTorch path, the CPU
+        default). Prefill continuing a stream and float64 always take the PyTorch path.
+        A runtime knob: results agree to float32 rounding."""
+        return self._fused_kernels
+
+    @fused_kernels.setter
+    def fused_kernels(self, value) -> None:
+        from .kernels import check_setting
+
+        check_setting(value)
+        self._fused_kernels = value
+        for block in self.blocks:
+            block.attn.fused_kernels = value
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -324,7 +344,7 @@ class LMN(nn.Module):
             raise ValueError(
                 f"tokens has batch size {batch_size} but the state was made for batch size {state.batch_size}"
             )
-        if state.config.architecture() != self.config.architecture():
+        if state.config is not self.config and state.config.architecture() != self.config.architecture():
             raise ValueError("state belongs to a model with a different configuration")
         if state.device != device:
             raise ValueError(f"state is on {state.device} but tokens are on {device}; use state.to(device)")

@@ -43,6 +43,7 @@ fast helpers the model uses, tested against the plain ones in ``tests/test_tree.
 
 from __future__ import annotations
 
+import functools
 from array import array
 from dataclasses import dataclass
 
@@ -220,7 +221,13 @@ class Tree:
     def cached_slots(self, pos: int) -> list[int]:
         """Slots per level ``0 .. n_levels(pos)`` in the state's slot cache after ``pos``
         tokens (the memory slots position ``pos - 1`` read), in cache order."""
+        if self.read == "latest" and pos > 0:  # depends on the number of levels only
+            return self._latest_slots(n_levels(pos, self.stride))
         return [n * self.node_slots(i) for i, n in enumerate(self.read_counts(pos))]
+
+    @functools.lru_cache(maxsize=128)
+    def _latest_slots(self, levels: int) -> list[int]:
+        return [0] + [self.node_slots(i) for i in range(1, levels + 1)]
 
     def state_vectors(self, pos: int) -> tuple[int, int]:
         """``(node vectors, cached slots)`` of one layer of one stream after ``pos`` tokens."""
@@ -305,6 +312,11 @@ class Counter:
     def increment(self) -> None:
         """Count one more token: add one to the digits, carrying (the counter's only arithmetic)."""
         plan, k, i = self.plan, self.stride, 2
+        if plan[2] < k - 1:  # no carry (most steps): the lowest digit goes up
+            plan[2] += 1
+            plan[0] = 0
+            self.count += 1
+            return
         while i < len(plan) and plan[i] == k - 1:
             i += 1
         if i == len(plan):
