@@ -3,6 +3,7 @@ bench and CLI take everything about a kind from it. The two recurrent peers adde
 it (Mamba-2, RWKV) build at the paper's budget, decode through their caches exactly as
 their parallel forward, and train with `lmn train`."""
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ def _build(name, **config):
 def test_every_kind_builds_and_states_its_contract(name):
     kind = get_kind(name)
     assert kind.name == name and kind.uses <= {"train", "decode", "bench-train"} and kind.uses
-    assert {"paper", "large"} <= set(kind.sizes)
+    assert {"paper", "large", "tiny"} <= set(kind.sizes)
     defaults = kind.config_class().to_dict()
     assert kind.normalize({}) == defaults == kind.config_class.from_dict(defaults).to_dict()
     model = _build(name)
@@ -78,7 +79,22 @@ def test_decoder_continues_the_parallel_forward(name):
         assert decoder.state_bytes() == predicted(model.config.to_dict(), 12)
 
 
-def test_train_runs_each_recurrent_peer(tmp_path, capsys):
+@pytest.mark.parametrize("name", kind_names("train"))
+def test_smoke_preset_trains_every_kind(tmp_path, capsys, name):
+    """`lmn train --preset smoke --model NAME`: each kind's own tiny size."""
+    from lmn.cli import main
+    from lmn_testdata import small_corpus
+
+    argv = ["train", "--preset", "smoke", "--model", name, "--data", str(small_corpus(tmp_path)),
+            "--out", str(tmp_path / name), "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
+            "--block-size", "16", "--batch-size", "2", "--no-whole-val"]
+    assert main(argv) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / name / "config.json").read_text())["train"]
+    assert config["model_size"] == "tiny" and config["model_config"] == get_kind(name).normalize(
+        {**get_kind(name).sizes["tiny"], "vocab_size": config["model_config"]["vocab_size"]})
+
+
+def test_paper_presets_of_the_recurrent_peers(tmp_path, capsys):
     from lmn.cli import main
     from lmn.trainer import PRESETS
     from lmn_testdata import small_corpus
@@ -92,6 +108,21 @@ def test_train_runs_each_recurrent_peer(tmp_path, capsys):
                 "--batch-size", "2", "--no-whole-val", *opts]
         assert main(argv) == 0, capsys.readouterr().err
         assert (tmp_path / name / "final.json").is_file()
+    capsys.readouterr()
+    status, _, err = main_status(["train", "--preset", "smoke", "--model-size", "huge", "--out", str(tmp_path / "x"),
+                                  "--data", str(data)], capsys)
+    assert status == 2 and "has no size 'huge'" in err and len(err.strip().splitlines()) == 1
+
+
+def main_status(argv, capsys):
+    from lmn.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def test_no_kind_is_special_cased_outside_its_file():

@@ -6,8 +6,9 @@ need to know about one model family, so that none of them names a kind:
 * ``config_class`` / ``model_class``: a dataclass config (``to_dict``/``from_dict``,
   defaults = the paper's parameter budget) and a module ``model_class(config)`` with
   ``forward(idx (B, T) int64) -> logits (B, T, vocab)``;
-* ``sizes``: overrides of the defaults per bench size (``"paper"``, ``"large"``), chosen
-  to match LMN's parameter count;
+* ``sizes``: overrides of the defaults per named size: ``"paper"`` (the defaults) and
+  ``"large"`` for bench, chosen to match LMN's parameter count, ``"tiny"`` for smoke runs
+  (``lmn train --model-size``);
 * ``decoder``: the adapter that prefills a context in chunks and then decodes one token at
   a time, reporting its state's (or cache's) bytes;
 * ``max_positions`` / ``with_positions``: the longest sequence the model takes, and how a
@@ -64,9 +65,10 @@ class ModelKind:
     Attributes:
         name: the kind's name on the command line (``--model NAME``).
         title: its name in tables ("GPT-2").
-        config_class, model_class: the config dataclass and the module built from it.
+        config_class, model_class: the config dataclass and the module built from it
+            (which keeps its config as ``.config``, with ``vocab_size``).
         decoder: ``decoder(model, max_chunk) -> Decoder`` for ``lmn bench decode``.
-        sizes: ``{size: config overrides}`` for bench (``paper`` = the defaults).
+        sizes: ``{size: config overrides}``: ``paper`` (= the defaults), ``large``, ``tiny``.
         uses: where it may be used: ``train`` (``lmn train``), ``decode``
             (``lmn bench decode``), ``bench-train`` (``lmn bench train``).
         max_positions: ``max_positions(config_dict) -> int | None``, the longest input.

@@ -11,7 +11,8 @@ kind                what it is
 ==================  =========================================================================
 
 Sizes: ``paper`` = ``LMNConfig()`` (d 32, 4 layers, 4 heads, 2 banks: 71,489 parameters
-for 65 symbols); ``large`` = d 256, 8 layers, 8 heads, 2 banks: 8,449,089.
+for 65 symbols); ``large`` = d 256, 8 layers, 8 heads, 2 banks: 8,449,089; ``tiny`` (the
+``smoke`` preset) = d 16, 2 layers, 2 heads.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ..config import LMNConfig
 from ..model import LMN
 from .base import Decoder, ModelKind
 
-SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2}}
+SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2},
+         "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2}}
 
 
 class LMNDecoder(Decoder):

@@ -21,6 +21,8 @@ class TrainConfig:
     """Everything a run depends on; the defaults are the paper's LMN protocol."""
 
     model: str = _opt("lmn", "model kind (see lmn.kinds): " + ", ".join(kind_names("train")))
+    model_size: str = _opt("paper", "named size of the model kind, as its file lists them (paper: the "
+                           "paper's ~71K-parameter budget, tiny, large); --model-opt fields apply on top")
     model_config: dict = field(
         default_factory=dict,
         metadata={"help": "overrides of the model's own config (vocab_size comes from the task)"},
@@ -103,7 +105,7 @@ PRESETS: dict[str, dict] = {
     # A seconds-long run for tests and CI.
     "smoke": {
         "model": "lmn",
-        "model_config": {"d_model": 16, "n_layers": 2, "n_heads": 2},
+        "model_size": "tiny",  # every kind has one (LMN: d 16, 2 layers, 2 heads)
         "block_size": 64,
         "batch_size": 8,
         "lr": 3e-3,

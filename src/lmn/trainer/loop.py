@@ -32,7 +32,7 @@ from ..tasks import Task, make_task
 from .config import DTYPES, TrainConfig
 from .distributed import Dist, init_distributed
 from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
-from .models import (build_model, check_positions, enable_gradient_checkpointing, normalize_model_config,
+from .models import (build_model, check_model_config, check_positions, enable_gradient_checkpointing,
                      num_parameters, resolve_model_config, versions)
 from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, CheckpointError,
@@ -92,9 +92,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     dist, device = init_distributed(cfg.device)
     dist.share(cfg.batch_size)  # divisible by the number of processes
     run_dir = prepare_run_dir(cfg, resume=resume, force=force)
-    normalize_model_config(cfg.model, {"vocab_size": 1, **cfg.model_config})  # bad options fail before any I/O
+    check_model_config(cfg.model, cfg.model_config, cfg.model_size)  # bad options fail before any I/O
     task = make_task(cfg)
-    cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config, task.vocab_size))
+    cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config, task.vocab_size,
+                                                         cfg.model_size))
     check_positions(cfg.model, cfg.model_config, task.seq_len)
     if resume:
         saved = saved_config(run_dir)

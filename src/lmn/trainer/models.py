@@ -8,15 +8,28 @@ from torch import nn
 from ..kinds import get_kind
 
 
-def resolve_model_config(kind: str, overrides: dict, vocab_size: int) -> dict:
-    """Full config dict of model ``kind``: its defaults, then ``overrides``, then the
-    task's ``vocab_size``. Validated by the kind's config class."""
+def resolve_model_config(kind: str, overrides: dict, vocab_size: int, size: str = "paper") -> dict:
+    """Full config dict of model ``kind``: its defaults, its named ``size``, then
+    ``overrides``, then the task's ``vocab_size``. Validated by the kind's config class."""
     if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
         raise ValueError(
             f"vocab_size is set by the task ({vocab_size} symbols), not by the model config "
             f"(got {overrides['vocab_size']})"
         )
-    return normalize_model_config(kind, {**overrides, "vocab_size": vocab_size})
+    return normalize_model_config(kind, {**size_overrides(kind, size), **overrides, "vocab_size": vocab_size})
+
+
+def check_model_config(kind: str, overrides: dict, size: str = "paper") -> None:
+    """Raise ValueError for a bad size or option before the task's data is read."""
+    normalize_model_config(kind, {**size_overrides(kind, size), "vocab_size": 1, **overrides})
+
+
+def size_overrides(kind: str, size: str) -> dict:
+    """The config fields of ``kind``'s named size (``paper``: none)."""
+    sizes = get_kind(kind).sizes
+    if size not in sizes:
+        raise ValueError(f"model {kind!r} has no size {size!r}; choose from {', '.join(sizes)}")
+    return dict(sizes[size])
 
 
 def normalize_model_config(kind: str, model_config: dict) -> dict:
