@@ -263,10 +263,33 @@ def _cmd_bench(args) -> int:
     return run(args)
 
 
+# ----------------------------------------------------------------------------- convert / export
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write a trained LMN run as a HuggingFace transformers model (lmn.hf)",
+        description="Turn an lmn train run directory into a transformers model directory (config.json, "
+        "model.safetensors, the character tokenizer); load it after `import lmn.hf` with AutoModelForCausalLM.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory written by lmn train")
+    p.add_argument("out", metavar="OUT", help="directory to write")
+    p.add_argument("--force", action="store_true", help="write into a non-empty OUT")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args) -> int:
+    try:
+        from .hf import convert_run
+    except ImportError as err:
+        raise UsageError(f"{err}") from None
+    print(convert_run(args.run, args.out, force=args.force))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 # Subcommand registrars, in --help order. A `bench` subcommand goes here as
 # `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
-SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser]
+SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser, _add_convert_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
