@@ -48,7 +48,31 @@ class EchoEveryK(Task):
         return {"name": self.name, "vocab": self.vocab_size, "every": self.every}
 
 
+class ParityOfEven(Task):
+    """Regression: at even positions, the value is 1 where the id is odd and -1 where it is
+    even; odd positions are not scored."""
+
+    name = "toy-parity"
+    loss_kind = "regression"
+    n_outputs = 1
+
+    def __init__(self, seq_len: int):
+        self.vocab_size, self.seq_len = 6, seq_len
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg.block_size)
+
+    def batch(self, split, batch_size, generator):
+        x = torch.randint(self.vocab_size, (batch_size, self.seq_len), generator=generator)
+        y = (x % 2 * 2 - 1).float()[..., None]  # (B, T, 1)
+        mask = torch.zeros_like(x, dtype=torch.bool)
+        mask[:, ::2] = True
+        return Batch(x, y, mask)
+
+
 register_task("toy-echo", EchoEveryK)
+register_task("toy-parity", ParityOfEven)
 
 
 def toy_config(out, **overrides):
@@ -81,6 +105,15 @@ def test_masked_toy_task_trains_through_the_trainer(tmp_path, model, model_confi
     assert config["task"] == {"name": "toy-echo", "vocab": 8, "every": 4}
     assert config["train"]["model_config"]["vocab_size"] == 8
     assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+def test_regression_toy_task_trains(tmp_path):
+    cfg = toy_config(tmp_path / "reg", task="toy-parity", model_config={"d_model": 16, "n_layers": 1, "n_heads": 2})
+    summary = train(cfg, stream=open(os.devnull, "w"))
+    evals = [json.loads(line) for line in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["type"] == "eval"]
+    assert evals[-1]["val_loss"] < 0.5 * evals[0]["val_loss"]  # mean squared error from ~1
+    assert "whole_val_loss" not in summary  # this task has no whole-split evaluation
 
 
 def test_toy_task_resumes_exactly(tmp_path):
