@@ -49,6 +49,10 @@ def _same_config(config: dict, positions: int | None) -> dict:
     return config
 
 
+def _available() -> str | None:
+    return None
+
+
 def _call_forward(model: nn.Module, idx: Tensor) -> Tensor:
     return model(idx)
 
@@ -108,7 +112,7 @@ class ModelKind:
     enable_checkpointing: Callable[[nn.Module], None] | None = None
     bench_forward: Callable[[nn.Module, Tensor], Tensor] = _call_forward
     prepare: Callable[[nn.Module], nn.Module] | None = None
-    unavailable: Callable[[], str | None] = lambda: None
+    unavailable: Callable[[], str | None] = _available
     cpu_only: bool = False
     long_decode: bool = False
     compare_to: str | None = None

@@ -60,7 +60,8 @@ class LMNDecoder(Decoder):
 
     def state_bytes(self) -> int:
         if self.handed_over:
-            return self.stepper.nbytes
+            nbytes = getattr(self.stepper, "nbytes", None)
+            return nbytes if nbytes is not None else self.stepper.to_state().nbytes
         return 0 if self.state is None else self.state.nbytes
 
 
