@@ -65,7 +65,7 @@ def test_load_rejects_wrong_config_and_corrupt_files(tmp_path):
     with torch.no_grad():
         _, state = _stream(model, torch.randint(0, 11, (1, 10)))
     state.save(tmp_path / "s.pt")
-    with pytest.raises(ValueError, match="saved for a model"):
+    with pytest.raises(ValueError, match="saved for another model: .*n_layers=2 \(this model: 3\)"):
         LMNState.load(tmp_path / "s.pt", LMNConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=3))
     raw = (tmp_path / "s.pt").read_bytes()
     (tmp_path / "t.pt").write_bytes(raw[: len(raw) // 2])
@@ -143,3 +143,48 @@ print((after - before) / 1024)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown_mb = float(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 64, f"peak RSS grew by {grown_mb:.1f} MB"
+
+
+def test_state_of_another_model_or_dtype_is_refused_by_name(tmp_path):
+    model = small_model(summarizer="linear", n_banks=2)
+    with torch.no_grad():
+        _, state = model(torch.randint(0, 11, (1, 20)), return_state=True)
+    state.save(tmp_path / "s.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temporary file left
+    other = LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, ff_mult=2, summarizer="conv", n_banks=2)
+    with pytest.raises(ValueError, match="summarizer='linear' \\(this model: 'conv'\\)"):
+        LMNState.load(tmp_path / "s.pt", other)
+    (tmp_path / "bad.pt").write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="not a file written by LMNState.save") as err:
+        LMNState.load(tmp_path / "bad.pt", model.config)
+    assert "weights_only" not in str(err.value)
+    with pytest.raises(ValueError, match="state holds torch.float64 tensors but the model computes in torch.float32"):
+        model.step(torch.zeros(1, dtype=torch.long), state.to(torch.float64))
+    with torch.no_grad():  # uint8 ids are ids like any other
+        a = model(torch.tensor([[1, 2, 3]], dtype=torch.uint8))
+        b = model(torch.tensor([[1, 2, 3]]))
+    assert torch.equal(a, b)
+
+
+def test_save_removes_its_temporary_file_when_the_rename_fails(tmp_path):
+    model = small_model()
+    state = model.init_state(1)
+    target = tmp_path / "dir_in_the_way"
+    target.mkdir()
+    (target / "x").write_text("keep")
+    with pytest.raises(OSError):
+        state.save(target)  # os.replace onto a non-empty directory fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir_in_the_way"]
+
+
+def test_config_is_frozen_after_validation():
+    cfg = LMNConfig()
+    with pytest.raises(AttributeError, match="n_heads cannot be changed after construction"):
+        cfg.n_heads = 5
+    cfg.chunk_size = 8  # a runtime knob, re-validated
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        cfg.chunk_size = 3
+    assert cfg.chunk_size == 8
+    for bad in (float("inf"), float("nan"), 0.0, -1e-5, "1e-5"):
+        with pytest.raises(ValueError, match="norm_eps must be a finite number > 0"):
+            LMNConfig(norm_eps=bad)

@@ -13,11 +13,13 @@ The tree's arithmetic (levels, nodes read, the streaming counter) lives in :mod:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .tree import READ_RULES, Tree
 
 SUMMARIZERS = ("linear", "conv", "dwsep")
+RUNTIME_FIELDS = frozenset({"chunk_size"})  # knobs that do not change the function
 POS_ENCODINGS = ("none", "sinusoidal")
 
 
@@ -98,8 +100,32 @@ class LMNConfig:
             raise ValueError(f"LMNConfig.stride must be an integer >= 2, got {self.stride!r}")
         if self.read not in READ_RULES:
             raise ValueError(f"LMNConfig.read must be one of {READ_RULES}, got {self.read!r}")
-        if self.norm_eps is not None and not (self.norm_eps > 0):
-            raise ValueError(f"LMNConfig.norm_eps must be > 0 or None, got {self.norm_eps!r}")
+        if self.norm_eps is not None and not (
+            isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
+            and 0 < self.norm_eps < math.inf
+        ):
+            raise ValueError(f"LMNConfig.norm_eps must be a finite number > 0 or None, got {self.norm_eps!r}")
+        object.__setattr__(self, "_tree", Tree.of(self))
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name: str, value) -> None:
+        """After construction only the runtime knobs (``chunk_size``) may change, and only to
+        valid values: the other fields define the model's function and shapes."""
+        if not getattr(self, "_validated", False):
+            object.__setattr__(self, name, value)
+            return
+        if name not in RUNTIME_FIELDS:
+            raise AttributeError(
+                f"LMNConfig.{name} cannot be changed after construction (the model is built from it); "
+                f"make a new config, e.g. dataclasses.replace(config, {name}=...)"
+            )
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except ValueError:
+            object.__setattr__(self, name, old)
+            raise
 
     @property
     def d_head(self) -> int:
@@ -108,7 +134,7 @@ class LMNConfig:
     @property
     def tree(self) -> Tree:
         """The memory tree (stride, read rule, node shapes): see :mod:`lmn.tree`."""
-        return Tree.of(self)
+        return self._tree
 
     def n_slots(self, t: int) -> int:
         """Number of attended slots at 0-based position ``t`` (slot 0 = the token itself)."""
@@ -117,7 +143,8 @@ class LMNConfig:
     def architecture(self) -> dict:
         """The fields that define the function (everything but runtime knobs)."""
         d = asdict(self)
-        d.pop("chunk_size")
+        for name in RUNTIME_FIELDS:
+            d.pop(name)
         return d
 
     def to_dict(self) -> dict:

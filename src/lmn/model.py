@@ -348,9 +348,14 @@ class LMN(nn.Module):
             raise ValueError("state belongs to a model with a different configuration")
         if state.device != device:
             raise ValueError(f"state is on {state.device} but tokens are on {device}; use state.to(device)")
+        dtype = self.head.weight.dtype
+        if state.dtype != dtype:
+            raise ValueError(f"state holds {state.dtype} tensors but the model computes in {dtype}; use state.to({dtype})")
 
     def _embed(self, idx: Tensor, start: int) -> Tensor:
         """Token embedding (+ sinusoids for positions ``start, start+1, ...``)."""
+        if idx.dtype not in (torch.int64, torch.int32):  # e.g. uint8 ids (checked in range already)
+            idx = idx.long()
         h = F.embedding(idx, self.tok_emb.weight)
         if self.config.pos_encoding == "sinusoidal":
             T = idx.shape[1] if idx.dim() == 2 else 1

@@ -17,6 +17,7 @@ Saving uses plain tensors only (``torch.save``/``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .config import LMNConfig
+from .tree import READ_RULES
 
 
 def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int = 4) -> int:
@@ -44,7 +46,7 @@ _SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read"
 
 def _shape(c: LMNConfig) -> list[int]:
     """The config fields a state's tensors depend on, as integers (read: its index)."""
-    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, ("latest", "digits").index(c.read)]
+    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, READ_RULES.index(c.read)]
 
 
 class LMNState:
@@ -111,6 +113,9 @@ class LMNState:
         d = {k: v.detach() for k, v in self.tensors().items()}
         c = self.config
         d["meta"] = torch.tensor([self._VERSION, self.pos, self.batch_size, *_shape(c)], dtype=torch.int64)
+        # the whole architecture, so that a state of another model is refused by name
+        arch = json.dumps(c.architecture(), sort_keys=True).encode()
+        d["architecture"] = torch.tensor(list(arch), dtype=torch.uint8)
         return d
 
     @classmethod
@@ -121,6 +126,13 @@ class LMNState:
         version, pos, batch_size, *shape = meta
         if version != cls._VERSION:
             raise ValueError(f"unsupported LMN state version {version} (expected {cls._VERSION})")
+        if "architecture" in data:
+            saved = json.loads(bytes(data["architecture"].tolist()).decode())
+            mine = config.architecture()
+            diff = [f"{k}={saved.get(k)!r} (this model: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
+                    if saved.get(k) != mine.get(k)]
+            if diff:
+                raise ValueError(f"state was saved for another model: {', '.join(diff)}")
         want = _shape(config)
         if shape != want:
             raise ValueError(f"state was saved for a model with ({_SHAPE_NAMES}) = {shape}, this model has {want}")
@@ -136,10 +148,17 @@ class LMNState:
         return state
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state (tensors only) atomically to ``path``."""
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write the state (tensors only) atomically to ``path``: a temporary file beside it,
+        then one rename; on any failure the temporary file is removed and ``path`` is
+        left as it was."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: LMNConfig, map_location=None) -> "LMNState":
@@ -148,8 +167,11 @@ class LMNState:
             data = torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # truncated or foreign file
-            raise ValueError(f"could not read an LMN state from {os.fspath(path)!r}: {exc}") from exc
+        except Exception:  # truncated or foreign file (torch's advice to unpickle it is never right here)
+            raise ValueError(
+                f"could not read an LMN state from {os.fspath(path)!r}: not a file written by LMNState.save "
+                "(truncated, or another format)"
+            ) from None
         try:
             return cls.from_state_dict(config, data)
         except KeyError as exc:
