@@ -1,0 +1,135 @@
+"""lmn.hf: the transformers adapter. Round-trip through save_pretrained/from_pretrained,
+greedy generate == LMN.generate, left-padded batches == each prompt alone, the cache is
+LMN's state, pipeline("text-generation"), `lmn convert` of the committed run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lmn import LMN, LMNConfig, state_nbytes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
+CHARS = sorted(set("\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=len(CHARS), d_model=16, n_layers=2, n_heads=2, n_banks=2)
+    cfg.update(kw)
+    return LMN(LMNConfig(**cfg)).eval()
+
+
+def test_import_lmn_does_not_import_transformers():
+    code = "import sys, lmn, lmn.model, lmn.generation; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_round_trip_through_auto_classes(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lmn.hf import LMNCharTokenizer, LMNForCausalLM, LMNHFConfig
+
+    model = _model(stride=3, read="digits", summarizer="conv")
+    hf = LMNForCausalLM.from_lmn(model)
+    tok = LMNCharTokenizer(chars=CHARS)
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and json.loads((tmp_path / "config.json").read_text())[
+        "model_type"] == "lmn"
+
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, LMNHFConfig) and config.lmn_config() == model.config
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded, LMNForCausalLM)
+    a, b = hf.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    idx = torch.randint(0, len(CHARS), (2, 30))
+    assert torch.equal(loaded(idx).logits, model(idx))
+
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    assert isinstance(tok2, LMNCharTokenizer) and tok2.padding_side == "left"
+    text = "Hello, world!\n  What? 'tis so ;: ."
+    ids = tok2(text)["input_ids"]
+    assert ids == [CHARS.index(c) for c in text] and tok2.decode(ids) == text
+    assert tok2.pad_token_id == len(CHARS)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok2("caf\u00e9")
+
+
+@pytest.mark.parametrize("kw", [{}, {"stride": 3, "read": "digits"}, {"pos_encoding": "sinusoidal"}])
+def test_greedy_generate_equals_lmn_generate(kw):
+    from lmn.hf import LMNCache, LMNForCausalLM
+
+    model = _model(**kw)
+    hf = LMNForCausalLM.from_lmn(model)
+    idx = torch.randint(0, len(CHARS), (1, 13), generator=torch.Generator().manual_seed(1))
+    out = hf.generate(idx, max_new_tokens=40, do_sample=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, model.generate(idx, 40, temperature=0))
+    cache = out.cache
+    assert isinstance(cache, LMNCache)  # the streaming state, not a KV cache: O(log n) bytes
+    (rows, state), = cache.groups
+    assert state.pos == 13 + 39 and cache.nbytes == state_nbytes(model.config, 1, 13 + 39)
+
+
+def test_left_padded_batch_equals_each_prompt_alone():
+    from lmn.hf import LMNCharTokenizer, LMNForCausalLM
+
+    model = _model()
+    hf = LMNForCausalLM.from_lmn(model)
+    tok = LMNCharTokenizer(chars=CHARS)
+    prompts = ["ROMEO:", "a", "What light through yonder window breaks?", "ROMEO:", "Juliet, "]
+    batch = tok(prompts, padding=True, return_tensors="pt")
+    assert batch["attention_mask"][1, 0] == 0  # left padding
+    out = hf.generate(**batch, max_new_tokens=25, do_sample=False)
+    for i, p in enumerate(prompts):
+        alone = model.generate(torch.tensor([tok(p)["input_ids"]]), 25, temperature=0)
+        assert torch.equal(out[i, -25:], alone[0, -25:]), p
+    # the forward (no cache) gives each row the logits of its prompt alone, zeros at the pads
+    logits = hf(**batch).logits
+    for i, p in enumerate(prompts):
+        n = len(p)
+        assert torch.allclose(logits[i, -n:], model(torch.tensor([tok(p)["input_ids"]]))[0], atol=1e-6)
+        assert not logits[i, :-n].any()
+
+
+def test_bad_masks_are_clear_errors():
+    from lmn.hf import LMNForCausalLM
+
+    hf = LMNForCausalLM.from_lmn(_model())
+    idx = torch.randint(0, len(CHARS), (2, 6))
+    right = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="right padding cannot be continued"):
+        hf.generate(idx, attention_mask=right, max_new_tokens=2, do_sample=False)
+    hf(idx, attention_mask=right)  # without a cache right padding is harmless
+    with pytest.raises(ValueError, match="one run of ones"):
+        hf(idx, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="no real token"):
+        hf(idx, attention_mask=torch.tensor([[0] * 6, [1] * 6]))
+
+
+def test_pipeline_and_convert_of_the_committed_run(tmp_path):
+    from transformers import pipeline
+
+    from lmn.cli import main
+    from lmn.trainer import load_run
+
+    out = tmp_path / "hf"
+    assert main(["convert", str(RUN), str(out)]) == 0
+    with pytest.raises(SystemExit):
+        main(["convert", str(RUN), str(out)])  # not empty: refused without --force
+    pipe = pipeline("text-generation", model=str(out))
+    text = pipe("ROMEO:", max_new_tokens=30, do_sample=False)[0]["generated_text"]
+
+    model, tokenizer, _ = load_run(RUN)
+    ref = model.generate(tokenizer.encode("ROMEO:")[None], 30, temperature=0)
+    assert text == tokenizer.decode(ref[0])
+    texts = pipe(["ROMEO:", "JULIET:\nO"], max_new_tokens=10, do_sample=False, batch_size=2)
+    assert texts[0][0]["generated_text"] == tokenizer.decode(ref[0, :16])
