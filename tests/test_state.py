@@ -65,7 +65,7 @@ def test_load_rejects_wrong_config_and_corrupt_files(tmp_path):
     with torch.no_grad():
         _, state = _stream(model, torch.randint(0, 11, (1, 10)))
     state.save(tmp_path / "s.pt")
-    with pytest.raises(ValueError, match="saved for another model: .*n_layers=2 \(this model: 3\)"):
+    with pytest.raises(ValueError, match=r"saved for another model: .*n_layers=2 \(this model: 3\)"):
         LMNState.load(tmp_path / "s.pt", LMNConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=3))
     raw = (tmp_path / "s.pt").read_bytes()
     (tmp_path / "t.pt").write_bytes(raw[: len(raw) // 2])
