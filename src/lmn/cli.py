@@ -286,10 +286,44 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export LMN's streaming step (fixed-shape state) to ONNX or torch.export (lmn.export)",
+        description="Write the streaming step of a trained LMN run as a pure function (token, pos, state tensors) -> "
+        "(logits, next state) with a fixed-capacity state: an ONNX model or a torch.export program, plus a JSON "
+        "file beside it describing the inputs, outputs, state layout and vocabulary.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by lmn train")
+    p.add_argument("--format", required=True, choices=("onnx", "pt2"), help="onnx (onnxruntime) or pt2 (torch.export)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="longest stream the state must hold (sets its capacity; default 2**31 - 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="streams per call (default 1)")
+    p.add_argument("--out", default=None, help="file to write (default RUN/lmn_step.onnx or .pt2; the JSON goes beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .export import DEFAULT_MAX_TOKENS, export_run
+
+    max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
+    if max_tokens < 1:
+        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
+    try:
+        path, meta = export_run(args.checkpoint, args.format, args.out, max_tokens, args.batch_size, args.force)
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    print(path)
+    print(meta)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 # Subcommand registrars, in --help order. A `bench` subcommand goes here as
 # `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
-SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser, _add_convert_parser]
+SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser, _add_convert_parser,
+               _add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,358 @@
+"""The streaming step as a pure function of fixed-shape tensors, for ``torch.export`` and ONNX.
+
+    from lmn.export import StreamStep, export_onnx
+
+    step = StreamStep(model, max_tokens=2**20)          # weights are the model's own
+    tensors = step.initial_state(batch_size=1)          # {"pos", "nodes", "slot_q", "slot_v"}: zeros
+    logits, *new = step(token, *tensors.values())       # (B, vocab) and the next state tensors
+    export_onnx(model, "lmn_step.onnx", max_tokens=2**20)   # + lmn_step.json describing the I/O
+
+``StreamStep.forward(token (B,), pos (B,), nodes, slot_q, slot_v) -> (logits (B, V), pos + 1,
+nodes, slot_q, slot_v)`` computes what :meth:`lmn.LMN.step` computes, with no Python
+control flow that depends on the position: every stream carries its own position, and
+the tree's arithmetic (:mod:`lmn.tree`: the carry height, the base-k digits, which nodes
+are read) is done on tensors from it, so one exported graph serves every step.
+
+**State layout** (the one of :class:`lmn.native.NativeStepper`), per layer ``l`` and stream
+``b``: ``nodes[l, b]``, ``slot_q[l, b]``, ``slot_v[l, b]`` are ``(levels + 1, k - 1, C)``
+with ``C = n_banks * d_model``. ``nodes[l, b, i, j]`` is position ``j`` of the kept nodes
+of tree level ``i`` (the base-k counter: at most ``k - 1`` per level; a token, level 0, is
+copied into every bank), ``slot_q``/``slot_v`` the attention's ``W_q``/``W_v``
+projections of that node (bank ``b``'s at ``[b*d, (b+1)*d)``, heads contiguous in it).
+Entries that the counter does not hold are never read (masked by position, not value).
+``pos`` is the number of tokens the stream has consumed (int64). The state holds
+streams of up to ``capacity = k**(levels + 1) - 1`` tokens; past that the step is wrong,
+so callers stop there (the example and :func:`describe` say so).
+
+Per step the function runs every level's merge and masks the results in (a graph
+cannot skip the levels the token does not complete): ``levels`` summarizer calls per
+layer instead of one amortised; the state's size is ``3 * n_layers * (levels + 1) *
+(k - 1) * C`` numbers per stream. Any stride and read rule; ``expand = 0`` only (a
+node's size would otherwise depend on its level).
+
+Tested in ``tests/test_export.py`` (onnxruntime and the exported program against eager
+logits for 200 tokens after a prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import LMNConfig
+from .model import LMN, sinusoidal_encoding
+from .tree import n_levels
+
+INPUTS = ("token", "pos", "nodes", "slot_q", "slot_v")
+OUTPUTS = ("logits", "next_pos", "next_nodes", "next_slot_q", "next_slot_v")
+FORMAT = "lmn-stream-step"
+DEFAULT_MAX_TOKENS = 2**31 - 1
+
+
+def levels_for(max_tokens: int, stride: int) -> int:
+    """Tree levels (>= 1) the state needs for streams of ``max_tokens`` tokens."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    levels = max(n_levels(max_tokens, stride), 1)
+    if stride ** (levels + 1) > 2**62:
+        raise ValueError(f"max_tokens {max_tokens} needs positions beyond int64 for stride {stride}")
+    return levels
+
+
+class StreamStep(nn.Module):
+    """:meth:`lmn.LMN.step` as a pure function of fixed-shape tensors (see the module doc).
+
+    Args:
+        model: the :class:`lmn.LMN`; its modules are used (not copied).
+        max_tokens: the longest stream the state must hold.
+    """
+
+    def __init__(self, model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS):
+        super().__init__()
+        cfg = getattr(model, "config", None)
+        if not isinstance(cfg, LMNConfig) or not hasattr(model, "blocks"):
+            raise TypeError(f"StreamStep takes an lmn.LMN, got {type(model).__name__}")
+        if cfg.expand != 0:
+            raise ValueError(f"export supports expand = 0 only (this model has expand = {cfg.expand}): "
+                             "a node's size would depend on its level")
+        self.model, self.config = model, cfg
+        self.levels = levels_for(max_tokens, cfg.stride)
+        self.capacity = cfg.stride ** (self.levels + 1) - 1
+        k, Lc = cfg.stride, self.levels + 1
+        self.register_buffer("_powers", torch.tensor([k**i for i in range(Lc + 1)], dtype=torch.int64),
+                             persistent=False)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of ``nodes``/``slot_q``/``slot_v`` at batch 1: ``(n_layers, 1, levels + 1, k - 1, C)``."""
+        c = self.config
+        return (c.n_layers, 1, self.levels + 1, c.stride - 1, c.n_banks * c.d_model)
+
+    def initial_state(self, batch_size: int = 1, dtype=None, device=None) -> dict[str, Tensor]:
+        """The state of empty streams: position 0 and zeros."""
+        ref = self.model.head.weight
+        dtype, device = dtype or ref.dtype, device or ref.device
+        shape = (self.state_shape[0], batch_size, *self.state_shape[2:])
+        zeros = torch.zeros(shape, dtype=dtype, device=device)
+        return {"pos": torch.zeros(batch_size, dtype=torch.int64, device=device), "nodes": zeros,
+                "slot_q": zeros.clone(), "slot_v": zeros.clone()}
+
+    @torch.no_grad()
+    def state_from(self, state) -> dict[str, Tensor]:
+        """An :class:`lmn.LMNState` (e.g. after ``model.prefill``) in this layout."""
+        from .state import LMNState
+
+        if not isinstance(state, LMNState):
+            raise TypeError(f"state must be an LMNState, got {type(state).__name__}")
+        if state.config.architecture() != self.config.architecture():
+            raise ValueError("state belongs to a model with a different configuration")
+        if state.pos > self.capacity:
+            raise ValueError(f"state holds {state.pos} tokens, more than this step's capacity of {self.capacity}")
+        B, c = state.batch_size, self.config
+        out = self.initial_state(B, dtype=state.dtype, device=state.device)
+        out["pos"].fill_(state.pos)
+        for l, layer in enumerate(state.layers):
+            attn = self.model.blocks[l].attn
+            for i, node in enumerate(layer.nodes):  # (B, nb, r, 1, d) -> (B, r, nb*d)
+                r = node.shape[2]
+                if r == 0:
+                    continue
+                vec = node[:, :, :, 0].transpose(1, 2).reshape(B, r, -1)
+                out["nodes"][l, :, i, :r] = vec
+                q, v = self._project(attn, vec)
+                out["slot_q"][l, :, i, :r], out["slot_v"][l, :, i, :r] = q, v
+        return out
+
+    def _project(self, attn, vec: Tensor) -> tuple[Tensor, Tensor]:
+        """``W_q``/``W_v`` projections of node vectors ``(..., n_banks*d)``, per bank."""
+        d = self.config.d_model
+        x = vec.unflatten(-1, (-1, d))
+        q = F.linear(x, attn.q.weight, attn.q.bias).flatten(-2)
+        v = F.linear(x, attn.v.weight, attn.v.bias).flatten(-2)
+        return q, v
+
+    def forward(self, token: Tensor, pos: Tensor, nodes: Tensor, slot_q: Tensor, slot_v: Tensor):
+        c, model = self.config, self.model
+        k, KC, Lc, nb, d = c.stride, c.stride - 1, self.levels + 1, c.n_banks, c.d_model
+        H, dh = c.n_heads, c.d_head
+        B = token.shape[0]
+        latest = c.read == "latest"
+
+        # the counter after this token: base-k digits, carry height, levels present
+        count = pos + 1
+        powers = self._powers
+        dig = torch.remainder(torch.div(count[:, None], powers[None, :Lc], rounding_mode="floor"), k)  # (B, Lc)
+        top = (torch.remainder(count[:, None], powers[None, 1:]) == 0).sum(1)  # (B,)
+        level = torch.arange(Lc, device=token.device)[None]  # (1, Lc)
+        slot = torch.arange(KC, device=token.device)  # (KC,)
+        below = level < top[:, None]
+        # where each level's new node goes: merged-away nodes stay as their level's latest ("latest")
+        at = torch.where(below, 0, dig - 1)
+        written = (level == top[:, None]) | (below & latest)
+        write = written[..., None] & (slot == at[..., None])  # (B, Lc, KC)
+        # what this position reads besides itself
+        if latest:
+            present = (powers[None, :Lc] <= count[:, None]) & (level >= 1)
+            read = present[..., None] & (slot == (dig.clamp(min=1) - 1)[..., None])  # (B, Lc, KC)
+            read = read[..., None].expand(B, Lc, KC, nb)
+        else:
+            read_lv = slot < torch.where(level == 0, dig - 1, dig)[..., None]
+            bank0 = torch.arange(nb, device=token.device) == 0
+            read = read_lv[..., None] & ((level >= 1)[..., None, None] | bank0)  # level 0: one slot
+        absent = ~read.reshape(B, 1, Lc * KC * nb)
+
+        h = F.embedding(token, model.tok_emb.weight)
+        if c.pos_encoding == "sinusoidal":
+            h = h + sinusoidal_encoding(pos, d, h.dtype)
+        new_nodes, new_q, new_v = [], [], []
+        for l, block in enumerate(model.blocks):
+            attn, ff = block.attn, block.ff
+            x = F.rms_norm(h, block.norm1.normalized_shape, block.norm1.weight, block.norm1.eps)
+            # the carry chain: the candidate node of every level (only levels <= top are kept)
+            cur = x.repeat(1, nb)  # (B, C): the token in every bank
+            chain = [cur]
+            for i in range(Lc - 1):
+                children = torch.cat([nodes[l, :, i], cur[:, None]], dim=1)  # (B, k, C)
+                children = children.view(B, k, nb, d).transpose(1, 2)[:, :, :, None]  # (B, nb, k, 1, d)
+                cur = block.memory.merge(children).reshape(B, nb * d)
+                chain.append(cur)
+            chain = torch.stack(chain, dim=1)[:, :, None]  # (B, Lc, 1, C)
+            q_new, v_new = self._project(attn, chain)
+            w = write[..., None]
+            nodes_l = torch.where(w, chain, nodes[l])
+            sq = torch.where(w, q_new, slot_q[l])
+            sv = torch.where(w, v_new, slot_v[l])
+            new_nodes.append(nodes_l)
+            new_q.append(sq)
+            new_v.append(sv)
+
+            # single-vector attention over [x, the slots read]
+            qkv = F.linear(x, torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]),
+                           torch.cat([attn.q.bias, attn.k.bias, attn.v.bias]))
+            q, kk, v = qkv.view(B, 3, H, dh).unbind(1)  # (B, H, dh)
+            slots_q = sq.reshape(B, Lc * KC * nb, H, dh)
+            slots_v = sv.reshape(B, Lc * KC * nb, H, dh)
+            s_self = (q * kk).sum(-1, keepdim=True)  # (B, H, 1)
+            s_mem = torch.einsum("bshe,bhe->bhs", slots_q, kk).masked_fill(absent, float("-inf"))
+            probs = torch.softmax(torch.cat([s_self, s_mem], dim=-1) * attn.scale, dim=-1)
+            out = probs[..., :1] * v + torch.einsum("bhs,bshe->bhe", probs[..., 1:], slots_v)
+            h = h + F.linear(out.reshape(B, d), attn.o.weight, attn.o.bias)
+            y = F.rms_norm(h, block.norm2.normalized_shape, block.norm2.weight, block.norm2.eps)
+            h = h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+        h = F.layer_norm(h, model.ln_f.normalized_shape, model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+        logits = F.linear(h, model.head.weight, model.head.bias)
+        return logits, count, torch.stack(new_nodes), torch.stack(new_q), torch.stack(new_v)
+
+    # ------------------------------------------------------------------ description
+    def describe(self, batch_size: int | None = 1, dtype=None) -> dict:
+        """Inputs, outputs and the state layout, as written beside an exported file."""
+        c = self.config
+        dtype = str(dtype or self.model.head.weight.dtype).replace("torch.", "")
+        B = batch_size if batch_size is not None else "batch"
+        state = [c.n_layers, B, self.levels + 1, c.stride - 1, c.n_banks * c.d_model]
+        numbers = 3 * c.n_layers * (self.levels + 1) * (c.stride - 1) * c.n_banks * c.d_model
+        item = torch.empty(0, dtype=self.model.head.weight.dtype).element_size()
+        tensor = {"shape": state, "dtype": dtype}
+        return {
+            "format": FORMAT, "version": 1,
+            "inputs": [{"name": "token", "shape": [B], "dtype": "int64"},
+                       {"name": "pos", "shape": [B], "dtype": "int64"},
+                       {"name": "nodes", **tensor}, {"name": "slot_q", **tensor}, {"name": "slot_v", **tensor}],
+            "outputs": [{"name": "logits", "shape": [B, c.vocab_size], "dtype": dtype},
+                        {"name": "next_pos", "shape": [B], "dtype": "int64"},
+                        {"name": "next_nodes", **tensor}, {"name": "next_slot_q", **tensor},
+                        {"name": "next_slot_v", **tensor}],
+            "state": {
+                "initial": "pos = 0 and every state tensor zero",
+                "feed_back": {"next_pos": "pos", "next_nodes": "nodes", "next_slot_q": "slot_q",
+                              "next_slot_v": "slot_v"},
+                "layout": "(n_layers, batch, levels + 1, stride - 1, n_banks * d_model): per layer and stream, "
+                          "the kept tree nodes of every level (position j of level i; a token is copied into "
+                          "every bank) and their W_q / W_v projections (bank b at [b*d, (b+1)*d))",
+                "levels": self.levels, "stride": c.stride, "read": c.read,
+                "capacity_tokens": self.capacity,
+                "bytes_per_stream": numbers * item + 8,
+            },
+            "model": c.to_dict(),
+        }
+
+
+# ----------------------------------------------------------------------------- exporting
+def _example(step: StreamStep, batch_size: int):
+    s = step.initial_state(batch_size)
+    return (torch.zeros(batch_size, dtype=torch.int64), s["pos"], s["nodes"], s["slot_q"], s["slot_v"])
+
+
+def export_program(model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1):
+    """``torch.export`` of :class:`StreamStep` (static shapes, ``batch_size`` streams)."""
+    step = StreamStep(model, max_tokens).eval()
+    with torch.no_grad():
+        return torch.export.export(step, _example(step, batch_size))
+
+
+def export_onnx(model: LMN, path: str | os.PathLike, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1,
+                opset: int = 18) -> Path:
+    """Write :class:`StreamStep` as an ONNX model (one file, weights inside) to ``path``."""
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as err:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'lmn[export]'") from err
+    step = StreamStep(model, max_tokens).eval()
+    path = Path(path)
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(step, _example(step, batch_size), dynamo=True, input_names=list(INPUTS),
+                                    output_names=list(OUTPUTS), opset_version=opset, verbose=False)
+    quiet.setLevel(level)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def write_description(step: StreamStep, path: str | os.PathLike, fmt: str, batch_size: int, extra: dict) -> Path:
+    doc = {**step.describe(batch_size), "file_format": fmt, **extra}
+    path = Path(path)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+               batch_size: int = 1, force: bool = False) -> tuple[Path, Path]:
+    """Export the model of an ``lmn train`` run: ``(model file, its JSON description)``.
+    ``fmt``: ``"onnx"`` or ``"pt2"`` (``torch.export.save``). The tokenizer's characters go
+    into the JSON (``"chars"``), so that a runtime needs nothing else."""
+    from .trainer import load_run
+
+    if fmt not in ("onnx", "pt2"):
+        raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    model, tokenizer, doc = load_run(run_dir)
+    if not isinstance(model, LMN):
+        raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; export takes LMN runs")
+    path = Path(out) if out is not None else Path(run_dir) / f"lmn_step.{fmt}"
+    if path.suffix != f".{fmt}":
+        raise ValueError(f"the output file must end in .{fmt}, got {str(path)!r}")
+    meta = path.with_suffix(".json")
+    for p in (path, meta):
+        if p.exists() and not force:
+            raise ValueError(f"{p} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step = StreamStep(model, max_tokens).eval()
+    if fmt == "onnx":
+        export_onnx(model, path, max_tokens, batch_size)
+    else:
+        torch.export.save(export_program(model, max_tokens, batch_size), str(path))
+    extra = {"chars": list(tokenizer.chars), "source_run": str(run_dir), "max_tokens": max_tokens}
+    return path, write_description(step, meta, fmt, batch_size, extra)
+
+
+# ----------------------------------------------------------------------------- runtimes
+class OrtStepper:
+    """Streams through an exported ONNX step with onnxruntime: ``step(tokens (B,)) -> logits``
+    (numpy in, numpy out; the state is fed back each call)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self._np = np
+        self.batch_size = shapes["token"][0]
+        dtype = np.float64 if "double" in types["nodes"] else np.float32
+        self.state = {"pos": np.zeros(self.batch_size, dtype=np.int64)}
+        for name in ("nodes", "slot_q", "slot_v"):
+            self.state[name] = np.zeros(shapes[name], dtype=dtype)
+
+    def load(self, tensors: dict) -> "OrtStepper":
+        """Take a state from :meth:`StreamStep.state_from` (torch tensors or arrays)."""
+        self.state = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in tensors.items()}
+        return self
+
+    def step(self, tokens):
+        tokens = self._np.asarray(tokens, dtype=self._np.int64).reshape(self.batch_size)
+        logits, pos, nodes, sq, sv = self.session.run(None, {"token": tokens, **self.state})
+        self.state = {"pos": pos, "nodes": nodes, "slot_q": sq, "slot_v": sv}
+        return logits
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.state.values())
+
+
+__all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "export_onnx", "export_program", "export_run",
+           "levels_for"]
