@@ -17,7 +17,6 @@ and output table), O ``n_outputs`` (regression targets per position).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +131,3 @@ class Task:
     def describe(self) -> str:
         """One phrase for the progress log."""
         return f"task {self.name} (vocab {self.vocab_size}, T {self.seq_len})"
-
-
-def nats_to_bits(x: float) -> float:
-    return x / math.log(2)
