@@ -22,7 +22,8 @@ projections of that node (bank ``b``'s at ``[b*d, (b+1)*d)``, heads contiguous i
 Entries that the counter does not hold are never read (masked by position, not value).
 ``pos`` is the number of tokens the stream has consumed (int64). The state holds
 streams of up to ``capacity = k**(levels + 1) - 1`` tokens; past that the step is wrong,
-so callers stop there (the example and :func:`describe` say so).
+so callers stop there (the example and :func:`describe` say so). A model whose config caps
+its tree (``max_level``) needs only that many levels and has no capacity limit.
 
 Per step the function runs every level's merge and masks the results in (a graph
 cannot skip the levels the token does not complete): ``levels`` summarizer calls per
@@ -85,6 +86,9 @@ class StreamStep(nn.Module):
         self.model, self.config = model, cfg
         self.levels = levels_for(max_tokens, cfg.stride)
         self.capacity = cfg.stride ** (self.levels + 1) - 1
+        cap = getattr(cfg, "max_level", None)  # a model whose tree stops at a level: a fixed state for any length
+        if cap is not None and cap <= self.levels:
+            self.levels, self.capacity = cap, None
         k, Lc = cfg.stride, self.levels + 1
         self.register_buffer("_powers", torch.tensor([k**i for i in range(Lc + 1)], dtype=torch.int64),
                              persistent=False)
@@ -113,7 +117,7 @@ class StreamStep(nn.Module):
             raise TypeError(f"state must be an LMNState, got {type(state).__name__}")
         if state.config.architecture() != self.config.architecture():
             raise ValueError("state belongs to a model with a different configuration")
-        if state.pos > self.capacity:
+        if self.capacity is not None and state.pos > self.capacity:
             raise ValueError(f"state holds {state.pos} tokens, more than this step's capacity of {self.capacity}")
         B, c = state.batch_size, self.config
         out = self.initial_state(B, dtype=state.dtype, device=state.device)
@@ -237,7 +241,7 @@ class StreamStep(nn.Module):
                           "the kept tree nodes of every level (position j of level i; a token is copied into "
                           "every bank) and their W_q / W_v projections (bank b at [b*d, (b+1)*d))",
                 "levels": self.levels, "stride": c.stride, "read": c.read,
-                "capacity_tokens": self.capacity,
+                "capacity_tokens": self.capacity,  # None: a capped tree (max_level), any length
                 "bytes_per_stream": numbers * item + 8,
             },
             "model": c.to_dict(),

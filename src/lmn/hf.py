@@ -61,14 +61,11 @@ class LMNHFConfig(PretrainedConfig):
     model_type = MODEL_TYPE
     attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads"}
 
-    def __init__(self, vocab_size: int = 65, d_model: int = 32, n_layers: int = 4, n_heads: int = 4,
-                 n_banks: int = 2, summarizer: str = "linear", expand: int = 0, ff_mult: int = 4,
-                 pos_encoding: str = "none", norm_eps: float | None = None, chunk_size: int = 4096,
-                 stride: int = 2, read: str = "latest", **kwargs):
-        self.vocab_size, self.d_model, self.n_layers, self.n_heads = vocab_size, d_model, n_layers, n_heads
-        self.n_banks, self.summarizer, self.expand, self.ff_mult = n_banks, summarizer, expand, ff_mult
-        self.pos_encoding, self.norm_eps, self.chunk_size = pos_encoding, norm_eps, chunk_size
-        self.stride, self.read = stride, read
+    def __init__(self, **kwargs):
+        # every LMNConfig field, with LMNConfig's defaults (fields added to LMNConfig later come along)
+        defaults = LMNConfig().to_dict()
+        for name in _LMN_FIELDS:
+            setattr(self, name, kwargs.pop(name, defaults[name]))
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         self.lmn_config()  # validate now: a bad field is a one-line error here, not deep in the model

@@ -1,0 +1,80 @@
+"""Stream text from an LMN exported with `lmn export --format onnx`, with onnxruntime and
+numpy only (no torch, no lmn):
+
+    lmn export --checkpoint docs/results/runs/lmn-s1337 --format onnx --out lmn_step.onnx
+    python examples/stream_onnx.py lmn_step.onnx --prompt "ROMEO:" --tokens 300 --temperature 0.8
+
+The model is one pure step (token, pos, state) -> (logits, next pos, next state); the
+state has a fixed size (see lmn_step.json, written beside the model) and is fed back
+each call. The prompt is consumed one step per character.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="the .onnx file (its .json description beside it)")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    meta = json.loads(Path(args.model).with_suffix(".json").read_text())
+    chars = meta["chars"]
+    stoi = {c: i for i, c in enumerate(chars)}
+    unknown = sorted(set(args.prompt) - set(stoi))
+    if unknown:
+        sys.exit(f"error: prompt characters outside the vocabulary: {unknown}")
+    capacity = meta["state"]["capacity_tokens"]  # null: a model with a capped tree, no limit
+    if capacity is not None and len(args.prompt) + args.tokens > capacity:
+        sys.exit("error: the stream would exceed the exported state's capacity (re-export with --max-tokens)")
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    inputs = {i["name"]: i for i in meta["inputs"]}
+    dtype = np.float64 if inputs["nodes"]["dtype"] == "float64" else np.float32
+    batch = inputs["token"]["shape"][0]
+    state = {"pos": np.zeros(batch, dtype=np.int64)}
+    for name in ("nodes", "slot_q", "slot_v"):
+        state[name] = np.zeros(inputs[name]["shape"], dtype=dtype)  # the empty stream
+
+    def step(token_id: int) -> np.ndarray:
+        token = np.full(batch, token_id, dtype=np.int64)
+        logits, pos, nodes, slot_q, slot_v = session.run(None, {"token": token, **state})
+        state.update(pos=pos, nodes=nodes, slot_q=slot_q, slot_v=slot_v)
+        return logits[0].astype(np.float64)
+
+    rng = np.random.default_rng(args.seed)
+    for c in args.prompt:
+        logits = step(stoi[c])
+    out = [args.prompt]
+    sys.stdout.write(args.prompt)
+    for n in range(args.tokens):
+        if args.temperature == 0:
+            nxt = int(np.argmax(logits))
+        else:
+            z = logits / args.temperature
+            prob = np.exp(z - z.max())
+            nxt = int(rng.choice(len(prob), p=prob / prob.sum()))
+        sys.stdout.write(chars[nxt])
+        sys.stdout.flush()
+        out.append(chars[nxt])
+        if n + 1 < args.tokens:
+            logits = step(nxt)
+    sys.stdout.write("\n")
+    state_bytes = sum(v.nbytes for v in state.values())
+    print(f"[{len(args.prompt) + args.tokens} tokens, state {state_bytes:,} bytes]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
