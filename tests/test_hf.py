@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", minversion="5.24")  # lmn.hf needs transformers 5 (its "cache")
 
 from lmn import LMN, LMNConfig, state_nbytes  # noqa: E402
 
