@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmn import LMN, LMNConfig, reference_forward
+from lmn import LMN, LMNConfig, reference_forward, state_nbytes
 from lmn.native import NativeStepper, find_compiler
 from tests.test_parity import _check, randomize_
 
@@ -26,17 +26,23 @@ CASES = [  # (stride, read, summarizer, banks, expand, pos_encoding)
     (8, "latest", "conv", 2, 0, "none"),
     (8, "digits", "dwsep", 1, 0, "none"),
     (5, "digits", "linear", 2, 0, "none"),
+    # a capped tree (max_level): levels above it are neither built nor read
+    (2, "latest", "linear", 2, 0, "none", 3),
+    (2, "digits", "conv", 2, 1, "none", 2),
+    (3, "digits", "linear", 1, 0, "sinusoidal", 1),
+    (3, "latest", "dwsep", 2, 0, "none", 2),
 ]
 
 
 def _id(c):
-    return f"k{c[0]}-{c[1]}-{c[2]}-banks{c[3]}-expand{c[4]}-{c[5]}"
+    cap = f"-max{c[6]}" if len(c) > 6 else ""
+    return f"k{c[0]}-{c[1]}-{c[2]}-banks{c[3]}-expand{c[4]}-{c[5]}{cap}"
 
 
 def model_for(case, dtype=torch.float32) -> LMN:
-    k, read, summ, nb, expand, pe = case
+    k, read, summ, nb, expand, pe, *cap = case
     cfg = LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, ff_mult=2, n_banks=nb, summarizer=summ,
-                    expand=expand, pos_encoding=pe, stride=k, read=read)
+                    expand=expand, pos_encoding=pe, stride=k, read=read, max_level=cap[0] if cap else None)
     model = LMN(cfg).eval()
     randomize_(model)
     return model.to(dtype)
@@ -100,7 +106,7 @@ def test_every_form_equals_the_reference(case):
         _check("prefill(max_chunk=k)", last, ref[:, -1])
 
 
-@pytest.mark.parametrize("case", CASES[1:6], ids=_id)
+@pytest.mark.parametrize("case", CASES[1:6] + CASES[9:11], ids=_id)
 def test_gradients_equal_the_reference(case):
     model = model_for(case)
     T = _length(case[0])
@@ -203,3 +209,23 @@ def test_materialized_form_follows_the_tree(case):
     idx = torch.randint(0, 11, (2, 50))
     with torch.no_grad():
         _check("materialized", materialized_forward(model, idx), reference_forward(model, idx))
+
+
+@pytest.mark.parametrize("case", CASES[8:], ids=_id)
+def test_a_capped_tree_has_a_fixed_state(case):
+    """With max_level the state stops growing once the top level exists."""
+    model = model_for(case)
+    k, cap = case[0], case[6]
+    sizes = set()
+    state = model.init_state(1)
+    with torch.no_grad():
+        for pos in range(1, 4 * k ** (cap + 1) + 1):
+            model.step(torch.zeros(1, dtype=torch.long), state)
+            assert state.n_levels <= cap
+            assert state.nbytes == state_nbytes(model.config, 1, pos)
+            if pos >= k ** (cap + 1):
+                sizes.add(state.nbytes)
+    assert max(sizes) <= state_nbytes(model.config, 1, k ** (cap + 1) - 1)  # bounded
+    if find_compiler() is not None and case[4] == 0:
+        stepper = NativeStepper(model)
+        assert stepper.capacity == float("inf")

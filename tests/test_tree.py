@@ -150,3 +150,16 @@ def test_tree_validation():
         LMNConfig(read="all")
     assert Tree(3, "digits").chunk(4096) == 3**7
     assert Tree(2).chunk(4096) == 4096
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("read", ["latest", "digits"])
+def test_a_cap_restricts_levels_and_nothing_else(k, read):
+    for cap in (1, 2, 3):
+        tree = Tree(k, read, max_level=cap)
+        for t in range(300):
+            assert tree.read_nodes(t) == [(i, j) for i, j in read_nodes(t, k, read) if i <= cap]
+            assert tree.kept(t + 1) == kept(t + 1, k, read)[: cap + 1]
+            assert tree.n_levels(t + 1) == min(n_levels(t + 1, k), cap)
+    with pytest.raises(ValueError, match="max_level"):
+        LMNConfig(max_level=0)

@@ -54,6 +54,11 @@ class LMNConfig:
             ``"digits"`` (every completed node not yet merged into the level above: a
             disjoint cover of the prefix, up to ``stride - 1`` nodes per level). See
             :mod:`lmn.tree`.
+        max_level: build and read only tree levels ``1 .. max_level`` (``None``: all, the
+            paper's model). A position then reads at most the last ``~stride**(max_level+1)``
+            tokens through the tree, and the streaming state has a fixed size. Set it to
+            ``floor(log_stride(block_size))`` to keep a model trained on ``block_size``
+            windows within the levels it was trained with on longer streams.
     """
 
     vocab_size: int = 65
@@ -69,6 +74,7 @@ class LMNConfig:
     chunk_size: int = 4096
     stride: int = 2
     read: str = "latest"
+    max_level: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
@@ -100,6 +106,10 @@ class LMNConfig:
             raise ValueError(f"LMNConfig.stride must be an integer >= 2, got {self.stride!r}")
         if self.read not in READ_RULES:
             raise ValueError(f"LMNConfig.read must be one of {READ_RULES}, got {self.read!r}")
+        if self.max_level is not None and (
+            isinstance(self.max_level, bool) or not isinstance(self.max_level, int) or self.max_level < 1
+        ):
+            raise ValueError(f"LMNConfig.max_level must be None or an integer >= 1, got {self.max_level!r}")
         if self.norm_eps is not None and not (
             isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
             and 0 < self.norm_eps < math.inf

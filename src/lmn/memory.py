@@ -80,17 +80,19 @@ class LogMemory(nn.Module):
         Returns:
             ``(level, node)`` of every node completed, the given one first.
         """
-        k, latest = self.tree.stride, self.tree.read == "latest"
+        k, latest, cap = self.tree.stride, self.tree.read == "latest", self.tree.max_level
         completed = [(level, node)]
         top = carry_height(count, k)
-        for i in range(level, top):  # k - 1 pending siblings + this one -> a node of level i+1
-            siblings = nodes[i]  # (all k - 1 kept nodes of a level that carries are pending)
+        for i in range(level, top if cap is None else min(top, cap)):
+            siblings = nodes[i]  # k - 1 pending siblings + this one -> a node of level i+1
             node_ = node[:, :, None]
             nodes[i] = node_ if latest else node_[:, :, :0]  # "latest" keeps the latest node
             node = self.merge(torch.cat([siblings, node_], dim=2))
             completed.append((i + 1, node))
         new = node[:, :, None]
-        if top == len(nodes):  # the first node of a new level
+        if cap is not None and top > cap:  # the top level's block is complete; the level above is not kept
+            nodes[cap] = new if latest else new[:, :, :0]
+        elif top == len(nodes):  # the first node of a new level
             nodes.append(new)
         elif latest and count // k**top % k == 1:  # the level's kept node was merged: replace it
             nodes[top] = new

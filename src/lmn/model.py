@@ -22,7 +22,7 @@ from .attention import SingleVectorAttention, vjp
 from .config import LMNConfig
 from .memory import LogMemory
 from .state import LayerState, LMNState
-from .tree import ceil_log, piece_lengths
+from .tree import carry_height, ceil_log, piece_lengths
 
 
 def sinusoidal_encoding(positions: Tensor, d_model: int, dtype: torch.dtype) -> Tensor:
@@ -185,12 +185,12 @@ class LMNBlock(nn.Module):
         count, p = c0 + C, ceil_log(C, tree.stride)
         kept = tree.kept(count)
         nodes = list(layer.nodes)
-        for i in range(p):
+        for i in range(min(p, len(kept))):
             if i == 0:
                 nodes[0] = _tail(_tokens(x, mem.n_banks), kept[0])
             elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
                 nodes[i] = _tail(levels[i - 1], kept[i])
-        if C == tree.stride**p:
+        if C == tree.stride**p and p <= len(levels):  # (a level above max_level is not kept)
             mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
         layer.nodes[:] = nodes
         layer.slot_q, layer.slot_v = self.slot_cache(nodes, count)
@@ -232,6 +232,11 @@ class LMNBlock(nn.Module):
             return
         # "digits": the levels below the top of the carry are emptied, the top gains a node
         top, node = completed[-1]
+        if tree.max_level is not None and carry_height(count, tree.stride) > tree.max_level:
+            # carried past a capped tree's top level: every level it reads is emptied
+            keep = sum(before)
+            layer.slot_q, layer.slot_v = layer.slot_q[:, :, keep:], layer.slot_v[:, :, keep:]
+            return
         if top == 0:
             if (count - 1) % tree.stride == 0:  # the previous token was merged: nothing new to read
                 return

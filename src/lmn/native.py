@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import math
 import hashlib
 import os
 import platform
@@ -136,7 +137,8 @@ class NativeStepper:
         model: the model; its weights are copied now.
         batch_size: number of independent streams stepped together.
         max_levels: capacity of the state in tree levels (streams up to
-            ``stride**(max_levels+1) - 1`` tokens).
+            ``stride**(max_levels+1) - 1`` tokens); a model with ``max_level`` set uses that
+            and takes streams of any length.
     """
 
     def __init__(self, model, batch_size: int = 1, max_levels: int = 40):
@@ -154,6 +156,8 @@ class NativeStepper:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(max_levels, bool) or not isinstance(max_levels, int) or not 1 <= max_levels <= 61:
             raise ValueError(f"max_levels must be an integer in [1, 61], got {max_levels!r}")
+        if cfg.max_level is not None:  # a capped tree: a fixed state for a stream of any length
+            max_levels = cfg.max_level
         self.config, self.dtype = cfg, ref.dtype
         self.tree = cfg.tree
         self.batch_size, self.max_levels = batch_size, max_levels
@@ -198,7 +202,7 @@ class NativeStepper:
         self._state = torch.zeros(batch_size, cfg.n_layers, 3 * self._store, dtype=self.dtype)
         self._work = torch.zeros(self._lib.lmn_work_size(self._dims.data_ptr()), dtype=self.dtype)
         self._slots = torch.zeros(self._lib.lmn_max_slots(self._dims.data_ptr()), dtype=torch.int64)
-        self._counter = Counter(cfg.stride, max_levels)
+        self._counter = Counter(cfg.stride, max_levels, wrap=cfg.max_level is not None)
         plan_ptr = self._counter.plan.buffer_info()[0]
         self._ptrs = (self._weights.data_ptr(), self._state.data_ptr(), self._work.data_ptr())
         self._tail = (self._dims.data_ptr(), self._eps.data_ptr(), plan_ptr, self._slots.data_ptr())
@@ -210,8 +214,10 @@ class NativeStepper:
 
     # ------------------------------------------------------------------ stepping
     @property
-    def capacity(self) -> int:
+    def capacity(self) -> int | float:
         """Longest stream the state can hold, in tokens."""
+        if self.config.max_level is not None:
+            return math.inf
         return self.config.stride ** (self.max_levels + 1) - 1
 
     def step(self, tokens: Tensor) -> Tensor:

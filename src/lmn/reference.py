@@ -63,7 +63,8 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
         attn = block.attn
         outs = []
         for t in range(T):
-            S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read_nodes(t, k, cfg.read)], dim=1)
+            read = read_nodes(t, k, cfg.read, cfg.max_level)
+            S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read], dim=1)
             q = F.linear(S, attn.q.weight, attn.q.bias)  # slots -> W_q,  (B, n_slots, d)
             v = F.linear(S, attn.v.weight, attn.v.bias)
             key = F.linear(x[:, t], attn.k.weight, attn.k.bias)  # token -> W_k
@@ -77,7 +78,7 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
         h = h + torch.stack(outs, dim=1)
         if return_state:  # the last completed nodes of every level, and what position T-1 read
             nodes = []  # level i: the last r_i of its T // k**i completed nodes, (B, nb, r_i, E_i, d)
-            for i, r in enumerate(kept(T, k, cfg.read)):
+            for i, r in enumerate(kept(T, k, cfg.read, cfg.max_level)):
                 last = T // k**i
                 stacked = torch.stack([node(i, j) for j in range(last - max(r, 1), last)], dim=2)
                 nodes.append(stacked[:, :, stacked.shape[2] - r :])

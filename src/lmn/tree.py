@@ -32,6 +32,12 @@ seen, stride ``k``, levels ``i``):
   (``r_i = max(d_i, 1)`` once the level exists). Token ``count`` completes
   ``carry_height(count)`` levels: at each, the ``k - 1`` pending siblings and the node
   completed just now are merged into a node of the level above (:func:`carry_height`).
+* **A cap on the levels** (``max_level``, optional): only levels ``1 .. max_level`` are
+  built and read (by either rule, restricted to those levels), so a position sees at most
+  the last ``~k**(max_level+1)`` tokens through the tree and the streaming state has a
+  fixed size however long the stream. A model trained on windows of ``T`` tokens has only
+  ever seen levels up to ``floor(log_k T)``; capping there keeps a longer stream inside
+  what it was trained on (``docs/results/probes/context.md``).
 * **Prefill pieces.** A stream at position ``pos`` continues in parallel with a piece of
   ``C`` tokens when ``pos`` is a multiple of ``k**p``, ``p`` the smallest with
   ``C <= k**p`` (:func:`piece_lengths`): the piece's own tree is then aligned with the
@@ -56,6 +62,11 @@ READ_RULES = ("latest", "digits")
 def check_stride(stride) -> None:
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 2:
         raise ValueError(f"stride must be an integer >= 2, got {stride!r}")
+
+
+def check_max_level(max_level) -> None:
+    if max_level is not None and (isinstance(max_level, bool) or not isinstance(max_level, int) or max_level < 1):
+        raise ValueError(f"max_level must be None or an integer >= 1, got {max_level!r}")
 
 
 # ----------------------------------------------------------------------------- counting
@@ -116,43 +127,48 @@ def piece_lengths(pos: int, T: int, k: int, max_chunk: int | None = None) -> lis
     return out
 
 
-def read_nodes(t: int, k: int, read: str) -> list[tuple[int, int]]:
+def _capped(values: list, max_level: int | None) -> list:
+    return values if max_level is None else values[: max_level + 1]
+
+
+def read_nodes(t: int, k: int, read: str, max_level: int | None = None) -> list[tuple[int, int]]:
     """*Plain.* ``(level, index)`` of every node position ``t`` reads besides itself, in
-    slot order (levels ascending, then index)."""
+    slot order (levels ascending, then index); only levels ``<= max_level`` if given."""
     u = t + 1
     out = []
     if read == "latest":
         i = 1
-        while k**i <= u:
+        while k**i <= u and (max_level is None or i <= max_level):
             out.append((i, u // k**i - 1))
             i += 1
         return out
-    for i, d in enumerate(digits(u, k)):
+    for i, d in enumerate(_capped(digits(u, k), max_level)):
         first = (u // k ** (i + 1)) * k
         n = d - 1 if i == 0 else d  # level 0: the token itself is slot 0
         out.extend((i, first + r) for r in range(n))
     return out
 
 
-def kept(pos: int, k: int, read: str) -> list[int]:
-    """Nodes per level ``0 .. n_levels(pos)`` that the streaming state keeps after ``pos``
-    tokens (the last completed ones of each level); ``[]`` for ``pos = 0``."""
+def kept(pos: int, k: int, read: str, max_level: int | None = None) -> list[int]:
+    """Nodes per level ``0 .. n_levels(pos)`` (at most ``max_level``) that the streaming
+    state keeps after ``pos`` tokens (the last completed ones of each level); ``[]`` for
+    ``pos = 0``."""
     if pos == 0:
         return []
-    ds = digits(pos, k)
+    ds = _capped(digits(pos, k), max_level)
     if read == "digits":
         return ds
     return [max(d, 1) for d in ds]
 
 
-def read_counts(pos: int, k: int, read: str) -> list[int]:
-    """Nodes per level ``0 .. n_levels(pos)`` read by position ``pos - 1`` besides itself
-    (the slots the streaming state caches); ``[]`` for ``pos = 0``."""
+def read_counts(pos: int, k: int, read: str, max_level: int | None = None) -> list[int]:
+    """Nodes per level ``0 .. n_levels(pos)`` (at most ``max_level``) read by position
+    ``pos - 1`` besides itself (the slots the streaming state caches); ``[]`` for ``pos = 0``."""
     if pos == 0:
         return []
     if read == "latest":
-        return [0] + [1] * n_levels(pos, k)
-    ds = digits(pos, k)
+        return _capped([0] + [1] * n_levels(pos, k), max_level)
+    ds = _capped(digits(pos, k), max_level)
     return [max(ds[0] - 1, 0)] + ds[1:]
 
 
@@ -165,15 +181,17 @@ class Tree:
     read: str = "latest"
     n_banks: int = 1
     expand: int = 0
+    max_level: int | None = None
 
     def __post_init__(self) -> None:
         check_stride(self.stride)
         if self.read not in READ_RULES:
             raise ValueError(f"read must be one of {READ_RULES}, got {self.read!r}")
+        check_max_level(self.max_level)
 
     @classmethod
     def of(cls, config) -> "Tree":
-        return cls(config.stride, config.read, config.n_banks, config.expand)
+        return cls(config.stride, config.read, config.n_banks, config.expand, config.max_level)
 
     # ---------------------------------------------------------------- sizes
     def set_size(self, level: int) -> int:
@@ -190,25 +208,31 @@ class Tree:
         return self.n_banks * self.set_size(level)
 
     def n_levels(self, pos: int) -> int:
-        return n_levels(pos, self.stride)
+        """Levels ``>= 1`` the state holds after ``pos`` tokens (at most ``max_level``)."""
+        return self.n_levels_in(pos)
 
     def n_levels_in(self, T: int) -> int:
-        """Levels with at least one node in a sequence of ``T`` tokens."""
-        return n_levels(T, self.stride)
+        """Levels built for a sequence of ``T`` tokens: those with at least one node, up
+        to ``max_level``."""
+        m = n_levels(T, self.stride)
+        return m if self.max_level is None else min(m, self.max_level)
 
     def n_slots(self, t: int) -> int:
         """Slots position ``t`` attends over, the token itself included."""
-        return 1 + sum(self.node_slots(i) for i, _ in read_nodes(t, self.stride, self.read))
+        return 1 + sum(self.node_slots(i) for i, _ in self.read_nodes(t))
+
+    def read_nodes(self, t: int) -> list[tuple[int, int]]:
+        return read_nodes(t, self.stride, self.read, self.max_level)
 
     def max_slots(self, T: int) -> int:
         """The most slots any position of a length-``T`` sequence attends over."""
         return max(self.n_slots(t) for t in range(T)) if self.read == "digits" else self.n_slots(T - 1)
 
     def kept(self, pos: int) -> list[int]:
-        return kept(pos, self.stride, self.read)
+        return kept(pos, self.stride, self.read, self.max_level)
 
     def read_counts(self, pos: int) -> list[int]:
-        return read_counts(pos, self.stride, self.read)
+        return read_counts(pos, self.stride, self.read, self.max_level)
 
     def cached_ranges(self, pos: int) -> list[tuple[int, int]]:
         """Per level ``0 .. n_levels(pos)``, the range ``(lo, hi)`` of the kept nodes
@@ -222,7 +246,7 @@ class Tree:
         """Slots per level ``0 .. n_levels(pos)`` in the state's slot cache after ``pos``
         tokens (the memory slots position ``pos - 1`` read), in cache order."""
         if self.read == "latest" and pos > 0:  # depends on the number of levels only
-            return self._latest_slots(n_levels(pos, self.stride))
+            return self._latest_slots(self.n_levels(pos))
         return [n * self.node_slots(i) for i, n in enumerate(self.read_counts(pos))]
 
     @functools.lru_cache(maxsize=128)
@@ -290,11 +314,14 @@ class Counter:
     ``[top, L, d_0, d_1, ..., d_capacity]`` (an ``array('q')`` whose buffer the C step
     reads) holds, after :meth:`increment`, the carry height of the token just counted, the
     levels present and the base-k digits of the count (:func:`carry_height`,
-    :func:`n_levels`, :func:`digits`)."""
+    :func:`n_levels`, :func:`digits`). With ``wrap=True`` (a tree capped at
+    ``capacity = max_level``) the digits above the capacity are dropped: ``top`` is then
+    ``capacity + 1`` when the count carries past the top level, and ``L`` stays at the
+    capacity once reached."""
 
-    def __init__(self, stride: int, capacity: int):
+    def __init__(self, stride: int, capacity: int, wrap: bool = False):
         check_stride(stride)
-        self.stride, self.capacity = stride, capacity
+        self.stride, self.capacity, self.wrap = stride, capacity, wrap
         self.plan = array("q", [0] * (capacity + 3))
         self.count = 0
 
@@ -302,9 +329,12 @@ class Counter:
         """Jump to ``count`` tokens (its carry height included)."""
         ds = digits(count, self.stride)
         if len(ds) > self.capacity + 1:
-            raise ValueError(f"{count} tokens exceed the counter's capacity of {self.capacity} levels")
-        self.plan[0] = carry_height(count, self.stride) if count else 0
-        self.plan[1] = max(len(ds) - 1, 0)
+            if not self.wrap:
+                raise ValueError(f"{count} tokens exceed the counter's capacity of {self.capacity} levels")
+            ds = ds[: self.capacity + 1]
+        self.plan[0] = min(carry_height(count, self.stride), self.capacity + 1) if count else 0
+        self.plan[1] = max(len(ds) - 1, 0) if not self.wrap or count < self.stride ** (self.capacity + 1) \
+            else self.capacity
         for i in range(self.capacity + 1):
             self.plan[2 + i] = ds[i] if i < len(ds) else 0
         self.count = count
@@ -319,12 +349,13 @@ class Counter:
             return
         while i < len(plan) and plan[i] == k - 1:
             i += 1
-        if i == len(plan):
+        if i == len(plan) and not self.wrap:
             raise ValueError(f"the stream exceeds the counter's capacity of {self.capacity} levels")
         for j in range(2, i):
             plan[j] = 0
-        plan[i] += 1
+        if i < len(plan):
+            plan[i] += 1
         plan[0] = i - 2
         if i - 2 > plan[1]:
-            plan[1] = i - 2
+            plan[1] = min(i - 2, self.capacity)
         self.count += 1

@@ -12,8 +12,9 @@
  *
  * The tree's arithmetic is not repeated here: lmn.tree.Counter hands every step its plan
  *   plan = [top, L, d_0, d_1, ..., d_cap]
- * top: the levels this token completes (its carry height); L: levels >= 1 present after
- * it; d_i: the base-k digits of the token count after it. With them (see lmn/tree.py):
+ * top: the levels this token completes (its carry height; levels + 1 when a tree capped
+ * at max_level = levels carries past its top); L: levels >= 1 present after it; d_i: the
+ * base-k digits of the token count after it. With them (see lmn/tree.py):
  * the counter merges at levels 0..top-1 (the k-1 kept siblings + the new node), stores
  * the new level-top node at position d_top - 1 of its level, and the read rule picks
  * per level i >= 1 the node at position max(d_i, 1) - 1 ("latest", levels 1..L) or the
@@ -131,7 +132,7 @@ int64_t lmn_step(const real *weights, real *state, real *work, const int64_t *to
                0..top-1 the k-1 kept siblings and the new node merge into a node of the
                level above; "latest" keeps each merged-away new node as its level's latest */
             for (int64_t b = 0; b < nb; ++b) memcpy(cur + b * d, x, (size_t)d * sizeof(real));
-            for (int64_t i = 0; i < top; ++i) {
+            for (int64_t i = 0; i < (top > Lcap ? Lcap : top); ++i) {
                 memcpy(kids, AT(nodes, i, 0), (size_t)(KC * C) * sizeof(real));
                 memcpy(kids + KC * C, cur, (size_t)C * sizeof(real));
                 matvec(sW, C, sb, kids, merged, C, k * C);
@@ -141,7 +142,14 @@ int64_t lmn_step(const real *weights, real *state, real *work, const int64_t *to
                 }
                 memcpy(cur, merged, (size_t)C * sizeof(real));
             }
-            {
+            if (top > Lcap) {
+                /* carried past the top level (a capped tree, max_level = Lcap): its block is
+                   complete and the level above is not kept; "latest" keeps the new node */
+                if (!digits_rule) {
+                    memcpy(AT(nodes, Lcap, 0), cur, (size_t)C * sizeof(real));
+                    project(qW, qb, cur, AT(sq, Lcap, 0), AT(sv, Lcap, 0), nb, d);
+                }
+            } else {
                 const int64_t j = dig[top] - 1;
                 memcpy(AT(nodes, top, j), cur, (size_t)C * sizeof(real));
                 if (top > 0) project(qW, qb, cur, AT(sq, top, j), AT(sv, top, j), nb, d);
