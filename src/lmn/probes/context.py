@@ -26,6 +26,7 @@ function, ``tests/test_parity.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -83,17 +84,31 @@ def per_position(model, ids: torch.Tensor, window: int, limit: int | None) -> di
     return {"window": window, "n_windows": n, "buckets": buckets}
 
 
-def probe_run(run_dir: str, contexts, block: int, n_blocks: int, window: int) -> dict:
+def _with_max_level(model, max_level: int):
+    """The same trained LMN with its tree capped at ``max_level`` (same weights)."""
+    import dataclasses
+
+    from .. import LMN
+
+    capped = LMN(dataclasses.replace(model.config, max_level=max_level)).eval()
+    capped.load_state_dict(model.state_dict())
+    return capped
+
+
+def probe_run(run_dir: str, contexts, block: int, n_blocks: int, window: int, max_level: int | None = None) -> dict:
     from ..kinds import get_kind
     from ..trainer import load_run
 
     model, tokenizer, doc = load_run(run_dir)
     kind = doc["train"]["model"]
+    if max_level is not None:
+        model = _with_max_level(model, max_level)
     limit = get_kind(kind).max_positions(doc["train"]["model_config"])
     ids = _val_ids(doc, tokenizer)
     t0 = time.perf_counter()
     result = {
         "run": str(run_dir), "model": kind, "seed": doc["train"]["seed"], "trained_block_size": doc["train"]["block_size"],
+        "max_level": max_level, "label": Path(run_dir).name + (f" (max_level {max_level})" if max_level else ""),
         "position_limit": limit, "n_val_tokens": len(ids),
         "same_tokens": same_tokens_curve(model, ids, contexts, block, n_blocks, limit),
         "per_position": per_position(model, ids, window, limit),
@@ -119,7 +134,7 @@ def render_markdown(doc: dict) -> str:
     for r in runs:
         cells = [("—" if r["same_tokens"]["loss"][str(p)] is None else f"{r['same_tokens']['loss'][str(p)]:.4f}")
                  for p in ctx]
-        lines.append(f"| {Path(r['run']).name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     lines += ["", "— : beyond the model's position limit.", "",
               "## Loss per stream position (mean over non-overlapping windows from the start of the split)", "",
               "| run | window | " + " | ".join(f"{lo}-{hi}" for lo, hi in BUCKETS) + " |",
@@ -127,7 +142,7 @@ def render_markdown(doc: dict) -> str:
     for r in runs:
         pp = r["per_position"]
         cells = ["—" if v is None else f"{v:.4f}" for v in pp["buckets"].values()]
-        lines.append(f"| {Path(r['run']).name} | {pp['window']} × {pp['n_windows']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['label']} | {pp['window']} × {pp['n_windows']} | " + " | ".join(cells) + " |")
     if doc.get("notes"):
         lines += ["", doc["notes"].strip()]
     return "\n".join(lines) + "\n"
@@ -142,7 +157,7 @@ def plot(doc: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in doc["runs"]:
         pts = [(int(p), v) for p, v in r["same_tokens"]["loss"].items() if v is not None]
-        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=Path(r["run"]).name)
+        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=r["label"])
     ax.set_xscale("log", base=2)
     ax.axvline(512, color="grey", ls=":", lw=1)
     ax.set_xlabel("characters of context before the scored block (P; 0 drawn at 1)")
@@ -164,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=16, help="scored blocks")
     p.add_argument("--window", type=int, default=32768, help="window of the per-position measurement")
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="context lengths P")
+    p.add_argument("--lmn-max-level", default="",
+                   help="also probe every LMN run with its tree capped at these levels (comma-separated), same weights")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--notes", help="markdown file appended to the report")
     args = p.parse_args(argv)
@@ -175,10 +192,13 @@ def main(argv=None) -> int:
                                                                              __import__("sys").argv[1:]),
                  args.threads, ["cpu"], settings)
     doc["runs"] = []
+    caps = [int(c) for c in args.lmn_max_level.split(",") if c]
     for run in args.runs:
-        print(f"probing {run} ...", flush=True)
-        doc["runs"].append(probe_run(run, contexts, args.block, args.blocks, args.window))
-        write_json(out.with_suffix(".json"), doc)  # after every run: nothing lost on a stop
+        is_lmn = json.loads((Path(run) / "config.json").read_text())["train"]["model"] == "lmn"
+        for cap in [None] + (caps if is_lmn else []):
+            print(f"probing {run}" + (f" with max_level {cap}" if cap else "") + " ...", flush=True)
+            doc["runs"].append(probe_run(run, contexts, args.block, args.blocks, args.window, cap))
+            write_json(out.with_suffix(".json"), doc)  # after every run: nothing lost on a stop
     if args.notes:
         doc["notes"] = Path(args.notes).read_text()
     write_json(out.with_suffix(".json"), doc)
