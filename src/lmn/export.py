@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from .config import LMNConfig
 from .model import LMN, sinusoidal_encoding
+from .summarizers import affine_form
 from .tree import n_levels
 
 INPUTS = ("token", "pos", "nodes", "slot_q", "slot_v")
@@ -92,6 +93,21 @@ class StreamStep(nn.Module):
         k, Lc = cfg.stride, self.levels + 1
         self.register_buffer("_powers", torch.tensor([k**i for i in range(Lc + 1)], dtype=torch.int64),
                              persistent=False)
+        # the summarizers' affine forms, split into the k - 1 pending siblings' part and the new
+        # node's: a merge is then one matmul on the carry chain (taken now, like the native step)
+        self._affine = []
+        dtype = model.head.weight.dtype
+        for l, block in enumerate(model.blocks):
+            form = affine_form(block.memory.summarizer)
+            if form is None:  # a summarizer without an affine form: merged by the module itself
+                self._affine = None
+                break
+            W, b = (t.to(dtype) for t in form)
+            C = W.shape[0]
+            self.register_buffer(f"_sib_w{l}", W[:, : (k - 1) * C].contiguous(), persistent=False)
+            self.register_buffer(f"_new_w{l}", W[:, (k - 1) * C :].t().contiguous(), persistent=False)  # (in, out)
+            self.register_buffer(f"_sum_b{l}", b.contiguous(), persistent=False)
+            self._affine.append(l)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -182,12 +198,25 @@ class StreamStep(nn.Module):
             # the carry chain: the candidate node of every level (only levels <= top are kept)
             cur = x.repeat(1, nb)  # (B, C): the token in every bank
             chain = [cur]
-            for i in range(Lc - 1):
-                children = torch.cat([nodes[l, :, i], cur[:, None]], dim=1)  # (B, k, C)
-                children = children.view(B, k, nb, d).transpose(1, 2)[:, :, :, None]  # (B, nb, k, 1, d)
-                cur = block.memory.merge(children).reshape(B, nb * d)
-                chain.append(cur)
-            chain = torch.stack(chain, dim=1)[:, :, None]  # (B, Lc, 1, C)
+            if self._affine is not None:  # S(siblings, new) = W_sib siblings + W_new new + b
+                sib = F.linear(nodes[l, :, : Lc - 1].reshape(B, Lc - 1, KC * nb * d),
+                               getattr(self, f"_sib_w{l}"), getattr(self, f"_sum_b{l}"))
+                w_new = getattr(self, f"_new_w{l}")
+                # (B, 1, C) pieces: one split, then a matmul and an add per level (fewest graph nodes)
+                cur = cur[:, None]
+                chain = [cur]
+                for part in sib.split(1, dim=1):
+                    cur = part + torch.matmul(cur, w_new)
+                    chain.append(cur)
+                chain = torch.cat(chain, dim=1)  # (B, Lc, C)
+            else:
+                for i in range(Lc - 1):
+                    children = torch.cat([nodes[l, :, i], cur[:, None]], dim=1)  # (B, k, C)
+                    children = children.view(B, k, nb, d).transpose(1, 2)[:, :, :, None]  # (B, nb, k, 1, d)
+                    cur = block.memory.merge(children).reshape(B, nb * d)
+                    chain.append(cur)
+                chain = torch.stack(chain, dim=1)
+            chain = chain[:, :, None]  # (B, Lc, 1, C)
             q_new, v_new = self._project(attn, chain)
             w = write[..., None]
             nodes_l = torch.where(w, chain, nodes[l])
