@@ -389,3 +389,67 @@ class OrtStepper:
 
 __all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "export_onnx", "export_program", "export_run",
            "levels_for"]
+
+
+# ----------------------------------------------------------------------------- bench: the lmn-onnx kind
+def _onnx_unavailable() -> str | None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)} (pip install 'lmn[export]')" if missing else None
+
+
+class OnnxDecoder:
+    """``lmn bench decode`` adapter: PyTorch prefill (``LMN.prefill``), then every step through
+    the exported ONNX step in onnxruntime (exported when the decoder is made, before timing).
+    Its state is the fixed-capacity one of :class:`StreamStep` for ``max_tokens``."""
+
+    def __init__(self, model: LMN, max_chunk: int = 1024, max_tokens: int = DEFAULT_MAX_TOKENS):
+        import tempfile
+
+        self.model, self.max_chunk, self.state = model, max_chunk, None
+        self.step_fn = StreamStep(model, max_tokens)
+        self._dir = tempfile.TemporaryDirectory(prefix="lmn-onnx-")
+        path = export_onnx(model, Path(self._dir.name) / "step.onnx", max_tokens)
+        self.ort = OrtStepper(path, threads=torch.get_num_threads())
+        self.handed_over = False
+
+    def prefill(self, chunk: Tensor) -> None:
+        if self.handed_over:
+            raise RuntimeError("prefill after onnxruntime decode steps is not supported by this benchmark")
+        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
+
+    def step(self, token: Tensor) -> Tensor:
+        if not self.handed_over:
+            if self.state is not None:
+                self.ort.load(self.step_fn.state_from(self.state))
+            self.state, self.handed_over = None, True
+        return torch.from_numpy(self.ort.step(token.reshape(-1).cpu().numpy()))
+
+    def state_bytes(self) -> int:
+        return self.ort.nbytes  # the fixed-capacity buffers: what a deployed stream holds
+
+
+def _onnx_state_bytes(config: dict, positions: int) -> int:
+    cfg = LMNConfig.from_dict(config)
+    levels = levels_for(DEFAULT_MAX_TOKENS, cfg.stride)
+    cap = getattr(cfg, "max_level", None)
+    levels = min(levels, cap) if cap is not None else levels
+    return 3 * cfg.n_layers * (levels + 1) * (cfg.stride - 1) * cfg.n_banks * cfg.d_model * 4 + 8
+
+
+def _onnx_kind():
+    from dataclasses import replace
+
+    from .kinds.lmn import LMN_KIND
+
+    return replace(
+        LMN_KIND, name="lmn-onnx", uses=frozenset({"decode"}), paper=None, preset=None, stream=None, cpu_only=True,
+        unavailable=_onnx_unavailable, state_bytes=_onnx_state_bytes,
+        decoder=lambda model, max_chunk: OnnxDecoder(model, max_chunk),
+        describe={"decode": "the exported ONNX step (`lmn export`, fixed-capacity state for 2**31 - 1 tokens) in "
+                            "onnxruntime, one thread, after the same PyTorch prefill",
+                  "state": "the exported step's fixed-capacity state tensors"})
+
+
+KINDS = {"lmn-onnx": _onnx_kind()}

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "lmn-native": "lmn.kinds.lmn",
     "lmn-ckpt": "lmn.kinds.lmn",
     "lmn-materialized": "lmn.kinds.lmn",
+    "lmn-onnx": "lmn.export",
     "gpt2": "lmn.baselines.gpt2",
     "mamba": "lmn.baselines.mamba",
     "mamba2": "lmn.baselines.mamba2",
