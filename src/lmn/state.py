@@ -108,6 +108,11 @@ class LMNState:
     def clone(self) -> "LMNState":
         return self._map(lambda t: t.clone())
 
+    def detach(self) -> "LMNState":
+        """The same state cut from the autograd graph (truncated backpropagation: the next
+        window continues from it without differentiating into the previous one)."""
+        return self._map(lambda t: t.detach())
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Tensor]:
         d = {k: v.detach() for k, v in self.tensors().items()}

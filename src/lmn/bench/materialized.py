@@ -38,17 +38,26 @@ def gather_slots(x: Tensor, levels: list[Tensor], tree: Tree | None = None) -> t
     B, T, d = x.shape
     tree = tree or Tree(2, "latest", levels[0].shape[1] if levels else 1)
     u = torch.arange(1, T + 1, device=x.device)  # t + 1
-    slots, slot_level, slot_r = [x[:, :, None]], [-1], [0]
+    slots = [x[:, :, None]]
     for level, r in tree.read_groups(len(levels)):
         src = x[:, None, :, None, :] if level == 0 else levels[level - 1]  # (B, nb, n, E, d)
         _, nb, n, e, _ = src.shape
         j = tree.block_node(u // tree.block_length(level), level, r)  # node read by position t
         g = src[:, :, j.clamp(0, n - 1)]  # (B, nb, T, E, d); out-of-range ones are absent
         slots.append(g.permute(0, 2, 1, 3, 4).reshape(B, T, nb * e, d))  # bank-major, as the reference
-        slot_level += [level] * (nb * e)
-        slot_r += [r] * (nb * e)
+    slot_level, slot_r = slot_specs(tree, levels)
     absent = tree.absent(u, torch.tensor(slot_level, device=x.device), torch.tensor(slot_r, device=x.device))
     return torch.cat(slots, dim=2), ~absent.T
+
+
+def slot_specs(tree: Tree, levels: list[Tensor]) -> tuple[list[int], list[int]]:
+    """Level (-1: the token itself) and group index of every slot :func:`gather_slots` forms."""
+    slot_level, slot_r = [-1], [0]
+    for level, r in tree.read_groups(len(levels)):
+        n = 1 if level == 0 else levels[level - 1].shape[1] * levels[level - 1].shape[3]  # banks x set
+        slot_level += [level] * n
+        slot_r += [r] * n
+    return slot_level, slot_r
 
 
 def materialized_forward(model: LMN, idx: Tensor) -> Tensor:

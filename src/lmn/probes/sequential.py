@@ -1,0 +1,190 @@
+"""Fine-tuning in sequential mode (the paper's "next checks"): does a trained LMN learn to
+use distant context when its streaming state is carried across consecutive windows?
+
+From a trained run, two fine-tunings with the same data budget, optimizer and seed:
+
+* ``random``: the Table 1 protocol continued: ``batch`` windows of ``block`` characters at
+  random offsets of the training split, every window from an empty state;
+* ``sequential``: the training split cut into ``batch`` streams read in order, one window
+  per stream per step, each window continuing the previous window's state (detached:
+  truncated backpropagation through one window). Streams restart, with an empty state,
+  when they reach their end, so the model reads contexts up to ``len(train)/batch`` tokens.
+
+Both are then measured the same way: the standard estimate (random validation windows
+from an empty state) and the same-tokens context curve of :mod:`lmn.probes.context`. The
+``random`` arm is the control: it separates what carrying the state does from what more
+training does.
+
+    python -m lmn.probes.sequential docs/results/runs/lmn-s1337 --steps 400 \\
+        --out docs/results/probes/sequential
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .context import CONTEXTS, same_tokens_curve
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+class Streams:
+    """``batch`` equal streams over ``ids``; window ``s`` of every stream, in order."""
+
+    def __init__(self, ids: torch.Tensor, batch: int, block: int):
+        self.length = (len(ids) - 1) // batch // block * block  # whole windows per stream
+        self.ids, self.batch, self.block = ids, batch, block
+        self.windows = self.length // block
+
+    def window(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(x, y, fresh)``: the ``step``-th windows and whether the streams restart here."""
+        w = step % self.windows
+        starts = torch.arange(self.batch) * self.length + w * self.block
+        rows = starts[:, None] + torch.arange(self.block + 1)
+        chunk = self.ids[rows]
+        return chunk[:, :-1], chunk[:, 1:], w == 0
+
+
+def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, lr: float, seed: int,
+              log_every: int = 10) -> list[dict]:
+    """Fine-tune ``model`` in place; returns the training-loss log."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    streams = Streams(train_ids, batch, block)
+    model.train()
+    state, log, t0 = None, [], time.perf_counter()
+    for step in range(steps):
+        if mode == "sequential":
+            x, y, fresh = streams.window(step)
+            if fresh or state is None:
+                state = model.init_state(batch)
+            logits, state = model(x, state=state)
+            state = state.detach()
+        else:
+            starts = torch.randint(0, len(train_ids) - block - 1, (batch,), generator=gen)
+            rows = starts[:, None] + torch.arange(block + 1)
+            chunk = train_ids[rows]
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            logits = model(x)
+        loss = _loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % log_every == 0:
+            log.append({"step": step + 1, "loss": loss.item(), "elapsed_s": time.perf_counter() - t0})
+    model.eval()
+    return log
+
+
+@torch.no_grad()
+def estimate(model, ids: torch.Tensor, block: int, batches: int, batch: int, seed: int) -> float:
+    """Mean loss over random windows, each from an empty state (the Table 1 estimate)."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(batches):
+        starts = torch.randint(0, len(ids) - block - 1, (batch,), generator=gen)
+        chunk = ids[starts[:, None] + torch.arange(block + 1)]
+        total += _loss(model(chunk[:, :-1]), chunk[:, 1:]).item()
+    return total / batches
+
+
+def main(argv=None) -> int:
+    from ..bench.common import header, write_json, write_text
+    from ..data import load_corpus, split_tokens
+    from ..trainer import load_run
+
+    p = argparse.ArgumentParser(prog="python -m lmn.probes.sequential", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a trained LMN run directory")
+    p.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
+    p.add_argument("--modes", default="random,sequential")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--block", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--eval-batches", type=int, default=50)
+    p.add_argument("--blocks", type=int, default=16, help="scored blocks of the context curve")
+    p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    command = "python -m lmn.probes.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
+    doc = header("probe-sequential", command, args.threads, ["cpu"], {k: v for k, v in vars(args).items()})
+    doc["arms"] = []
+    out = Path(args.out)
+    for mode in ["none"] + args.modes.split(","):
+        model, tokenizer, run_doc = load_run(args.run)
+        if run_doc["train"]["model"] != "lmn":
+            raise SystemExit(f"error: {args.run} is not an LMN run")
+        _, text = load_corpus(run_doc["train"]["data"])
+        train_ids, val_ids = split_tokens(tokenizer.encode(text), run_doc["train"]["train_frac"])
+        print(f"arm {mode} ...", flush=True)
+        t0 = time.perf_counter()
+        log = [] if mode == "none" else fine_tune(model, train_ids, mode, args.steps, args.batch, args.block,
+                                                  args.lr, args.seed)
+        arm = {"mode": mode, "steps": 0 if mode == "none" else args.steps, "train_log": log,
+               "fine_tune_s": time.perf_counter() - t0,
+               "val_estimate": estimate(model, val_ids, args.block, args.eval_batches, args.batch, args.seed),
+               "context": same_tokens_curve(model, val_ids, contexts, args.block, args.blocks, None)}
+        doc["arms"].append(arm)
+        write_json(out.with_suffix(".json"), doc)
+    write_text(out.with_suffix(".md"), render(doc))
+    _plot(doc, out.with_suffix(".png"))
+    print(render(doc))
+    return 0
+
+
+def render(doc: dict) -> str:
+    ctx = doc["settings"]["contexts"].split(",") if isinstance(doc["settings"]["contexts"], str) else \
+        doc["settings"]["contexts"]
+    ctx = [str(c) for c in ctx]
+    s = doc["settings"]
+    lines = ["# Fine-tuning in sequential mode", "", f"Command: `{doc['command']}`  ",
+             f"Commit {doc['git']['commit']}{' (dirty tree)' if doc['git']['dirty'] else ''}; "
+             f"{doc['machine']['cpu_model']}, {doc['machine']['threads']} thread(s). From `{s['run']}`: "
+             f"{s['steps']} steps of {s['batch']} x {s['block']} characters, AdamW lr {s['lr']}, seed {s['seed']}.", "",
+             f"| arm | val estimate ({s['eval_batches']} random windows) | " + " | ".join(f"P={c}" for c in ctx) + " |",
+             "|---|---:|" + "---:|" * len(ctx)]
+    for arm in doc["arms"]:
+        name = {"none": "trained run, as committed", "random": "+ random windows (control)",
+                "sequential": "+ sequential mode"}.get(arm["mode"], arm["mode"])
+        cells = [f"{arm['context']['loss'][c]:.4f}" for c in ctx]
+        lines.append(f"| {name} | {arm['val_estimate']:.4f} | " + " | ".join(cells) + " |")
+    lines += ["", "P: characters of context before the same scored validation blocks (loss in nats on the "
+              f"blocks only; {doc['arms'][0]['context']['n_blocks']} blocks of {doc['arms'][0]['context']['block']})."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm in doc["arms"]:
+        pts = sorted((int(p), v) for p, v in arm["context"]["loss"].items())
+        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=arm["mode"])
+    ax.set_xscale("log", base=2)
+    ax.axvline(512, color="grey", ls=":", lw=1)
+    ax.set_xlabel("characters of context before the scored block (P; 0 drawn at 1)")
+    ax.set_ylabel("val loss on the same blocks (nats)")
+    ax.set_title("Fine-tuned in sequential mode vs random windows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
