@@ -46,6 +46,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "recompute each block in backward instead of keeping its "
                                         "activations (less memory for long block_size, for some extra time; "
                                         "same losses)")
+    fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state with FSDP2 "
+                      "(fully_shard per block, then the root) instead of replicating them with DDP")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda if available)")
     threads: int = _opt(1, "torch CPU threads per process, set by the lmn command (0 = torch's default)")
     out_dir: str = _opt("", "run directory (default runs/<model>-seed<seed>)")
@@ -120,7 +122,7 @@ PRESETS: dict[str, dict] = {
 # Fields that may change when a run is resumed: they do not change what is computed
 # (``data`` is checked by the task's record, e.g. the corpus sha256, instead of by name).
 RESUMABLE_FIELDS = frozenset({"max_iters", "device", "threads", "log_interval", "ckpt_interval", "out_dir", "data",
-                              "gradient_checkpointing"})
+                              "gradient_checkpointing", "fsdp"})
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:

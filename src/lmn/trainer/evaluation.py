@@ -54,11 +54,18 @@ def evaluate_whole(model: nn.Module, task: Task, batch_size: int, dist: Dist, de
     """The task's metrics over every example of its ``whole_split`` (e.g. every validation
     target of a corpus, in non-overlapping windows). Batches are shared out round-robin
     across processes and the sums added up."""
+    from .fsdp import is_sharded
+
     model.eval()
     keys = task.score_keys()
     acc = torch.zeros(len(keys), dtype=torch.float64)  # one running sum per key
-    for i, batch in enumerate(task.whole(batch_size)):
+    batches = list(task.whole(batch_size)) if is_sharded(model) else task.whole(batch_size)
+    for i, batch in enumerate(batches):
         if i % dist.world_size != dist.rank:
+            # a sharded model's forward is a collective: the last round's idle processes run one too
+            if is_sharded(model) and i == len(batches) - 1 and dist.rank > i % dist.world_size:
+                with autocast:
+                    model(batch.to(device).x)
             continue
         batch = batch.to(device)
         with autocast:
