@@ -1,8 +1,8 @@
 """Tasks the trainer runs (:class:`Task`, :class:`Batch`), by name.
 
     >>> from lmn.tasks import make_task, task_names
-    >>> task_names()
-    ('text',)
+    >>> task_names()[:2]
+    ('text', 'mqar')
 
 A task is a class with ``from_config(train_config)``; register one with
 :func:`register_task` (the tests register a masked toy task this way) or add it to
@@ -16,7 +16,15 @@ import importlib
 from .base import LOSS_KINDS, Batch, Task
 
 # name -> "module:Class", imported on first use
-TASKS: dict[str, str] = {"text": "lmn.tasks.text:TextTask"}
+TASKS: dict[str, str] = {
+    "text": "lmn.tasks.text:TextTask",
+    # synthetic probes (issue 14), generated offline from a seed
+    "mqar": "lmn.tasks.mqar:MQARTask",
+    "passkey": "lmn.tasks.passkey:PasskeyTask",
+    "distance": "lmn.tasks.distance:DistanceTask",
+    "selective-copy": "lmn.tasks.selective_copy:SelectiveCopyTask",
+    "listops": "lmn.tasks.listops:ListOpsTask",
+}
 _REGISTERED: dict[str, type] = {}
 
 

@@ -1,0 +1,514 @@
+"""``lmn probe TASK --model KIND [...]``: train and evaluate models on a synthetic task with
+the shared trainer, at the registry's matched sizes, and write JSON, markdown and plots.
+
+    lmn probe mqar --model lmn --model gpt2 --model mamba --cell block_size=64,pairs=4 \\
+        --task-opt vocab=64 --lrs 3e-3,1e-2 --seeds 1,2 --steps 400 --name mqar
+
+For every model and *cell* (a sequence length and task options, e.g. MQAR's (T, pairs)):
+
+1. **learning-rate sweep** (as Zoology does): one run per lr in ``--lrs`` with the first
+   seed; the lr with the lowest final ``val`` loss (fresh random examples, not the test set)
+   is the model's lr for that cell (``--sweep first``: swept on the first cell only and
+   reused for the others; ``--lr-from FILE.json``: taken from another probe's results);
+2. **seeds**: the remaining ``--seeds`` at that lr;
+3. every run's whole-``test`` metrics (a fixed test set from the task's ``test_seed``):
+   accuracy and accuracy per bucket (distance, or length for ListOps);
+4. the **state bytes** the model carries after T tokens at batch 1 (float32), read from the
+   registry's decode adapter after a prefill of T tokens (LMN's tree state, Mamba's conv +
+   SSM state, GPT-2's KV cache), and LMN's slots per position.
+
+Every model gets the same budget (steps, batch size, evaluation, sweep, seeds); the JSON
+records it, and adding runs to an existing result file with another budget is refused.
+Results accumulate: runs already in ``OUT/NAME.json`` are skipped, so a probe can be run one
+model at a time. ``--report-only`` re-renders the markdown and plots from the JSON.
+
+Model specs: ``KIND`` or ``KIND:KEY=VALUE,KEY=VALUE`` (fields of the kind's config on top of
+``--model-size``, e.g. ``lmn:stride=3,read=digits``); ``--model-opt`` applies to all models.
+
+``lmn probe context|levels|sequential ...`` runs the probes of trained runs in
+:mod:`lmn.probes` (their own flags; ``PROBE_MODULES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# probes of trained run directories, each a module with main(argv)
+PROBE_MODULES = {"context": "lmn.probes.context", "levels": "lmn.probes.levels",
+                 "sequential": "lmn.probes.sequential"}
+
+# default cells per task (the issue's full-size grids; CPU runs pass --cell)
+DEFAULT_CELLS = {
+    "mqar": ["block_size=64,pairs=4", "block_size=128,pairs=8", "block_size=256,pairs=16", "block_size=512,pairs=64"],
+    "passkey": ["block_size=1024"],
+    "distance": ["block_size=512"],
+    "selective-copy": ["block_size=256"],
+    "listops": ["block_size=512"],
+}
+BUDGET_KEYS = ("steps", "batch_size", "eval_interval", "eval_iters", "lrs", "seeds", "sweep", "model_size",
+               "task_options", "weight_decay", "lr_from")
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(text: str) -> dict:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (values as JSON literals, else strings)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {part!r} in {text!r}")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    options: tuple  # ((key, value), ...) sorted
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        kind, _, rest = text.partition(":")
+        return cls(kind.strip(), tuple(sorted(_pairs(rest).items())))
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.kind
+        return f"{self.kind}[{','.join(f'{k}={v}' for k, v in self.options)}]"
+
+
+def cell_label(cell: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in cell.items())
+
+
+# ----------------------------------------------------------------------------- measuring
+def state_bytes(kind_name: str, model_config: dict, positions: int) -> dict:
+    """Bytes of the decode state after ``positions`` tokens (batch 1, float32), read from
+    the kind's decode adapter; LMN's slots per position too."""
+    from ..kinds import get_kind
+
+    kind = get_kind(kind_name)
+    out = {}
+    torch.manual_seed(0)
+    model = kind.build(model_config).eval()
+    with torch.no_grad():
+        decoder = kind.decoder(model, 1024)
+        ids = torch.zeros(1, positions, dtype=torch.long)
+        for lo in range(0, positions, 1024):
+            decoder.prefill(ids[:, lo : lo + 1024])
+        out["state_bytes"] = int(decoder.state_bytes())
+    if kind.state_bytes is not None:
+        out["state_bytes_predicted"] = int(kind.state_bytes(model_config, positions))
+    config = getattr(model, "config", None)
+    tree = getattr(config, "tree", None)
+    if tree is not None and hasattr(tree, "n_slots"):
+        out["slots"] = int(tree.n_slots(positions - 1))  # slots the last position reads (itself included or not, as lmn.tree counts)
+    return out
+
+
+def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, runs_dir: Path) -> dict:
+    """Train one (model, cell, lr, seed) with the shared trainer; its record."""
+    from ..trainer import TrainConfig, train
+
+    cell_task_opts = {k: v for k, v in cell.items() if k != "block_size"}
+    block_size = int(cell.get("block_size", 512))
+    model_config = {**args.model_opts, **dict(spec.options)}
+    tag = f"{spec.label}-{cell_label(cell)}-lr{lr:g}-s{seed}".replace("/", "_").replace("[", "_").replace("]", "")
+    cfg = TrainConfig(model=spec.kind, model_size=args.model_size, model_config=model_config, task=task,
+                      task_options={**args.task_opts, **cell_task_opts}, block_size=block_size,
+                      batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, max_iters=args.steps,
+                      eval_interval=args.eval_interval, eval_iters=args.eval_iters, ckpt_interval=max(args.steps, 1),
+                      log_interval=max(1, args.steps // 10), seed=seed, threads=args.threads,
+                      device=args.device, out_dir=str(runs_dir / tag))
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as null:
+        summary = train(cfg, force=True, stream=null)
+    wall = time.perf_counter() - t0
+    config = json.loads((Path(cfg.out_dir) / "config.json").read_text())
+    test = {k[len("whole_test_"):]: v for k, v in summary.items() if k.startswith("whole_test_")}
+    return {"model": spec.label, "kind": spec.kind, "model_options": dict(spec.options), "cell": cell, "lr": lr,
+            "seed": seed, "params": summary["params"], "model_config": config["train"]["model_config"],
+            "task": config.get("task"), "final_val_loss": summary.get("final_val_loss"),
+            "final_train_loss": summary.get("final_train_loss"), "test": test,
+            "train_time_s": summary.get("train_time_s"), "wall_s": wall,
+            "s_per_step": (summary.get("train_time_s") or 0) / max(args.steps, 1), "run_dir": cfg.out_dir}
+
+
+# ----------------------------------------------------------------------------- results file
+def _key(r: dict) -> tuple:
+    return (r["model"], cell_label(r["cell"]), float(r["lr"]), int(r["seed"]))
+
+
+def load_results(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_results(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def best_lrs(doc: dict) -> dict:
+    """``{model: {cell: lr}}``: per model and swept cell, the lr of the lowest final val loss
+    among the sweep runs (first seed)."""
+    out: dict = {}
+    seed0 = doc["budget"]["seeds"][0]
+    for r in doc["runs"]:
+        if r["seed"] != seed0 or float(r["lr"]) not in [float(v) for v in doc["budget"]["lrs"]]:
+            continue
+        cell = cell_label(r["cell"])
+        cur = out.setdefault(r["model"], {}).get(cell)
+        loss = r["final_val_loss"] if r["final_val_loss"] is not None else math.inf
+        if cur is None or loss < cur[1]:
+            out[r["model"]][cell] = (float(r["lr"]), loss)
+    return {m: {c: v[0] for c, v in cells.items()} for m, cells in out.items()}
+
+
+def headline(doc: dict) -> list[dict]:
+    """One row per (model, cell): the runs at the chosen lr over all seeds."""
+    chosen = doc.get("chosen_lr", {})
+    rows = []
+    seen = []
+    for r in doc["runs"]:
+        key = (r["model"], cell_label(r["cell"]))
+        if key not in seen:
+            seen.append(key)
+    for model, cell in seen:
+        lr = chosen.get(model, {}).get(cell)
+        runs = [r for r in doc["runs"] if r["model"] == model and cell_label(r["cell"]) == cell
+                and lr is not None and float(r["lr"]) == float(lr)]
+        if not runs:
+            continue
+        accs = [r["test"]["accuracy"] for r in runs]
+        buckets = sorted({int(k.split("@")[1]) for r in runs for k in r["test"] if k.startswith("accuracy@")})
+        per_bucket = {}
+        for b in buckets:
+            vals = [r["test"][f"accuracy@{b}"] for r in runs if f"accuracy@{b}" in r["test"]]
+            per_bucket[b] = statistics.fmean(vals)
+        first = runs[0]
+        rows.append({"model": model, "cell": first["cell"], "lr": lr, "seeds": [r["seed"] for r in runs],
+                     "accuracy": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                     "accuracies": accs, "per_bucket": per_bucket, "params": first["params"],
+                     "state_bytes": doc.get("state", {}).get(f"{model}|{cell}", {}).get("state_bytes"),
+                     "slots": doc.get("state", {}).get(f"{model}|{cell}", {}).get("slots"),
+                     "s_per_step": statistics.fmean(r["s_per_step"] for r in runs),
+                     "val_loss": statistics.fmean(r["final_val_loss"] for r in runs)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- rendering
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def render(doc: dict, out_dir: Path, name: str) -> Path:
+    """Markdown (``NAME.md``) and plots (``NAME_*.png``) from the results document."""
+    rows = headline(doc)
+    lines = [f"# Probe `{doc['task']}` ({name})", "",
+             "Generated by `lmn probe` from `" + name + ".json`; do not edit by hand.", "",
+             "Command(s):", ""]
+    lines += [f"    {c}" for c in doc.get("commands", [])]
+    b = doc["budget"]
+    lines += ["", f"Budget (the same for every model): {b['steps']} steps, batch {b['batch_size']}, AdamW "
+              f"(weight decay {b['weight_decay']}), constant lr; lr sweep {b['lrs']} on seed {b['seeds'][0]} "
+              f"(sweep on {b['sweep']} cell(s){'; lrs from ' + b['lr_from'] if b.get('lr_from') else ''}), the lr with "
+              f"the lowest final val loss then run on seeds {b['seeds']}; model size `{b['model_size']}`; task "
+              f"options {json.dumps(b['task_options'])}; test set: {doc.get('n_test', '?')} examples "
+              f"(seed {doc.get('test_seed', '?')}).", ""]
+    cells = []
+    for r in rows:
+        if r["cell"] not in cells:
+            cells.append(r["cell"])
+    for cell in cells:
+        crow = [r for r in rows if r["cell"] == cell]
+        buckets = sorted({bk for r in crow for bk in r["per_bucket"]})
+        lines += [f"## Cell {cell_label(cell)}", "",
+                  "| model | params | state after T | slots | lr | seeds | test accuracy | "
+                  + " | ".join(f"@{bk}" for bk in buckets) + " | val loss | s/step |",
+                  "|---|---:|---:|---:|---:|---|---:|" + "---:|" * len(buckets) + "---:|---:|"]
+        for r in crow:
+            acc = f"{r['accuracy']:.3f}" + (f" ± {r['accuracy_std']:.3f}" if r["accuracy_std"] is not None else "")
+            per = " | ".join(f"{r['per_bucket'][bk]:.2f}" if bk in r["per_bucket"] else "" for bk in buckets)
+            lines.append(f"| {r['model']} | {r['params']:,} | {_fmt_bytes(r['state_bytes'])} | "
+                         f"{r['slots'] if r['slots'] is not None else ''} | {r['lr']:g} | "
+                         f"{','.join(map(str, r['seeds']))} | {acc} | {per} | {r['val_loss']:.3f} | "
+                         f"{r['s_per_step']:.3f} |")
+        lines.append("")
+    # the sweep
+    if not isinstance(b["lrs"], list):  # lrs taken from another probe: no sweep here
+        b = {**b, "lrs": []}
+    lines += ["## Learning-rate sweep (first seed): final val loss / test accuracy", "",
+              "| model | cell | " + " | ".join(f"lr {lr:g}" for lr in b["lrs"]) + " |",
+              "|---|---|" + "---:|" * len(b["lrs"]) + ""]
+    seed0 = b["seeds"][0]
+    for model in dict.fromkeys(r["model"] for r in doc["runs"]):
+        for cell in dict.fromkeys(cell_label(r["cell"]) for r in doc["runs"] if r["model"] == model):
+            cellruns = {float(r["lr"]): r for r in doc["runs"] if r["model"] == model
+                        and cell_label(r["cell"]) == cell and r["seed"] == seed0}
+            if not any(float(lr) in cellruns for lr in b["lrs"]):
+                continue
+            vals = [f"{cellruns[float(lr)]['final_val_loss']:.3f} / {cellruns[float(lr)]['test']['accuracy']:.3f}"
+                    if float(lr) in cellruns else "—" for lr in b["lrs"]]
+            lines.append(f"| {model} | {cell} | " + " | ".join(vals) + " |")
+    lines.append("")
+    plots = _plots(rows, out_dir, name, doc)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    md = out_dir / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def _plots(rows: list[dict], out_dir: Path, name: str, doc: dict) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cells = list(dict.fromkeys(cell_label(r["cell"]) for r in rows))
+    xname = doc.get("bucket_name", "distance")
+    # accuracy vs distance (or length), one panel per cell, one line per model
+    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.8), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for model in models:
+            r = next((r for r in rows if r["model"] == model and cell_label(r["cell"]) == cell), None)
+            if r and r["per_bucket"]:
+                xs = sorted(r["per_bucket"])
+                ax.plot(xs, [r["per_bucket"][x] for x in xs], marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"{xname} (bucket, tokens)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(cell, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{doc['task']}: accuracy vs {xname}")
+    fig.tight_layout()
+    fname = f"{name}_vs_{xname}.png"
+    fig.savefig(out_dir / fname, dpi=110)
+    plt.close(fig)
+    out.append(fname)
+    if len(cells) > 1:
+        for xkey, fname, xlabel in (("T", f"{name}_vs_length.png", "sequence length T"),
+                                    ("state_bytes", f"{name}_vs_state.png", "state bytes after T tokens (batch 1, fp32)")):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            for model in models:
+                pts = [(r["cell"].get("block_size") if xkey == "T" else r["state_bytes"], r["accuracy"])
+                       for r in rows if r["model"] == model]
+                pts = sorted(p for p in pts if p[0] is not None)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            ax.set_title(f"{doc['task']}: accuracy vs {'sequence length' if xkey == 'T' else 'state size'}")
+            fig.tight_layout()
+            fig.savefig(out_dir / fname, dpi=110)
+            plt.close(fig)
+            out.append(fname)
+    else:  # one cell: accuracy vs state bytes as points
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for r in rows:
+            if r["state_bytes"]:
+                ax.scatter([r["state_bytes"]], [r["accuracy"]], label=r["model"])
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("state bytes after T tokens (batch 1, fp32)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{doc['task']} {cells[0]}: accuracy vs state size")
+        fig.tight_layout()
+        fname = f"{name}_vs_state.png"
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        out.append(fname)
+    return out
+
+
+# ----------------------------------------------------------------------------- command
+def build_parser(prog: str = "lmn probe") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train and evaluate models on a synthetic probe task "
+                                "(lmn.tasks) at matched sizes; JSON + markdown + plots.")
+    p.add_argument("task", help="synthetic task: mqar, passkey, distance, selective-copy, listops")
+    p.add_argument("--model", action="append", default=[], metavar="KIND[:K=V,...]",
+                   help="model kind, optionally with config fields (repeatable), e.g. lmn:stride=3,read=digits")
+    p.add_argument("--model-size", default="paper", help="registry size of every model (default paper, ~71K params)")
+    p.add_argument("--model-opt", action="append", default=[], metavar="K=V", help="config field for every model")
+    p.add_argument("--task-opt", action="append", default=[], metavar="K=V", help="task option for every cell")
+    p.add_argument("--cell", action="append", default=[], metavar="K=V,...",
+                   help="one cell: block_size and task options (repeatable; default: the task's grid)")
+    p.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="learning rates swept on the first seed")
+    p.add_argument("--seeds", default="1,2", help="seeds (the first runs the sweep)")
+    p.add_argument("--sweep", choices=("all", "first"), default="all", help="sweep on every cell or on the first")
+    p.add_argument("--lr-from", default=None, metavar="JSON",
+                   help="take each model's lr from another probe's results (its first cell's choice); no sweep")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--eval-interval", type=int, default=None, help="periodic estimate every N steps (default steps/4)")
+    p.add_argument("--eval-iters", type=int, default=4, help="batches per split in each periodic estimate")
+    p.add_argument("--name", default=None, help="result name (default: the task)")
+    p.add_argument("--out", default="docs/results/probes", help="where NAME.json/.md/.png go")
+    p.add_argument("--runs-dir", default="runs/probes", help="where the training run directories go")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--report-only", action="store_true", help="re-render NAME.md and plots from NAME.json")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would be made, then stop")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PROBE_MODULES:
+        import importlib
+
+        return importlib.import_module(PROBE_MODULES[argv[0]]).main(argv[1:])
+    args = build_parser(prog).parse_args(argv)
+    from ..tasks import task_class, task_names
+
+    if args.task == "text" or args.task not in task_names():
+        names = [n for n in task_names() if n != "text"]
+        raise ValueError(f"unknown probe {args.task!r}; choose a task ({', '.join(names)}) or a probe of trained "
+                         f"runs ({', '.join(PROBE_MODULES)})")
+    task_class(args.task)
+    name = args.name or args.task
+    out_dir = Path(args.out)
+    path = out_dir / f"{name}.json"
+    if args.report_only:
+        doc = load_results(path)
+        if doc is None:
+            raise FileNotFoundError(f"no results at {path}")
+        print(render(doc, out_dir, name))
+        return 0
+    if not args.model:
+        raise ValueError("give at least one --model")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    args.model_opts = dict(_pairs(",".join(args.model_opt)))
+    args.task_opts = dict(_pairs(",".join(args.task_opt)))
+    args.eval_interval = args.eval_interval or max(1, args.steps // 4)
+    specs = [ModelSpec.parse(m) for m in args.model]
+    from ..kinds import kind_names
+
+    for s in specs:
+        if s.kind not in kind_names("train"):
+            raise ValueError(f"unknown model {s.kind!r}; choose from {', '.join(kind_names('train'))}")
+    cells = [_pairs(c) for c in (args.cell or DEFAULT_CELLS.get(args.task, ["block_size=256"]))]
+    lrs = [float(v) for v in str(args.lrs).split(",") if v.strip()]
+    seeds = [int(v) for v in str(args.seeds).split(",") if v.strip()]
+    if not lrs or not seeds:
+        raise ValueError("--lrs and --seeds need at least one value each")
+    lr_from = None
+    if args.lr_from:
+        other = load_results(Path(args.lr_from))
+        if other is None:
+            raise FileNotFoundError(f"--lr-from: no results at {args.lr_from}")
+        lr_from = {m: next(iter(c.values())) for m, c in other.get("chosen_lr", {}).items()}
+        lrs = sorted({lr_from[s.label] for s in specs if s.label in lr_from})
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "eval_interval": args.eval_interval,
+              "eval_iters": args.eval_iters, "lrs": lrs if not lr_from else "from " + str(args.lr_from),
+              "seeds": seeds, "sweep": args.sweep if not lr_from else "none", "model_size": args.model_size,
+              "task_options": args.task_opts, "weight_decay": args.weight_decay, "lr_from": args.lr_from}
+    doc = load_results(path)
+    if doc is None:
+        doc = {"task": args.task, "name": name, "budget": budget, "commands": [], "runs": [], "state": {},
+               "chosen_lr": {}}
+    elif doc["budget"] != budget:
+        diff = {k: (doc["budget"].get(k), budget.get(k)) for k in BUDGET_KEYS if doc["budget"].get(k) != budget.get(k)}
+        raise ValueError(f"{path} was made with another budget {diff}: every model of a probe gets the same "
+                         f"budget (use another --name)")
+    command = "lmn probe " + " ".join(a if " " not in a else repr(a) for a in argv)
+    if command not in doc["commands"]:
+        doc["commands"].append(command)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs_dir = Path(args.runs_dir) / name
+    done = {_key(r) for r in doc["runs"]}
+
+    plan = []  # (spec, cell, lr, seed) in order; lrs of seeds > first resolved when reached
+    for spec in specs:
+        for ci, cell in enumerate(cells):
+            plan.append((spec, ci, cell))
+    if args.dry_run:
+        for spec, ci, cell in plan:
+            print(f"{spec.label} | {cell_label(cell)} | lrs {lrs if not lr_from else lr_from.get(spec.label)} | "
+                  f"seeds {seeds}")
+        return 0
+
+    def do(spec, cell, lr, seed):
+        key = (spec.label, cell_label(cell), float(lr), int(seed))
+        if key in done:
+            return
+        t0 = time.perf_counter()
+        rec = run_one(args.task, spec, cell, lr, seed, args, runs_dir)
+        skey = f"{spec.label}|{cell_label(cell)}"
+        if skey not in doc["state"]:
+            doc["state"][skey] = state_bytes(spec.kind, rec["model_config"], int(cell.get("block_size", 512)))
+        doc["runs"].append(rec)
+        done.add(key)
+        if rec.get("task"):
+            doc.setdefault("n_test", rec["task"].get("n_test"))
+            doc.setdefault("test_seed", rec["task"].get("test_seed"))
+        doc["bucket_name"] = getattr(task_class(args.task), "bucket_name", "distance")
+        print(f"[{time.strftime('%H:%M:%S')}] {name} | {spec.label} | {cell_label(cell)} | lr {lr:g} seed {seed}: "
+              f"test acc {rec['test'].get('accuracy', float('nan')):.3f}, val loss {rec['final_val_loss']:.3f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        save_results(path, doc)
+
+    for spec, ci, cell in plan:
+        cl = cell_label(cell)
+        if lr_from:
+            if spec.label not in lr_from:
+                raise ValueError(f"--lr-from {args.lr_from} has no lr for {spec.label}")
+            lr = lr_from[spec.label]
+        else:
+            if args.sweep == "all" or ci == 0:
+                for lr in lrs:
+                    do(spec, cell, lr, seeds[0])
+                lr = best_lrs(doc)[spec.label][cl]
+            else:
+                lr = doc["chosen_lr"][spec.label][cell_label(cells[0])]
+        doc["chosen_lr"].setdefault(spec.label, {})[cl] = lr
+        for seed in seeds:
+            do(spec, cell, lr, seed)
+        save_results(path, doc)
+        render(doc, out_dir, name)
+    save_results(path, doc)
+    print(render(doc, out_dir, name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
