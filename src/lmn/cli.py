@@ -319,11 +319,32 @@ def _cmd_export(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- probe
+def _add_probe_parser(sub) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="recall probes: train models on a synthetic task (mqar, passkey, distance, selective-copy, listops) "
+        "and plot accuracy vs distance / length / state bytes; or context|levels|sequential on trained runs",
+        description="lmn probe TASK --model KIND [--model KIND:K=V,...] [...]: see `lmn probe TASK --help` "
+        "(lmn.probes.run). TASK context, levels or sequential runs that probe of trained runs (lmn.probes).",
+    )
+    p.add_argument("task", metavar="TASK", help="mqar, passkey, distance, selective-copy, listops; context, levels, "
+                   "sequential")
+    p.add_argument("probe_args", nargs=argparse.REMAINDER, help="the probe's own flags (lmn probe TASK --help)")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
+    from .probes.run import main as probe_main
+
+    return probe_main([args.task, *args.probe_args], prog=f"lmn probe {args.task}")
+
+
 # ----------------------------------------------------------------------------- main
 # Subcommand registrars, in --help order. A `bench` subcommand goes here as
 # `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
 SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser, _add_convert_parser,
-               _add_export_parser]
+               _add_export_parser, _add_probe_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
