@@ -63,6 +63,12 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     for block in block_modules(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    # Caches of tensors derived from parameters (LMN's fused q/k/v weights, keyed by data
+    # pointer and version counter) would go stale: FSDP2's all-gather rewrites the unsharded
+    # parameters in place without bumping their version. Emptied before every forward.
+    caches = [m._fused_cache for m in model.modules() if isinstance(getattr(m, "_fused_cache", None), dict)]
+    if caches:
+        model.register_forward_pre_hook(lambda module, args: [c.clear() for c in caches] and None)
     return model
 
 
@@ -89,11 +95,17 @@ def _names(model: nn.Module) -> list[str]:
 
 def full_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """The full weights and the full optimizer state in ``optimizer.state_dict()``'s own
-    format (parameters by index). A collective: every process calls it."""
+    format (parameters by index), on process 0 (the others: ``({}, None)``). A collective:
+    every process calls it."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     weights = get_model_state_dict(model, options=_options())
+    if not optimizer.state:  # before the first step: get_optimizer_state_dict would initialise the
+        # state by a zero-gradient step, which counts as Adam's first (a run checkpoints step 0)
+        return weights, optimizer.state_dict() if weights else None
     osd = get_optimizer_state_dict(model, optimizer, options=_options())
+    if not osd:  # (gathered on process 0 only: the others get empty dicts)
+        return weights, None
     index = {name: i for i, name in enumerate(_names(model))}
     state = {index[name]: value for name, value in osd["state"].items()}
     groups = [{**g, "params": [index[name] for name in g["params"]]} for g in osd["param_groups"]]
@@ -114,15 +126,20 @@ def reshard_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> tor
     """A new optimizer of the same type and settings over the sharded parameters, carrying
     over the state of ``optimizer`` (made over the unsharded ones, e.g. when resuming)."""
     saved = optimizer.state_dict()
-    new = type(optimizer)(model.parameters(), **optimizer.defaults)
+    if len(optimizer.param_groups) != 1:
+        raise ValueError("--fsdp re-creates the optimizer over the shards and supports one parameter group")
+    new = type(optimizer)(model.parameters())
+    new.param_groups[0].update({k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
     if saved["state"]:
         load_optimizer(model, new, saved)
     return new
 
 
-def plain_model(build, weights: dict) -> nn.Module:
+def plain_model(build, weights: dict) -> nn.Module | None:
     """An unsharded module holding ``weights`` (built on the meta device, then the tensors
-    assigned: no second copy), for writing the checkpoint."""
+    assigned: no second copy), for writing the checkpoint; None for no weights (not process 0)."""
+    if not weights:
+        return None
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = build()
     model.load_state_dict(weights, assign=True)
