@@ -63,12 +63,6 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     for block in block_modules(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    # Caches of tensors derived from parameters (LMN's fused q/k/v weights, keyed by data
-    # pointer and version counter) would go stale: FSDP2's all-gather rewrites the unsharded
-    # parameters in place without bumping their version. Emptied before every forward.
-    caches = [m._fused_cache for m in model.modules() if isinstance(getattr(m, "_fused_cache", None), dict)]
-    if caches:
-        model.register_forward_pre_hook(lambda module, args: [c.clear() for c in caches] and None)
     return model
 
 

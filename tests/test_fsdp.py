@@ -1,0 +1,73 @@
+"""FSDP2: one step with 2 CPU processes (torchrun, gloo, `lmn train --fsdp`) equals the
+one-process step on the same global batch; its checkpoint is in the single-process format
+(a one-process --resume continues it exactly like the one-process run)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmn_testdata import small_corpus
+
+ARGS = ["--preset", "smoke", "--eval-interval", "1", "--eval-iters", "2", "--log-interval", "1",
+        "--block-size", "16", "--batch-size", "4", "--threads", "1",
+        "--model-opt", "d_model=8", "--model-opt", "n_layers=2", "--model-opt", "n_heads=2"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _train(launcher, data, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*launcher, "-m", "lmn.cli", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_records(a_records, b_records):
+    for a, b in zip(a_records, b_records, strict=True):
+        assert a["type"] == b["type"] and a["step"] == b["step"]
+        for key in a:
+            if key.endswith("loss") or key.startswith("whole_"):  # only the order of the sums differs
+                assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-6), (key, a, b)
+
+
+def _same_weights(run_a, run_b, lr):
+    from lmn.trainer import load_run
+
+    w1, w2 = load_run(run_a)[0].state_dict(), load_run(run_b)[0].state_dict()
+    assert w1.keys() == w2.keys()
+    for name in w1:  # Adam amplifies rounding-level gradients to at most lr per step (see test_ddp)
+        assert (w2[name] - w1[name]).abs().max() <= 4 * lr, name
+
+
+@pytest.mark.slow
+def test_fsdp_step_equals_single_process_step_and_resumes(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) needs torch >= 2.6")
+    data = small_corpus(tmp_path)
+    single = _train([sys.executable], data, tmp_path / "single", "--max-iters", "2")
+    fsdp = _train(TORCHRUN, data, tmp_path / "fsdp", "--max-iters", "1", "--fsdp")
+    assert json.loads((tmp_path / "fsdp" / "final.json").read_text())["world_size"] == 2
+    one = [r for r in single if r["step"] <= 1 and r["type"] != "final"]
+    _same_records(one, [r for r in fsdp if r["type"] != "final"])
+    final = [r for r in fsdp if r["type"] == "final"]  # the whole validation split, sharded model in lockstep
+    assert final and set(final[0]) > {"type", "step"}
+
+    # the FSDP checkpoint resumes in one process exactly where the one-process run went
+    resumed = _train([sys.executable], data, tmp_path / "fsdp", "--max-iters", "2", "--resume")
+    _same_records([r for r in single if r["type"] != "final"], [r for r in resumed if r["type"] != "final"])
+    lr = json.loads((tmp_path / "single" / "config.json").read_text())["train"]["lr"]
+    _same_weights(tmp_path / "single", tmp_path / "fsdp", lr)
+
+
+def test_fsdp_needs_several_processes(tmp_path, capsys):
+    from lmn.cli import main
+
+    argv = ["train", "--data", str(small_corpus(tmp_path)), "--out", str(tmp_path / "r"), *ARGS, "--fsdp"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "--fsdp shards across processes" in capsys.readouterr().err
