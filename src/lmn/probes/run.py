@@ -457,12 +457,8 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     runs_dir = Path(args.runs_dir) / name
     done = {_key(r) for r in doc["runs"]}
 
-    plan = []  # (spec, cell, lr, seed) in order; lrs of seeds > first resolved when reached
-    for spec in specs:
-        for ci, cell in enumerate(cells):
-            plan.append((spec, ci, cell))
     if args.dry_run:
-        for spec, ci, cell in plan:
+        for spec, cell in ((s, c) for c in cells for s in specs):
             print(f"{spec.label} | {cell_label(cell)} | lrs {lrs if not lr_from else lr_from.get(spec.label)} | "
                   f"seeds {seeds}")
         return 0
@@ -487,24 +483,30 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         save_results(path, doc)
 
-    for spec, ci, cell in plan:
+    # breadth first: every model's sweep (first seed) of a cell, then each further seed for
+    # every model, then the next cell; a run cut short leaves every model with the same seeds
+    for ci, cell in enumerate(cells):
         cl = cell_label(cell)
-        if lr_from:
-            if spec.label not in lr_from:
-                raise ValueError(f"--lr-from {args.lr_from} has no lr for {spec.label}")
-            lr = lr_from[spec.label]
-        else:
-            if args.sweep == "all" or ci == 0:
+        for spec in specs:
+            if lr_from:
+                if spec.label not in lr_from:
+                    raise ValueError(f"--lr-from {args.lr_from} has no lr for {spec.label}")
+                lr = lr_from[spec.label]
+                do(spec, cell, lr, seeds[0])
+            elif args.sweep == "all" or ci == 0:
                 for lr in lrs:
                     do(spec, cell, lr, seeds[0])
                 lr = best_lrs(doc)[spec.label][cl]
             else:
                 lr = doc["chosen_lr"][spec.label][cell_label(cells[0])]
-        doc["chosen_lr"].setdefault(spec.label, {})[cl] = lr
-        for seed in seeds:
-            do(spec, cell, lr, seed)
-        save_results(path, doc)
-        render(doc, out_dir, name)
+                do(spec, cell, lr, seeds[0])
+            doc["chosen_lr"].setdefault(spec.label, {})[cl] = lr
+            save_results(path, doc)
+            render(doc, out_dir, name)
+        for seed in seeds[1:]:
+            for spec in specs:
+                do(spec, cell, doc["chosen_lr"][spec.label][cl], seed)
+            render(doc, out_dir, name)
     save_results(path, doc)
     print(render(doc, out_dir, name))
     return 0

@@ -1,0 +1,88 @@
+"""`lmn probe`: a short probe run through the command line (tiny models, a few steps):
+the lr sweep and seeds, the JSON/markdown/plots, state bytes, accumulation, and refusals."""
+
+import json
+
+import pytest
+
+from lmn.cli import main
+from lmn.probes.run import PROBE_MODULES, best_lrs, headline
+
+TINY_LMN = "lmn:d_model=8,n_layers=1,n_heads=2"
+TINY_GPT2 = "gpt2:n_embd=8,n_layer=1,n_head=2,n_inner=16"
+BUDGET = ["--task-opt", "vocab=16", "--task-opt", "n_test=16", "--steps", "3", "--batch-size", "4",
+          "--eval-iters", "1", "--lrs", "1e-3,1e-2", "--seeds", "1,2", "--sweep", "first"]
+
+
+def probe(tmp_path, *args):
+    return main(["probe", *args, "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")])
+
+
+def test_probe_mqar_end_to_end(tmp_path, capsys):
+    cells = ["--cell", "block_size=16,pairs=2", "--cell", "block_size=32,pairs=4"]
+    assert probe(tmp_path, "mqar", "--model", TINY_LMN, "--model", TINY_GPT2, *cells, *BUDGET) == 0
+    doc = json.loads((tmp_path / "out" / "mqar.json").read_text())
+    assert doc["task"] == "mqar" and doc["budget"]["steps"] == 3 and doc["budget"]["lrs"] == [1e-3, 1e-2]
+    runs = doc["runs"]
+    # per model: 2 sweep runs + 1 further seed on the first cell; 2 seeds on the second
+    assert len(runs) == 2 * (2 + 1 + 2)
+    chosen = best_lrs(doc)
+    for model in (r["model"] for r in runs):
+        lr = doc["chosen_lr"][model]["block_size=16,pairs=2"]
+        assert lr == chosen[model]["block_size=16,pairs=2"] == doc["chosen_lr"][model]["block_size=32,pairs=4"]
+    r = runs[0]
+    assert {"accuracy", "loss", "count"} <= set(r["test"]) and r["test"]["count"] == 16 * 2
+    assert any(k.startswith("accuracy@") for k in r["test"])
+    # state bytes from the decode adapters: GPT-2's KV cache = 2 * layers * T * d * 4
+    assert doc["state"][f"{TINY_GPT2[:4]}[n_embd=8,n_head=2,n_inner=16,n_layer=1]|block_size=32,pairs=4"][
+        "state_bytes"] == 2 * 1 * 32 * 8 * 4
+    lmn_state = doc["state"]["lmn[d_model=8,n_heads=2,n_layers=1]|block_size=32,pairs=4"]
+    assert lmn_state["state_bytes"] == lmn_state["state_bytes_predicted"] and lmn_state["slots"] > 0
+    rows = headline(doc)
+    assert len(rows) == 4 and all(len(row["seeds"]) == 2 for row in rows)
+    md = (tmp_path / "out" / "mqar.md").read_text()
+    assert "| lmn[d_model=8,n_heads=2,n_layers=1] |" in md and "Learning-rate sweep" in md
+    for png in ("mqar_vs_distance.png", "mqar_vs_length.png", "mqar_vs_state.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+    # a second call with the same budget trains nothing new
+    capsys.readouterr()
+    assert probe(tmp_path, "mqar", "--model", TINY_LMN, *cells, *BUDGET) == 0
+    assert "lr 0.001 seed 1" not in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "out" / "mqar.json").read_text())["runs"]) == 10
+    # another budget into the same result file is refused
+    with pytest.raises(SystemExit) as err:
+        probe(tmp_path, "mqar", "--model", TINY_LMN, *cells, *BUDGET[:-4], "--steps", "4")
+    assert err.value.code == 2
+    assert "another budget" in capsys.readouterr().err
+    # re-render from the JSON alone
+    (tmp_path / "out" / "mqar.md").unlink()
+    assert probe(tmp_path, "mqar", "--report-only") == 0 and (tmp_path / "out" / "mqar.md").exists()
+
+
+def test_probe_lr_from_another_probe(tmp_path):
+    assert probe(tmp_path, "mqar", "--model", TINY_LMN, "--cell", "block_size=16,pairs=2", *BUDGET) == 0
+    lr = json.loads((tmp_path / "out" / "mqar.json").read_text())["chosen_lr"][
+        "lmn[d_model=8,n_heads=2,n_layers=1]"]["block_size=16,pairs=2"]
+    assert probe(tmp_path, "distance", "--model", TINY_LMN, "--cell", "block_size=24,distances=1;2;4;8",
+                 "--task-opt", "n_test=8", "--steps", "2", "--batch-size", "4", "--seeds", "1",
+                 "--lr-from", str(tmp_path / "out" / "mqar.json")) == 0
+    doc = json.loads((tmp_path / "out" / "distance.json").read_text())
+    assert [r["lr"] for r in doc["runs"]] == [lr]
+    assert {f"accuracy@{d}" for d in (1, 2, 4, 8)} <= set(doc["runs"][0]["test"])
+
+
+def test_probe_refusals_and_dispatch(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        probe(tmp_path, "nope", "--model", "lmn")
+    assert err.value.code == 2 and "unknown probe 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe(tmp_path, "mqar", "--model", "nosuchkind")
+    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe(tmp_path, "mqar")
+    assert "at least one --model" in capsys.readouterr().err
+    # the probes of trained runs are reachable by name (their own --help)
+    assert set(PROBE_MODULES) >= {"context", "levels"}
+    with pytest.raises(SystemExit) as err:
+        main(["probe", "context", "--help"])
+    assert err.value.code == 0 and "lmn.probes.context" in capsys.readouterr().out
