@@ -6,7 +6,7 @@ what each tree costs in slots and state bytes at longer streams.
         --distance docs/results/probes/distance.json docs/results/probes/distance-strides.json \\
         --out docs/results/probes/strides
 
-Reads the LMN rows (kind ``lmn``) of each results file; the files of one task must share a
+Reads the rows of models with a tree (a ``stride`` in their config) of each results file; the files of one task must share a
 budget (checked). Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (accuracy vs distance,
 one line per tree).
 """
@@ -35,7 +35,7 @@ def collect(paths: list[str]) -> tuple[dict, list[dict]]:
     for d in docs:
         configs = {r["model"]: r["model_config"] for r in d["runs"]}
         for row in headline(d):
-            if not row["model"].startswith("lmn"):
+            if "stride" not in configs[row["model"]]:  # a model without LMN's tree
                 continue
             row = dict(row, **_variant(row["model"], configs[row["model"]]), model_config=configs[row["model"]])
             rows.append(row)
