@@ -32,6 +32,7 @@ from ..tasks import Task, make_task
 from .config import DTYPES, TrainConfig
 from .distributed import Dist, init_distributed
 from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
+from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_optimizer, shard_model
 from .models import (build_model, check_model_config, check_positions, enable_gradient_checkpointing,
                      num_parameters, resolve_model_config, versions)
 from .progress import DeferredStop, Progress, machine_info
@@ -91,6 +92,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     """
     dist, device = init_distributed(cfg.device)
     dist.share(cfg.batch_size)  # divisible by the number of processes
+    check_fsdp(cfg, dist.world_size)
     run_dir = prepare_run_dir(cfg, resume=resume, force=force)
     check_model_config(cfg.model, cfg.model_config, cfg.model_size)  # bad options fail before any I/O
     task = make_task(cfg)
@@ -163,7 +165,10 @@ def _write_run_dir(run: Run, *, resume: bool, force: bool) -> None:
         atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
     dist.barrier()
     run.train_model = run.model
-    if dist.enabled:
+    if dist.enabled and cfg.fsdp:  # sharded in place (lmn.trainer.fsdp); the optimizer follows the shards
+        shard_model(run.model, run.device)
+        run.optimizer = reshard_optimizer(run.model, run.optimizer)
+    elif dist.enabled:
         ids = [run.device] if run.device.type == "cuda" else None
         run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     run.metrics = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if dist.is_main else None
@@ -234,10 +239,14 @@ def _train_step(run: Run) -> None:
 
 
 def _checkpoint(run: Run) -> None:
+    model, optimizer_state = run.model, None
+    if is_sharded(run.model):  # gathered by every process, in the single-process format
+        weights, optimizer_state = full_checkpoint(run.model, run.optimizer)
+        model = plain_model(lambda: build_model(run.cfg.model, run.cfg.model_config), weights)
     if run.dist.is_main:
-        save_checkpoint(run.run_dir, run.model, run.cfg.model, run.cfg.model_config, {
+        save_checkpoint(run.run_dir, model, run.cfg.model, run.cfg.model_config, {
             "step": run.step,
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": optimizer_state if optimizer_state is not None else run.optimizer.state_dict(),
             "rng": {"train": run.train_gen.get_state(), "torch": torch.get_rng_state()},
             "elapsed_s": run.elapsed(),
             "train_time_s": run.train_time_before + run.train_time,
