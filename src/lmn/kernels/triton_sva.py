@@ -21,9 +21,11 @@ arithmetic ("latest": ``L = k**i``, node ``u // k**i - 1``, present for ``u >= k
 of ``u`` exceeds ``r``).
 
 Backward recomputes each slot's probability from the saved log-sum-exp (as
-FlashAttention does); the key's gradient is summed in registers, the node rows'
-gradients are added atomically: where a block is at least as long as the tile, the
-tile's rows are first reduced to the (at most two) nodes they read.
+FlashAttention does); the key's gradient is summed in registers; the token's own slot
+writes its node gradients with plain stores; every other slot first sums, within the
+tile, the rows that read the same node (at most two nodes where a block is at least as
+long as the tile, else a segmented scan over the tile) and adds one vector per node
+atomically.
 
 Numbers are float32 inside the kernels whatever the input dtype (float32, bfloat16,
 float16).
@@ -93,7 +95,13 @@ def _sva_fwd(K, Q, V, O, LSE, META, T, S, n_heads,
 
 
 @triton.jit
-def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, META, T, S, n_heads,
+def _seg_add(f1, a1, b1, f2, a2, b2):
+    """Segmented sum (``f``: a segment starts at the right operand): associative."""
+    return f1 | f2, tl.where(f2 != 0, a2, a1 + a2), tl.where(f2 != 0, b2, b1 + b2)
+
+
+@triton.jit
+def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, DQS, DVS, META, T, S, n_heads,
              skb, skt, sqb, sqr, svb, svr, sob, sot, sdob, sdot, sdkb, sdkt, sgb, sgr,
              DH: tl.constexpr, DHP: tl.constexpr, BLOCK: tl.constexpr):
     pid_t = tl.program_id(0)
@@ -118,7 +126,17 @@ def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, META, T, S, n_heads,
     vbase = V + b * svb + col[None, :]
     gq_base = DQ + b * sgb + col
     gv_base = DV + b * sgb + col
-    for s in range(S):
+    # slot 0, the token itself (row t): its node gradients go to a dense buffer (DQS/DVS,
+    # (B, T, D), added to the token rows by the caller) with plain stores, no atomics
+    qn = tl.load(qbase + t64 * sqr, mask=kmask, other=0.0).to(tl.float32)
+    vn = tl.load(vbase + t64 * svr, mask=kmask, other=0.0).to(tl.float32)
+    p = tl.where(tmask, tl.exp(tl.sum(qn * key, axis=1) - lse), 0.0)
+    ds = p * (tl.sum(do * vn, axis=1) - delta)
+    dk += ds[:, None] * qn
+    tl.store(DQS + b * sdkb + t64 * sdkt + col[None, :], ds[:, None] * key, mask=kmask)
+    tl.store(DVS + b * sdkb + t64 * sdkt + col[None, :], p[:, None] * do, mask=kmask)
+    i = tl.arange(0, BLOCK)
+    for s in range(1, S):
         base = tl.load(META + s * 8 + 0)
         L = tl.load(META + s * 8 + 1)
         mul = tl.load(META + s * 8 + 2)
@@ -153,9 +171,14 @@ def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, META, T, S, n_heads,
             tl.atomic_add(gv_base + ra, tl.sum(tl.where(ma[:, None], gv, 0.0), axis=0), mask=fa)
             tl.atomic_add(gq_base + rb, tl.sum(tl.where(mb[:, None], gq, 0.0), axis=0), mask=fb)
             tl.atomic_add(gv_base + rb, tl.sum(tl.where(mb[:, None], gv, 0.0), axis=0), mask=fb)
-        else:
-            tl.atomic_add(gq_base[None, :] + row[:, None] * sgr, gq, mask=lm)
-            tl.atomic_add(gv_base[None, :] + row[:, None] * sgr, gv, mask=lm)
+        else:  # blocks of L < BLOCK rows: sum each block's rows in the tile (a segmented scan), one add per node
+            start = (u % L == 0) | (i == 0)
+            end = ((u + 1) % L == 0) | (i == BLOCK - 1)
+            flags = tl.broadcast_to(start[:, None], (BLOCK, DHP)).to(tl.int32)
+            _, sq, sv = tl.associative_scan((flags, gq, gv), 0, _seg_add)
+            em = (end & (idx >= 0) & (idx < n))[:, None] & dmask[None, :]  # (absent rows added zeros)
+            tl.atomic_add(gq_base[None, :] + row[:, None] * sgr, sq, mask=em)
+            tl.atomic_add(gv_base[None, :] + row[:, None] * sgr, sv, mask=em)
     tl.store(DK + b * sdkb + t64 * sdkt + col[None, :], dk.to(DK.dtype.element_ty), mask=kmask)
 
 
@@ -255,13 +278,16 @@ class FusedSlotAttention(torch.autograd.Function):
         dk = torch.empty(B, T, D, device=key.device, dtype=torch.float32)
         dq = torch.zeros(B, q_tab.shape[1], D, device=key.device, dtype=torch.float32)
         dv = torch.zeros_like(dq)
+        dqs, dvs = torch.empty_like(dk), torch.empty_like(dk)  # slot 0's node gradients
         grid = (triton.cdiv(T, block), B * n_heads)
-        _sva_bwd[grid](key, q_tab, v_tab, out, grad_out, lse, dk, dq, dv, meta, T, meta.shape[0], n_heads,
+        _sva_bwd[grid](key, q_tab, v_tab, out, grad_out, lse, dk, dq, dv, dqs, dvs, meta, T, meta.shape[0], n_heads,
                        key.stride(0), key.stride(1), q_tab.stride(0), q_tab.stride(1),
                        v_tab.stride(0), v_tab.stride(1), out.stride(0), out.stride(1),
                        grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1),
                        dq.stride(0), dq.stride(1),
                        DH=dh, DHP=dhp, BLOCK=block, num_warps=warps)
+        dq[:, :T] += dqs
+        dv[:, :T] += dvs
         return dk.to(key.dtype), dq.to(q_tab.dtype), dv.to(v_tab.dtype), None, None
 
 
