@@ -49,8 +49,10 @@ def test_two_process_step_equals_single_process_step(tmp_path):
     config = json.loads((tmp_path / "single" / "config.json").read_text())["train"]
     torch.manual_seed(config["seed"])
     w0 = build_model("lmn", config["model_config"]).state_dict()
-    w1 = load_file(tmp_path / "single" / "model.safetensors")
-    w2 = load_file(tmp_path / "ddp" / "model.safetensors")
+    from lmn.trainer import newest_checkpoint
+
+    w1 = load_file(newest_checkpoint(tmp_path / "single", need_state=False).path / "model.safetensors")
+    w2 = load_file(newest_checkpoint(tmp_path / "ddp", need_state=False).path / "model.safetensors")
     assert w1.keys() == w2.keys()
     lr, wd = config["lr"], config["weight_decay"]
     driven = total = 0

@@ -38,7 +38,17 @@ def without_timing(recs):
 
 
 def snapshot(run_dir):
-    return {p.name: p.read_bytes() for p in Path(run_dir).iterdir()}
+    """Every file under ``run_dir`` (relative path -> bytes)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+
+
+def weights(run_dir):
+    """The weights of the run's newest checkpoint."""
+    from safetensors.torch import load_file
+
+    from lmn.trainer import newest_checkpoint
+
+    return load_file(newest_checkpoint(run_dir, need_state=True).path / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +63,15 @@ def smoke_run(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- smoke run
 def test_smoke_run_learns_and_writes_its_run_dir(smoke_run):
-    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "model.safetensors", "trainer_state.pt", "final.json"):
+    for name in ("lmn-run.json", "config.json", "tokenizer.json", "metrics.jsonl", "final.json"):
         assert (smoke_run / name).is_file(), name
+    # the newest two checkpoints, each a complete step directory
+    assert sorted(p.name for p in (smoke_run / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
+    for name in ("model.safetensors", "trainer_state.pt", "checkpoint.json"):
+        assert (smoke_run / "checkpoints" / "step-00000040" / name).is_file(), name
+    manifest = json.loads((smoke_run / "lmn-run.json").read_text())
+    assert manifest["program"] == "lmn" and sorted(manifest["files"]) == sorted(
+        ["lmn-run.json", "config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "final.json"])
     evals = records(smoke_run, "eval")
     assert [r["step"] for r in evals] == [0, 20, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # from ~ln 65 = 4.17
@@ -126,9 +143,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     full = {r["step"]: r for r in without_timing(records(tmp_path / "full", "eval"))}
     assert sorted(full) == [0, 3, 6, 7] and sorted(cut) == [0, 3, 4, 6, 7]
     assert all(cut[step] == full[step] for step in full)
-    from safetensors.torch import load_file
-
-    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -166,9 +181,10 @@ def test_gradient_checkpointing_switch_reaches_the_models():
 
 
 def _tiny_run(tmp_path, name="run", **overrides):
-    cfg = preset_config("smoke", data=str(small_corpus(tmp_path)), out_dir=str(tmp_path / name), max_iters=2,
-                        eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
-                        model_config={"d_model": 8, "n_layers": 1}, **overrides)
+    settings = dict(max_iters=2, eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
+                    model_config={"d_model": 8, "n_layers": 1})
+    cfg = preset_config("smoke", data=str(small_corpus(tmp_path)), out_dir=str(tmp_path / name),
+                        **{**settings, **overrides})
     train(cfg, stream=open(os.devnull, "w"))
     return cfg
 
@@ -193,25 +209,167 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         load_checkpoint(cfg.out_dir, build_model("lmn", other), "lmn", other, require_state=False)
 
 
-@pytest.mark.parametrize("damage", ["truncate-model", "flip-model", "truncate-state"])
-def test_damaged_checkpoint_is_a_clear_error(tmp_path, capsys, damage):
-    cfg = _tiny_run(tmp_path)
-    run = Path(cfg.out_dir)
-    target = run / ("trainer_state.pt" if damage.endswith("state") else "model.safetensors")
-    blob = bytearray(target.read_bytes())
-    if damage.startswith("truncate"):
+def _damage(path: Path, how: str) -> None:
+    blob = bytearray(path.read_bytes())
+    if how == "truncate":
         blob = blob[: len(blob) // 2]
     else:
         blob[-5] ^= 0xFF  # inside a tensor: the header still parses, the sha256 does not match
-    target.write_bytes(bytes(blob))
-    before = snapshot(run)
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "flip-model", "truncate-state", "flip-state"])
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, capsys, damage):
+    """Damage the newest checkpoint (step 2): resume passes over it (one warning line) to the
+    one before (step 0) and still reproduces an uninterrupted run; generate needs the
+    weights only, so a damaged trainer state does not stop it."""
+    cfg = _tiny_run(tmp_path)  # checkpoints at steps 0 and 2
+    run = Path(cfg.out_dir)
+    newest = run / "checkpoints" / "step-00000002"
+    how, what = damage.split("-")
+    _damage(newest / ("trainer_state.pt" if what == "state" else "model.safetensors"), how)
+    status, out, err = run_cli("generate", "--checkpoint", run, "--tokens", 5, "--seed", 0, capsys=capsys)
+    assert status == 0, err
+    if what == "model":
+        assert "warning: passing over a damaged checkpoint" in err and "step-00000002" in err
+        assert len(err.strip().splitlines()) == 1
+    else:
+        assert err == ""
     status, _, err = run_cli("train", "--out", run, "--resume", "--max-iters", 4, capsys=capsys)
-    assert status == 2 and ("corrupted" in err or "truncated" in err), err
-    assert len(err.strip().splitlines()) == 1
-    if damage != "truncate-state":
-        status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 5, capsys=capsys)
-        assert status == 2 and ("corrupted" in err or "truncated" in err), err
+    assert status == 0, err
+    assert "passing over a damaged checkpoint" in err and "weights_only" not in err
+    _tiny_run(tmp_path, name="ref", max_iters=4)
+    for kind in ("train", "eval"):
+        assert without_timing(records(run, kind)) == without_timing(records(tmp_path / "ref", kind))
+    a, b = weights(run), weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path, capsys):
+    cfg = _tiny_run(tmp_path)
+    run = Path(cfg.out_dir)
+    for step_dir in (run / "checkpoints").iterdir():
+        _damage(step_dir / "model.safetensors", "flip")
+        _damage(step_dir / "trainer_state.pt", "truncate")
+    before = snapshot(run)
+    for argv in (("train", "--out", run, "--resume", "--max-iters", 4), ("generate", "--checkpoint", run)):
+        status, out, err = run_cli(*argv, capsys=capsys)
+        assert status == 2 and "no intact checkpoint" in err and "corrupted" in err, err
+        assert len(err.strip().splitlines()) == 1 and "weights_only" not in err
+    status, _, err = run_cli("train", "--out", run, "--max-iters", 4, capsys=capsys)
+    assert status == 2 and "--force" in err
     assert snapshot(run) == before
+
+
+def test_a_corrupt_trainer_state_never_suggests_weights_only_false(tmp_path):
+    from lmn.trainer import load_trainer_state
+
+    cfg = _tiny_run(tmp_path)
+    for step_dir in (Path(cfg.out_dir) / "checkpoints").iterdir():
+        (step_dir / "trainer_state.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError) as err:
+        load_trainer_state(cfg.out_dir)
+    assert "weights_only" not in str(err.value) and "corrupted" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- stops, kills, --force
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys):
+    """What a kill during the step-0 evaluation leaves (manifest, config, tokenizer, metrics,
+    no checkpoint): generate says so; the same command, or --resume, starts at step 0."""
+    import shutil
+
+    cfg = _tiny_run(tmp_path)
+    run = Path(cfg.out_dir)
+    shutil.rmtree(run / "checkpoints")
+    (run / "final.json").unlink()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".tmp-step-00000000-99999").mkdir()  # a save killed half-way
+    status, _, err = run_cli("generate", "--checkpoint", run, capsys=capsys)
+    assert status == 2 and "no checkpoint yet" in err and "--resume" in err
+    status, _, err = run_cli("train", "--out", run, "--resume", capsys=capsys)
+    assert status == 0 and "starting at step 0" in err, err
+    assert not (run / "checkpoints" / ".tmp-step-00000000-99999").exists()
+    _tiny_run(tmp_path, name="ref")
+    assert without_timing(records(run, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
+    shutil.rmtree(run / "checkpoints")
+    (run / "final.json").unlink()
+    train(cfg, stream=open(os.devnull, "w"))  # the same command again: accepted
+    assert without_timing(records(run, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
+
+
+def test_max_iters_0_leaves_a_loadable_run(tmp_path, capsys):
+    cfg = _tiny_run(tmp_path, max_iters=0)
+    assert [c.step for c in __import__("lmn.trainer", fromlist=["x"]).list_checkpoints(cfg.out_dir)] == [0]
+    status, out, err = run_cli("generate", "--checkpoint", cfg.out_dir, "--tokens", 3, capsys=capsys)
+    assert status == 0, err
+    status, _, err = run_cli("train", "--out", cfg.out_dir, "--resume", "--max-iters", 2, capsys=capsys)
+    assert status == 0, err
+    _tiny_run(tmp_path, name="ref")
+    assert without_timing(records(cfg.out_dir, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
+
+
+def test_force_removes_only_what_lmn_wrote(tmp_path, capsys):
+    cfg = _tiny_run(tmp_path)
+    run = Path(cfg.out_dir)
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoints" / ".tmp-step-00000007-4242").mkdir()
+    (run / ".metrics.jsonl.tmp4242").write_text("half")
+    status, _, err = run_cli("train", "--out", run, "--force", "--data", cfg.data, "--preset", "smoke",
+                             "--max-iters", 0, "--eval-iters", 1, "--block-size", 16, "--batch-size", 2,
+                             "--no-whole-val", "--model-opt", "d_model=8", "--model-opt", "n_layers=1", capsys=capsys)
+    assert status == 0, err
+    assert (run / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000000"]
+    assert not (run / ".metrics.jsonl.tmp4242").exists()
+
+
+def test_force_refuses_a_directory_that_is_not_an_lmn_run(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "metrics.jsonl").write_text("my numbers\n")
+    before = snapshot(mine)
+    for flag in ("--force", "--resume", None):
+        argv = ["train", "--preset", "smoke", "--data", small_corpus(tmp_path), "--out", mine]
+        status, _, err = run_cli(*argv, *([flag] if flag else []), capsys=capsys)
+        assert status == 2 and str(mine) in err and "not an lmn run" in err, (flag, err)
+        assert len(err.strip().splitlines()) == 1
+    status, _, err = run_cli("train", "--out", mine, "--resume", capsys=capsys)
+    assert status == 2 and "not the config of an lmn run" in err, err
+    assert snapshot(mine) == before
+
+
+def test_a_run_of_checkpoint_format_1_loads_resumes_and_forces(tmp_path, capsys):
+    """Run directories written before step directories (model.safetensors and
+    trainer_state.pt beside config.json, no manifest) load, resume and --force."""
+    import shutil
+
+    from lmn.data.corpus import sha256_file
+
+    cfg = _tiny_run(tmp_path)
+    run = Path(cfg.out_dir)
+    newest = run / "checkpoints" / "step-00000002"
+    shutil.copy(newest / "model.safetensors", run / "model.safetensors")
+    state = torch.load(newest / "trainer_state.pt", weights_only=True)
+    state.update(format=1, model_sha256=sha256_file(run / "model.safetensors"))
+    torch.save(state, run / "trainer_state.pt")
+    shutil.rmtree(run / "checkpoints")
+    (run / "lmn-run.json").unlink()
+    status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 3, capsys=capsys)
+    assert status == 0, err
+    status, _, err = run_cli("train", "--out", run, "--resume", "--max-iters", 4, capsys=capsys)
+    assert status == 0, err
+    _tiny_run(tmp_path, name="ref", max_iters=4)
+    assert without_timing(records(run, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
+    a, b = weights(run), weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "lmn-run.json").read_text())["files"][-1] == "trainer_state.pt"
+    (run / "notes.txt").write_text("mine")
+    status, _, err = run_cli("train", "--out", run, "--force", "--max-iters", 0, "--data", cfg.data, "--preset",
+                             "smoke", "--eval-iters", 1, "--no-whole-val", capsys=capsys)
+    assert status == 0, err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "final.json", "lmn-run.json",
+                                                     "metrics.jsonl", "notes.txt", "tokenizer.json"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -226,12 +384,12 @@ def test_bad_train_input_exits_cleanly(tmp_path, capsys):
     out = tmp_path / "new"
     cases = {
         "unknown preset": (["--preset", "paper-xl", "--out", out], "unknown preset"),
-        "existing run dir": (["--preset", "smoke", "--out", existing], "--resume"),
+        "existing non-run dir": (["--preset", "smoke", "--out", existing], "not an lmn run"),
         "empty corpus": (["--preset", "smoke", "--data", empty, "--out", out], "empty"),
         "non-UTF-8 corpus": (["--preset", "smoke", "--data", latin1, "--out", out], "UTF-8"),
         "too-short corpus": (["--preset", "smoke", "--data", short, "--out", out], "too short"),
         "missing corpus": (["--preset", "smoke", "--data", tmp_path / "nope.txt", "--out", out], "no such file"),
-        "resume nothing": (["--out", tmp_path / "none", "--resume"], "not a run directory"),
+        "resume nothing": (["--out", tmp_path / "none", "--resume"], "nothing to resume"),
         "bad value": (["--preset", "smoke", "--data", short, "--out", out, "--max-iters", "-3"], "max_iters"),
         "bad model option": (["--preset", "smoke", "--data", short, "--out", out, "--model-opt", "d_modle=8"],
                              "d_modle"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -68,7 +69,9 @@ def _add_train_parser(sub) -> None:
     )
     p.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (default paper-lmn)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="start over in a non-empty --out (deletes its run files)")
+    p.add_argument("--force", action="store_true", help="start over in an existing run directory --out: deletes "
+                   "the files its run manifest (lmn-run.json) lists, nothing else; refuses a directory that is not "
+                   "an lmn run")
     p.add_argument(
         "--model-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
         help="override a field of the model's config, e.g. --model-opt d_model=64 (repeatable)",
@@ -105,7 +108,14 @@ def _cmd_train(args) -> int:
         # Continue from the run's own config; flags given now still apply (and are checked).
         if "out_dir" not in overrides:
             raise UsageError("--resume needs --out RUN")
-        saved = saved_config(overrides["out_dir"])
+        out = Path(overrides["out_dir"])
+        if not out.exists():
+            raise UsageError(f"cannot resume {out}: there is no such directory, so nothing to resume; start the run "
+                             "with its full lmn train command (--resume may stay)")
+        if out.is_dir() and not (out / "config.json").exists():
+            raise UsageError(f"cannot resume {out}: it has no config.json (it stopped before its config was written, "
+                             "or is not a run); run the original lmn train command again (--resume may stay)")
+        saved = saved_config(out)
         cfg_dict = {**saved["train"], **overrides}
         cfg_dict["model_config"] = {**saved["train"].get("model_config", {}), **model_opts}
         cfg_dict["task_options"] = {**saved["train"].get("task_options", {}), **task_opts}
@@ -153,6 +163,10 @@ def _cmd_generate(args) -> int:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
     if not args.temperature >= 0 or args.temperature == float("inf"):
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if 0 < args.temperature < MIN_TEMPERATURE:  # logits / temperature would overflow to inf
+        raise UsageError(f"--temperature {args.temperature:g} is too small to sample with; give 0 for greedy "
+                         f"decoding, or at least {MIN_TEMPERATURE:g}")
+    _check_device(args.device)
     if not args.prompt:
         raise UsageError("--prompt is empty; give at least one character")
     if args.native and args.device != "cpu":
@@ -166,6 +180,13 @@ def _cmd_generate(args) -> int:
     kind = get_kind(doc["train"]["model"])
     if kind.stream is None:
         raise UsageError(f"{args.checkpoint} is a {kind.name!r} run; generate streams from LMN runs only")
+    if args.native:  # build the C kernel now: a failing compiler is an error before any output
+        from .native import NativeStepper
+
+        try:
+            NativeStepper(model, batch_size=1)
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(f"--native: {err}; or drop --native to use LMN.step") from None
     if args.top_k is not None and not 1 <= args.top_k:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     unknown = tokenizer.unknown_chars(args.prompt)
@@ -187,6 +208,37 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+MIN_TEMPERATURE = 1e-6
+
+
+def _check_device(text: str) -> None:
+    """A device this machine has (one line naming what to use instead)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise UsageError(f"--device {text}: CUDA is not available on this machine ({why}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise UsageError(f"--device {text} is not usable here ({str(err).splitlines()[0]}); use --device cpu") from None
+
+
+def need(module: str, extra: str, what: str) -> None:
+    """Stop with the extra to install when ``module`` is missing (before any work)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}, which is not installed; install it with: pip install 'lmn[{extra}]'")
+
+
 # ----------------------------------------------------------------------------- plot
 def _add_plot_parser(sub) -> None:
     p = sub.add_parser("plot", help="draw train/validation loss curves of runs into one PNG")
@@ -203,6 +255,7 @@ def _cmd_plot(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {args.output!r}")
+    need("matplotlib", "train", "lmn plot")
     if output.exists() and not args.force:
         raise UsageError(f"{output} exists; pass --force to overwrite it")
     curves = []
@@ -348,7 +401,10 @@ SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_b
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="lmn", description="Logarithmic Memory Networks: train, sample, plot.")
+    parser.add_argument("--version", action="version", version=f"lmn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in SUBCOMMANDS:
@@ -357,22 +413,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a subcommand runs (parsing, imports)
+        return _interrupted("lmn")
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .data import CorpusError
-    from .trainer import CheckpointError
+    from .trainer import CheckpointError, CheckpointWarning
 
+    _one_line_warnings(args.command, CheckpointWarning)
     try:
         return args.func(args)
     except (UsageError, ValueError, CorpusError, CheckpointError, FileNotFoundError) as err:
         _fail(args.command, err, EXIT_USAGE)
     except KeyboardInterrupt:
-        print(f"lmn {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(f"lmn {args.command}")
     except BrokenPipeError:  # e.g. `lmn generate ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as err:
         _fail(args.command, err, EXIT_FAILURE)
+
+
+def _interrupted(prefix: str) -> int:
+    """Exit status 130 after Ctrl-C; a second Ctrl-C meanwhile does not become a traceback."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return EXIT_INTERRUPTED
+
+
+def _one_line_warnings(command: str, category) -> None:
+    """Warnings of ``category`` (e.g. a damaged checkpoint passed over) as one line on stderr."""
+    import warnings
+
+    _WARN["command"] = command
+    previous = warnings.showwarning
+    if getattr(previous, "_lmn", False):
+        return
+
+    def show(message, cat, *rest, **kw):
+        if issubclass(cat, category):
+            print(f"lmn {_WARN['command']}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, cat, *rest, **kw)
+
+    show._lmn = True
+    warnings.showwarning = show
+
+
+_WARN = {"command": ""}
 
 
 def _fail(command: str, err: Exception, status: int):

@@ -102,6 +102,45 @@ def _out_dir(args) -> Path:
     return Path(args.out if args.out is not None else (QUICK_OUT if args.quick else DEFAULT_OUT))
 
 
+def _need(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"lmn bench needs {module} for {what}, which is not installed; install it with: "
+                         "pip install 'lmn[bench]'")
+
+
+def _check_before_measuring(args, models: list[str]) -> Path:
+    """Everything that would fail after the measurements, checked before them: the output
+    directory can be written, ``--name`` is a plain file name, and the packages the models
+    and the plots need are installed. Returns the output directory (created)."""
+    import os
+
+    from lmn.kinds import get_kind
+
+    name = args.name
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name or name.startswith("."):
+        raise ValueError(f"--name must be a plain file name stem (no directories, no leading dot), got {name!r}; "
+                         "choose where the files go with --out")
+    out = _out_dir(args)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory; give a directory for the result files")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {ancestor}; choose another --out")
+    for model in models:
+        for package in get_kind(model).requires:
+            _need(package, f"model {model}")
+    if not args.no_plots:
+        _need("matplotlib", "the plots (or pass --no-plots)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _devices(args) -> list[str]:
     from .common import resolve_devices
 
@@ -144,7 +183,7 @@ def _cmd_decode(args, command: str) -> int:
     )
     if cfg.chunk & (cfg.chunk - 1):
         raise ValueError(f"--chunk must be a power of two (LMN's prefill pieces), got {cfg.chunk}")
-    out = _out_dir(args)
+    out = _check_before_measuring(args, cfg.models)
     doc = run_decode(cfg, out, args.name, command, plots=not args.no_plots)
     _summary(out / f"{args.name}.json", doc)
     return 0
@@ -200,7 +239,7 @@ def _cmd_train(args, command: str) -> int:
         quick=q,
         mmap_threshold_bytes=_mmap_threshold(args.malloc_mmap_threshold),
     )
-    out = _out_dir(args)
+    out = _check_before_measuring(args, cfg.models)
     doc = run_train(cfg, out, args.name, command, plots=not args.no_plots)
     _summary(out / f"{args.name}.json", doc)
     return 0
@@ -209,6 +248,8 @@ def _cmd_train(args, command: str) -> int:
 def _cmd_report(args, command: str) -> int:
     from .report import report
 
+    if not args.no_plots:
+        _need("matplotlib", "the plots (or pass --no-plots)")
     for path in report(args.paths, plots=not args.no_plots):
         print(path)
     return 0

@@ -89,7 +89,14 @@ class CharTokenizer:
         return cls(data["chars"])
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=True) + "\n", encoding="utf-8")
+        """Write atomically (a temporary ``.NAME.tmpPID`` renamed over ``path``)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import CharTokenizer, check_split_sizes, load_corpus, sequential_windows, split_tokens
+from ..data import CharTokenizer, CorpusError, check_split_sizes, load_corpus, sequential_windows, split_tokens
 from ..data.batches import gather_windows, window_starts
 from ..data.corpus import sha256_file
 from .base import Batch, Task
@@ -35,6 +35,10 @@ class TextTask(Task):
     def __init__(self, data: str = "tinyshakespeare", train_frac: float = 0.9, block_size: int = 512):
         path, text = load_corpus(data)
         self.tokenizer = CharTokenizer.from_text(text)
+        if self.tokenizer.vocab_size < 2:
+            raise CorpusError(f"corpus {str(path)!r} holds a single distinct character "
+                              f"({self.tokenizer.chars!r}, {len(text):,} times): there is nothing to predict; "
+                              "give a text with at least 2 different characters")
         train, val = split_tokens(self.tokenizer.encode(text), train_frac)
         check_split_sizes(train, val, block_size, what=f"corpus {str(path)!r}")
         self.ids = {"train": train, "val": val}

@@ -23,12 +23,15 @@ from .loop import train
 from .models import (build_model, enable_gradient_checkpointing, normalize_model_config, num_parameters,
                      resolve_model_config)
 from .progress import Progress, machine_info
-from .rundir import (CHECKPOINT_FORMAT, CONFIG_FILE, FINAL_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES, STATE_FILE,
-                     TOKENIZER_FILE, CheckpointError, load_checkpoint, load_run, load_trainer_state,
-                     prepare_run_dir, read_checkpoint_metadata, read_metrics, save_checkpoint, saved_config)
+from .rundir import (CHECKPOINT_FORMAT, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_FILE, METRICS_FILE, MODEL_FILE,
+                     RUN_FILES, RUN_MANIFEST, STATE_FILE, TOKENIZER_FILE, Checkpoint, CheckpointError,
+                     CheckpointWarning, DamagedCheckpoint, list_checkpoints, load_checkpoint, load_run,
+                     load_trainer_state, newest_checkpoint, prepare_run_dir, read_checkpoint_metadata, read_metrics,
+                     save_checkpoint, saved_config)
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CONFIG_FILE", "DTYPES", "FINAL_FILE", "METRICS_FILE", "MODEL_FILE", "PRESETS",
+    "CHECKPOINT_FORMAT", "CHECKPOINTS_DIR", "RUN_MANIFEST", "Checkpoint", "CheckpointWarning", "DamagedCheckpoint",
+    "list_checkpoints", "newest_checkpoint", "CONFIG_FILE", "DTYPES", "FINAL_FILE", "METRICS_FILE", "MODEL_FILE", "PRESETS",
     "RESUMABLE_FIELDS", "RUN_FILES", "STATE_FILE", "TOKENIZER_FILE", "CheckpointError", "Dist", "Progress",
     "TrainConfig", "build_model", "enable_gradient_checkpointing", "estimate_loss", "eval_seed", "evaluate_whole",
     "init_distributed", "load_checkpoint", "load_run", "load_trainer_state", "machine_info",

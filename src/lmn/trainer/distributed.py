@@ -60,7 +60,9 @@ def init_distributed(device_pref: str) -> tuple[Dist, torch.device]:
         device_pref = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_pref)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
+        raise ValueError(f"--device {device_pref}: CUDA is not available on this machine "
+                         f"({'torch is built without CUDA' if torch.version.cuda is None else 'no GPU is visible'}); "
+                         "use --device cpu (or auto)")
     if world <= 1:
         return Dist(), device
     dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

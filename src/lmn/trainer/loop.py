@@ -19,6 +19,7 @@ command sets it from ``cfg.threads``).
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -33,12 +34,13 @@ from .config import DTYPES, TrainConfig
 from .distributed import Dist, init_distributed
 from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
 from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_optimizer, shard_model
-from .models import (build_model, check_model_config, check_positions, enable_gradient_checkpointing,
-                     num_parameters, resolve_model_config, versions)
+from .models import (build_model, check_model_config, check_positions, check_requirements,
+                     enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
 from .progress import DeferredStop, Progress, machine_info
-from .rundir import (CONFIG_FILE, FINAL_FILE, METRICS_FILE, RUN_FILES, STATE_FILE, CheckpointError,
-                     atomic_write_text, check_resume_compatible, last_eval, load_checkpoint, prepare_run_dir,
-                     read_metrics, save_checkpoint, saved_config)
+from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
+                     atomic_write_text, check_resume_compatible, clean_stale, discard_checkpoints_after, last_eval,
+                     load_checkpoint, prepare_run_dir, read_metrics, read_run_manifest, remove_run_files,
+                     save_checkpoint, saved_config, write_run_manifest)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Run:
     metrics: IO | None = None  # metrics.jsonl, open on the main process only
     step: int = 0
     start_step: int = 0
+    from_checkpoint: bool = False  # resumed: a checkpoint of start_step exists already
     elapsed_before: float = 0.0  # wall seconds of earlier sessions of this run
     train_time_before: float = 0.0  # seconds in training steps of earlier sessions
     train_time: float = 0.0  # seconds in training steps of this session
@@ -83,8 +86,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
 
     Args:
         cfg: the run's configuration; ``cfg.model_config`` may be partial.
-        resume: continue the run in ``cfg.out_dir`` from its checkpoint.
-        force: start over in an existing, non-empty ``cfg.out_dir``.
+        resume: continue the run in ``cfg.out_dir`` from its newest intact checkpoint (at
+            step 0 when it has none yet).
+        force: start over in an existing lmn run directory (deleting only what lmn wrote).
         preset: name recorded in config.json.
         stream: where progress goes (default stderr); only process 0 writes.
     Raises:
@@ -93,20 +97,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     dist, device = init_distributed(cfg.device)
     dist.share(cfg.batch_size)  # divisible by the number of processes
     check_fsdp(cfg, dist.world_size)
-    run_dir = prepare_run_dir(cfg, resume=resume, force=force)
+    check_requirements(cfg.model)
+    run_dir, from_checkpoint = prepare_run_dir(cfg, resume=resume, force=force)
     check_model_config(cfg.model, cfg.model_config, cfg.model_size)  # bad options fail before any I/O
     task = make_task(cfg)
+    saved = saved_config(run_dir) if resume and (run_dir / CONFIG_FILE).is_file() else None
+    if saved is not None:  # the data first: a changed corpus also changes the vocabulary
+        try:
+            task.check_resume(run_dir, saved.get(task.record_key, {}))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config, task.vocab_size,
                                                          cfg.model_size))
     check_positions(cfg.model, cfg.model_config, task.seq_len)
-    if resume:
-        saved = saved_config(run_dir)
+    if saved is not None:
         check_resume_compatible(cfg, saved, task)
         preset = preset or saved.get("preset")
     run = _build(cfg, task, run_dir, dist, device, preset, stream)
-    if resume:
+    if from_checkpoint:
         _restore(run)
-    _write_run_dir(run, resume=resume, force=force)
+    elif resume:
+        run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
+    _write_run_dir(run)
     with DeferredStop(enabled=not dist.enabled) as stop:
         _loop(run, stop)
     return _finish(run)
@@ -136,6 +148,7 @@ def _restore(run: Run) -> None:
         run.train_gen.set_state(state["rng"]["train"])
         torch.set_rng_state(state["rng"]["torch"])
         run.step = run.start_step = int(state["step"])
+        run.from_checkpoint = True
         run.elapsed_before, run.train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{run.run_dir / STATE_FILE} is inconsistent with this run ({err})") from None
@@ -145,21 +158,33 @@ def _restore(run: Run) -> None:
     run.last_eval = last_eval(run.run_dir, upto=run.step)
 
 
-def _write_run_dir(run: Run, *, resume: bool, force: bool) -> None:
-    """config.json, the task's files and metrics.jsonl (nothing was written before this
-    point); then the DDP wrapper and the open metrics file."""
+def _write_run_dir(run: Run) -> None:
+    """The run manifest first, then config.json, the task's files and metrics.jsonl
+    (nothing was written before this point); then the DDP wrapper and the open metrics
+    file. A run that does not continue from a checkpoint starts over: what lmn wrote in
+    the directory before (by its manifest) is removed first, nothing else."""
     cfg, run_dir, dist = run.cfg, run.run_dir, run.dist
     n_params = num_parameters(run.model)
+    resume = run.from_checkpoint
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if force:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+        if resume:
+            clean_stale(run_dir)
+            discard_checkpoints_after(run_dir, run.step)  # damaged ones, passed over
+            if read_run_manifest(run_dir) is None:  # a run of checkpoint format 1
+                write_run_manifest(run_dir, LEGACY_RUN_FILES)
+        else:
+            clean_stale(run_dir)
+            if any(run_dir.iterdir()):
+                remove_run_files(run_dir)
+            write_run_manifest(run_dir)
         doc = {"preset": run.preset, "train": cfg.to_dict(), run.task.record_key: run.task.record(),
                "params": n_params, "versions": versions(cfg.model)}
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
         if not resume:
+            before = set(os.listdir(run_dir))
             run.task.save(run_dir)
+            write_run_manifest(run_dir, sorted(set(os.listdir(run_dir)) - before))
         # Forget records past the checkpoint: they are about to be recomputed.
         kept = [r for r in read_metrics(run_dir) if r["type"] != "final" and r["step"] <= run.step] if resume else []
         atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
@@ -185,7 +210,7 @@ def _loop(run: Run, stop: DeferredStop) -> None:
     while True:
         _maybe_evaluate(run)
         due = run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_iters or stop.requested
-        if run.step > run.start_step and due:
+        if due and (run.step > run.start_step or not run.from_checkpoint):  # a new run saves step 0 too
             _checkpoint(run)
         if stop.requested:
             run.progress.message(f"stopped: checkpoint at step {run.step} in {run.run_dir}; continue with --resume")

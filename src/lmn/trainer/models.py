@@ -32,6 +32,19 @@ def size_overrides(kind: str, size: str) -> dict:
     return dict(sizes[size])
 
 
+def check_requirements(kind: str) -> None:
+    """Every package a run of ``kind`` needs is installed (checked before anything is
+    written or trained): safetensors for the checkpoints, and the kind's own (e.g.
+    transformers for the baselines)."""
+    import importlib.util
+
+    needed = ("safetensors", *get_kind(kind).requires)
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"training model {kind!r} needs {', '.join(missing)}, which is not installed; "
+                         f"install it with: pip install 'lmn[train]'")
+
+
 def normalize_model_config(kind: str, model_config: dict) -> dict:
     """``model_config`` completed with the current defaults of the kind's config class, so
     configs saved before a field was added still compare equal."""

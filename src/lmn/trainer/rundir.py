@@ -1,23 +1,44 @@
-"""The run directory: its files, atomic checkpoints, metrics, and loading a run back.
+"""The run directory: its files, checkpoints that survive any kill, metrics, and loading a
+run back.
 
 One run = one directory::
 
+    lmn-run.json       the run manifest: that this is an lmn run, and every name lmn writes
+                       here (``--force`` removes these and nothing else); written first
     config.json        the fully resolved TrainConfig (+ the task's record, e.g. the corpus,
                        parameter count, versions)
     tokenizer.json     the character vocabulary of the corpus (text task)
     metrics.jsonl      one JSON record per line: "train" (step, loss, tokens/s),
                        "eval" (step, <split>_loss), "final" (whole-split metrics)
-    model.safetensors  weights (metadata: model kind, model config, step)
-    trainer_state.pt   step, optimizer state, RNG states, sha256 of model.safetensors;
-                       read with torch.load(weights_only=True), so no pickle code runs
-    final.json         the summary Table 1 is made from
+    checkpoints/
+      step-00000040/   one checkpoint, complete or absent:
+        model.safetensors   weights (metadata: model kind, model config, step)
+        trainer_state.pt    step, optimizer state, RNG states; read with
+                            torch.load(weights_only=True), so no pickle code runs
+        checkpoint.json     step and the sha256 of both files, written last
+      step-00000039/   the previous one, kept as a fallback
+    final.json         the summary Table 1 is made from (at the end)
+
+A checkpoint is written into ``checkpoints/.tmp-step-N-PID/`` (files, then their checksums,
+each fsynced), then made current by one ``rename`` to ``checkpoints/step-N``: a kill at any
+moment leaves either the old set of checkpoints or the new one, never a mixed one. Readers
+take the newest checkpoint whose files match its checksums, and fall back to the one
+before if it is damaged. The trainer removes stale temporaries (of a killed save) when it
+starts, and keeps the newest two checkpoints.
+
+Run directories written before this layout (checkpoint format 1: ``model.safetensors`` and
+``trainer_state.pt`` beside config.json, no manifest) still load and resume; their
+checkpoint counts as one more candidate.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -28,29 +49,68 @@ from ..data.corpus import sha256_file
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .models import build_model, normalize_model_config
 
+RUN_MANIFEST = "lmn-run.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
+CHECKPOINT_MANIFEST = "checkpoint.json"
 FINAL_FILE = "final.json"
-RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
-CHECKPOINT_FORMAT = 1
+# What lmn writes in a run directory (the task adds its own files, e.g. tokenizer.json).
+RUN_FILES = (RUN_MANIFEST, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE)
+# What a run directory of checkpoint format 1 held (no manifest).
+LEGACY_RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
+CHECKPOINT_FORMAT = 2
+RUN_FORMAT = 1
+KEEP_CHECKPOINTS = 2
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STALE_FILE = re.compile(r"^\.(.+)\.tmp\d+$")
+_STALE_DIR = re.compile(r"^\.(?:tmp|trash)-step-\d+-\d+$")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupted, or belongs to another configuration."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """One checkpoint's files are missing, truncated or do not match their checksums."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was passed over for an older, intact one."""
+
+
+# ----------------------------------------------------------------------------- small files
 def saved_config(run_dir: str | os.PathLike) -> dict:
-    """The ``config.json`` of a run directory (raises CheckpointError if absent or unreadable)."""
-    path = Path(run_dir) / CONFIG_FILE
+    """The ``config.json`` of a run directory, checked to be lmn's (raises CheckpointError
+    if absent, unreadable, or not an lmn run config)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; give the directory lmn train wrote "
+                              "(its --out)")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("train"), dict):
+        raise CheckpointError(f"{path} is not the config of an lmn run (no \"train\" entry); give a directory "
+                              "written by lmn train")
+    return doc
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -59,8 +119,7 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -70,89 +129,299 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: dict, trainer_state: dict) -> None:
-    """Weights to model.safetensors, then ``trainer_state`` (+ the weights' sha256) to
-    trainer_state.pt, each atomically. A crash between the two renames leaves a pair whose
-    sha256 disagrees, which loading reports."""
+# ----------------------------------------------------------------------------- the run manifest
+def read_run_manifest(run_dir: Path) -> dict | None:
+    """The run manifest (``lmn-run.json``), or None when there is none or it is not lmn's."""
+    try:
+        doc = json.loads((Path(run_dir) / RUN_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("program") != "lmn" or not isinstance(doc.get("files"), list):
+        return None
+    return doc
+
+
+def write_run_manifest(run_dir: Path, extra_files=()) -> None:
+    from .. import __version__
+
+    names = list(dict.fromkeys([*RUN_FILES, *extra_files]))
+    doc = {"program": "lmn", "format": RUN_FORMAT, "lmn": __version__, "files": names,
+           "note": "written by lmn train; lmn train --force removes the files listed here and nothing else"}
+    atomic_write_text(run_dir / RUN_MANIFEST, json.dumps(doc, indent=2) + "\n")
+
+
+def _is_legacy_run(run_dir: Path) -> bool:
+    """A run directory written before the manifest existed: lmn's config.json."""
+    try:
+        doc = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("train"), dict) and "preset" in doc
+
+
+def lmn_files(run_dir: Path) -> list[str] | None:
+    """The names lmn wrote in ``run_dir`` by its own record (manifest, or the fixed set of a
+    format-1 run); None when ``run_dir`` is not an lmn run."""
+    manifest = read_run_manifest(run_dir)
+    if manifest is not None:
+        return [n for n in manifest["files"] if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
+    if _is_legacy_run(run_dir):
+        return list(LEGACY_RUN_FILES)
+    return None
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Remove what killed writers left, by lmn's own names only: ``.NAME.tmpPID`` files of
+    the run's files, unfinished checkpoint directories and checkpoints half-way through
+    deletion."""
+    names = {*(lmn_files(run_dir) or ()), *LEGACY_RUN_FILES, RUN_MANIFEST}
+    for entry in run_dir.iterdir() if run_dir.is_dir() else ():
+        m = _STALE_FILE.match(entry.name)
+        if m and m.group(1) in names and not entry.is_dir():
+            entry.unlink(missing_ok=True)
+    root = run_dir / CHECKPOINTS_DIR
+    for entry in root.iterdir() if root.is_dir() else ():
+        if _STALE_DIR.match(entry.name):
+            _remove(entry)
+
+
+def _is_stale_file(entry: Path, names=(*RUN_FILES, *LEGACY_RUN_FILES)) -> bool:
+    m = _STALE_FILE.match(entry.name)
+    return bool(m) and m.group(1) in names and not entry.is_dir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete what lmn's own record says it wrote in ``run_dir`` (and its temporaries);
+    the manifest goes last, so an interrupted removal can be repeated."""
+    names = lmn_files(run_dir)
+    if names is None:
+        raise CheckpointError(f"{run_dir} is not an lmn run directory (no {RUN_MANIFEST}); not deleting anything in it")
+    clean_stale(run_dir)
+    for name in names:
+        if name != RUN_MANIFEST:
+            _remove(run_dir / name)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    """One checkpoint of a run: ``path`` holds its model and trainer-state files."""
+
+    step: int
+    path: Path
+    format: int  # 2: a step directory; 1: the files beside config.json (older runs)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.format == 2 else f"{MODEL_FILE} (format 1)"
+
+
+def _step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS_DIR / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Checkpoint]:
+    """Every committed checkpoint of the run, newest first (intact or not)."""
+    run_dir = Path(run_dir)
+    found = []
+    root = run_dir / CHECKPOINTS_DIR
+    if root.is_dir():
+        for entry in root.iterdir():
+            m = _STEP_DIR.match(entry.name)
+            if m and entry.is_dir():
+                found.append(Checkpoint(int(m.group(1)), entry, 2))
+    if (run_dir / MODEL_FILE).is_file():
+        try:
+            step = _metadata(run_dir / MODEL_FILE)["step"]
+        except CheckpointError:
+            step = -1
+        found.append(Checkpoint(step, run_dir, 1))
+    return sorted(found, key=lambda c: (c.step, c.format), reverse=True)
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    return bool(list_checkpoints(run_dir))
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: dict, trainer_state: dict) -> Path:
+    """Write checkpoint ``trainer_state["step"]`` as one unit (see the module docstring);
+    then drop all but the newest :data:`KEEP_CHECKPOINTS`. Returns its directory."""
     from safetensors.torch import save_model
 
-    step = trainer_state["step"]
-    metadata = {
-        "format": "pt",
-        "lmn_checkpoint": str(CHECKPOINT_FORMAT),
-        "model": kind,
-        "model_config": json.dumps(model_config, sort_keys=True),
-        "step": str(step),
-    }
-    model_path = run_dir / MODEL_FILE
-    _atomic_write(model_path, lambda tmp: save_model(model, str(tmp), metadata=metadata))
-    state = {**trainer_state, "format": CHECKPOINT_FORMAT, "model_sha256": sha256_file(model_path)}
-    _atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    step = int(trainer_state["step"])
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(exist_ok=True)
+    final = _step_dir(run_dir, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": kind,
+                    "model_config": json.dumps(model_config, sort_keys=True), "step": str(step)}
+        save_model(model, str(tmp / MODEL_FILE), metadata=metadata)
+        torch.save({**trainer_state, "format": CHECKPOINT_FORMAT}, tmp / STATE_FILE)
+        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "model": kind,
+                    "files": {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
+        (tmp / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for name in (MODEL_FILE, STATE_FILE, CHECKPOINT_MANIFEST):
+            _fsync(tmp / name)
+        if final.exists():  # a damaged checkpoint of this step, passed over when resuming
+            _discard(final)
+        os.rename(tmp, final)  # the commit
+        _fsync(root)
+    except BaseException:
+        _remove(tmp)
+        raise
+    for old in reversed([c for c in list_checkpoints(run_dir) if c.format == 2][KEEP_CHECKPOINTS:]):
+        _discard(old.path)
+    return final
 
 
-def read_checkpoint_metadata(run_dir: str | os.PathLike) -> dict:
-    """Metadata of model.safetensors: ``{"model": kind, "model_config": dict, "step": int}``."""
+def _discard(path: Path) -> None:
+    """Rename a checkpoint directory out of the way (atomic), then delete it."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def discard_checkpoints_after(run_dir: Path, step: int) -> None:
+    """Remove step directories newer than ``step`` (the damaged ones a resume passed over)."""
+    for c in list_checkpoints(run_dir):
+        if c.format == 2 and c.step > step:
+            _discard(c.path)
+
+
+def _metadata(path: Path) -> dict:
     from safetensors import safe_open
 
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {run_dir} (missing {MODEL_FILE})")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return {"model": meta["model"], "model_config": json.loads(meta["model_config"]), "step": int(meta["step"])}
     except Exception as err:  # safetensors raises its own error types for bad headers
-        raise CheckpointError(f"{path} is truncated or corrupted, or not an lmn checkpoint ({err})") from None
+        raise DamagedCheckpoint(f"{path} is truncated or corrupted, or not an lmn checkpoint "
+                                f"({type(err).__name__})") from None
+
+
+def _verify(ckpt: Checkpoint, need_state: bool) -> None:
+    """Raise DamagedCheckpoint unless the checkpoint's files are there and intact (the
+    trainer state only when ``need_state``)."""
+    if ckpt.format == 2:
+        try:
+            manifest = json.loads((ckpt.path / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
+            sums = manifest["files"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise DamagedCheckpoint(f"{ckpt.path} has no readable {CHECKPOINT_MANIFEST}") from None
+        for name in (MODEL_FILE, STATE_FILE) if need_state else (MODEL_FILE,):
+            path = ckpt.path / name
+            if not path.is_file():
+                raise DamagedCheckpoint(f"{path} is missing")
+            if sha256_file(path) != sums.get(name):
+                raise DamagedCheckpoint(f"{path} is corrupted (its sha256 differs from {CHECKPOINT_MANIFEST})")
+        return
+    # format 1: trainer_state.pt holds the weights' sha256
+    state_path = ckpt.path / STATE_FILE
+    if not state_path.is_file():
+        if need_state:
+            raise DamagedCheckpoint(f"no trainer state in {ckpt.path} (missing {STATE_FILE})")
+        return
+    try:
+        state = _torch_load(state_path)
+    except DamagedCheckpoint:
+        if need_state:
+            raise
+        return  # the weights alone may still be intact; safetensors checks their layout
+    if sha256_file(ckpt.path / MODEL_FILE) != state.get("model_sha256"):
+        raise DamagedCheckpoint(f"{ckpt.path / MODEL_FILE} does not match {STATE_FILE} (sha256 differs): corrupted "
+                                "or interrupted while saving")
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's message suggests weights_only=False: never right for a file like this
+        raise DamagedCheckpoint(f"{path} is truncated or corrupted (it does not load as a trainer state)") from None
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise DamagedCheckpoint(f"{path} is not an lmn trainer state")
+    return state
+
+
+def read_checkpoint_metadata(run_dir: str | os.PathLike) -> dict:
+    """Metadata of the newest intact checkpoint's weights: ``{"model": kind,
+    "model_config": dict, "step": int}``."""
+    return _metadata(newest_checkpoint(run_dir, need_state=False).path / MODEL_FILE)
+
+
+def newest_checkpoint(run_dir: str | os.PathLike, *, need_state: bool) -> Checkpoint:
+    """The newest intact checkpoint (warning about each damaged one passed over).
+
+    Raises:
+        CheckpointError: the run has none, or every one is damaged.
+    """
+    run_dir = Path(run_dir)
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (it stopped before its first one); continue it with "
+                              f"lmn train --out {run_dir} --resume")
+    problems = []
+    for ckpt in candidates:
+        try:
+            _verify(ckpt, need_state)
+        except DamagedCheckpoint as err:
+            problems.append(str(err))
+            continue
+        for problem in problems:
+            warnings.warn(f"passing over a damaged checkpoint: {problem}; using {ckpt.name} (step {ckpt.step})",
+                          CheckpointWarning, stacklevel=3)
+        return ckpt
+    raise DamagedCheckpoint(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
 
 
 def load_trainer_state(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no trainer state in {run_dir} (missing {STATE_FILE}); nothing to resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is truncated or corrupted ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an lmn trainer state of format {CHECKPOINT_FORMAT}")
-    return state
+    """The trainer state of the newest intact checkpoint."""
+    return _torch_load(newest_checkpoint(run_dir, need_state=True).path / STATE_FILE)
 
 
 def load_checkpoint(
     run_dir: str | os.PathLike, model: nn.Module, kind: str, model_config: dict, *, require_state: bool
 ) -> dict | None:
-    """Load weights into ``model`` after checking the checkpoint was made by this model
-    kind and config; verify them against trainer_state.pt's sha256 when that file exists.
+    """Load the newest intact checkpoint's weights into ``model`` after checking it was made
+    by this model kind and config.
 
+    Args:
+        require_state: the checkpoint must also have an intact trainer state (resuming);
+            otherwise only the weights are needed (a damaged state does not block them).
     Returns:
-        the trainer state (or None when absent and not ``require_state``).
+        the trainer state (with ``"step"``), or None when not ``require_state``.
     Raises:
-        CheckpointError: missing, truncated, corrupted, or another configuration.
+        CheckpointError: none intact, or another configuration.
     """
     from safetensors.torch import load_model
 
-    meta = read_checkpoint_metadata(run_dir)
+    ckpt = newest_checkpoint(run_dir, need_state=require_state)
+    meta = _metadata(ckpt.path / MODEL_FILE)
+    where = f"checkpoint {ckpt.name} of {run_dir}"
     if meta["model"] != kind:
-        raise CheckpointError(f"checkpoint in {run_dir} is a {meta['model']!r} model, not {kind!r}")
+        raise CheckpointError(f"{where} is a {meta['model']!r} model, not {kind!r}")
     try:
         saved_model_config = normalize_model_config(kind, meta["model_config"])
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint in {run_dir} has a model config this version cannot read ({err})") from None
+        raise CheckpointError(f"{where} has a model config this version cannot read ({err})") from None
     if saved_model_config != model_config:
-        diffs = _dict_diff(saved_model_config, model_config)
-        raise CheckpointError(f"checkpoint in {run_dir} was saved from another model config: {diffs}")
-    state = None
-    if require_state or (Path(run_dir) / STATE_FILE).exists():
-        state = load_trainer_state(run_dir)
-        if sha256_file(Path(run_dir) / MODEL_FILE) != state.get("model_sha256"):
-            raise CheckpointError(
-                f"{MODEL_FILE} in {run_dir} does not match {STATE_FILE} (sha256 differs): the checkpoint is "
-                "corrupted or was interrupted while saving"
-            )
+        raise CheckpointError(f"{where} was saved from another model config: "
+                              f"{_dict_diff(saved_model_config, model_config)}")
+    state = _torch_load(ckpt.path / STATE_FILE) if require_state else None
     try:
-        load_model(model, str(Path(run_dir) / MODEL_FILE), strict=True)
+        load_model(model, str(ckpt.path / MODEL_FILE), strict=True)
     except Exception as err:
-        raise CheckpointError(f"cannot load weights from {run_dir}: {err}") from None
+        raise CheckpointError(f"cannot load weights from {ckpt.path / MODEL_FILE}: {str(err).splitlines()[0]}") from None
     return state
 
 
@@ -163,6 +432,7 @@ def _dict_diff(saved: dict, wanted: dict) -> str:
     return "; ".join(parts)
 
 
+# ----------------------------------------------------------------------------- metrics
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     try:
@@ -174,38 +444,66 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(lines):  # a line cut short by a crash: ignore it
+            if n == len(lines):  # a line cut short by a kill: ignore it
                 break
             raise CheckpointError(f"{path}:{n} is not valid JSON") from None
+        if not isinstance(record, dict) or "type" not in record or "step" not in record:
+            raise CheckpointError(f"{path}:{n} is not an lmn metrics record")
+        records.append(record)
     return records
 
 
-def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool) -> Path:
-    """Check (without writing) that the run directory may be used."""
+# ----------------------------------------------------------------------------- the directory
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool) -> tuple[Path, bool]:
+    """Check (without writing) that the run directory may be used.
+
+    Returns:
+        ``(run_dir, from_checkpoint)``: whether the run continues from a checkpoint (else
+        it starts at step 0, in a new or emptied directory).
+    Raises:
+        ValueError, CheckpointError: the directory may not be used, saying what to do.
+    """
     run_dir = Path(cfg.out_dir)
     if resume and force:
         raise ValueError("--resume and --force exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
+        raise ValueError(f"run directory {run_dir} exists and is not a directory; choose another --out")
+    if not run_dir.is_dir() or all(_is_stale_file(e) for e in run_dir.iterdir()):
+        return run_dir, False  # new, empty, or holding only what a writer killed at once left
+    names = lmn_files(run_dir)
+    if names is None:
+        what = "cannot resume" if resume else ("refusing --force" if force else "cannot start a run")
+        raise ValueError(f"{what}: {run_dir} is not empty and is not an lmn run directory (no {RUN_MANIFEST}); "
+                         "choose another --out")
+    if force:
+        return run_dir, False
+    started = has_checkpoint(run_dir)
     if resume:
-        for name in (CONFIG_FILE, MODEL_FILE, STATE_FILE):
-            if not (run_dir / name).is_file():
-                raise CheckpointError(f"cannot resume: {run_dir / name} does not exist")
-    elif run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise ValueError(
-            f"run directory {run_dir} already exists and is not empty; pass --resume to continue it, "
-            "--force to start over in it, or choose another --out"
-        )
-    return run_dir
+        if started:
+            with warnings.catch_warnings():  # said once, when the checkpoint is loaded
+                warnings.simplefilter("ignore", CheckpointWarning)
+                newest_checkpoint(run_dir, need_state=True)  # fails now, before anything is written
+        return run_dir, started
+    if not started:  # stopped before its first checkpoint: nothing to lose, start it again
+        return run_dir, False
+    raise ValueError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
+                     "--force to start over in it (deletes lmn's files there), or choose another --out")
 
 
 def check_resume_compatible(cfg: TrainConfig, saved: dict, task) -> None:
     """The run's saved config must equal ``cfg`` but for :data:`RESUMABLE_FIELDS`, and its
     task record (e.g. the corpus sha256) must match ``task``'s."""
-    old = TrainConfig.from_dict(saved["train"])
-    old.model_config = normalize_model_config(old.model, old.model_config)
+    try:
+        task.check_resume(Path(cfg.out_dir), saved.get(task.record_key, {}))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    try:
+        old = TrainConfig.from_dict(saved["train"])
+        old.model_config = normalize_model_config(old.model, old.model_config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{Path(cfg.out_dir) / CONFIG_FILE} is not a valid run config ({err})") from None
     diffs = [
         f"{f.name}={getattr(old, f.name)!r} (run) vs {getattr(cfg, f.name)!r} (now)"
         for f in fields(TrainConfig)
@@ -213,10 +511,6 @@ def check_resume_compatible(cfg: TrainConfig, saved: dict, task) -> None:
     ]
     if diffs:
         raise CheckpointError(f"cannot resume {cfg.out_dir} with a different configuration: {'; '.join(diffs)}")
-    try:
-        task.check_resume(Path(cfg.out_dir), saved.get(task.record_key, {}))
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
 
 
 def last_eval(run_dir: Path, upto: int) -> dict | None:
@@ -226,16 +520,18 @@ def last_eval(run_dir: Path, upto: int) -> dict | None:
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, CharTokenizer, dict]:
-    """Model (eval mode), tokenizer and config.json of a trained run directory."""
+    """Model (eval mode), tokenizer and config.json of a trained run directory, from its
+    newest checkpoint with intact weights."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
     doc = saved_config(run_dir)
     try:
         cfg = TrainConfig.from_dict(doc["train"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} is not a valid run config ({err})") from None
-    tokenizer = CharTokenizer.load(run_dir / TOKENIZER_FILE)
+    try:
+        tokenizer = CharTokenizer.load(run_dir / TOKENIZER_FILE)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     if cfg.model_config.get("vocab_size") != tokenizer.vocab_size:
         raise CheckpointError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} characters but the model "
                               f"expects vocab_size {cfg.model_config.get('vocab_size')}")
