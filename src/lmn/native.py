@@ -101,7 +101,9 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL:
         try:
             proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"compiling {_SOURCE} with {cc} failed:\n{proc.stderr.strip()}")
+                said = " | ".join(ln.strip() for ln in proc.stderr.splitlines() if ln.strip())[-1500:]
+                raise RuntimeError(f"compiling {_SOURCE} with {cc} failed (exit {proc.returncode}): "
+                                   f"{said or 'no message'}")  # one line: the CLI shows an error's first line
             os.replace(tmp, lib_path)  # atomic: concurrent first uses never see half a file
         finally:
             if os.path.exists(tmp):
