@@ -160,3 +160,22 @@ def test_whole_split_windows_cover_every_target_once(n):
     targets = torch.cat([y.reshape(-1) for y in ys])
     assert targets.tolist() == list(range(1, n))
     assert all(torch.equal(y, x + 1) for x, y in zip(xs, ys))
+
+
+def test_a_corpus_of_one_distinct_character_is_refused(tmp_path):
+    from lmn.tasks.text import TextTask
+
+    path = tmp_path / "nul.txt"
+    path.write_bytes(b"\0" * 100_000)
+    with pytest.raises(CorpusError, match="single distinct character.*at least 2 different"):
+        TextTask(str(path), block_size=16)
+    path.write_bytes(b"\0\1" * 1000)
+    assert TextTask(str(path), block_size=16).vocab_size == 2
+
+
+def test_tokenizer_save_is_atomic(tmp_path):
+    tok = CharTokenizer.from_text("hello")
+    tok.save(tmp_path / "tokenizer.json")
+    tok.save(tmp_path / "tokenizer.json")  # replaced, never half-written, no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
+    assert CharTokenizer.load(tmp_path / "tokenizer.json") == tok

@@ -297,6 +297,35 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     assert without_timing(records(run, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
 
 
+def test_ctrl_c_during_the_first_evaluation_leaves_a_checkpoint_at_step_0(tmp_path, capsys, monkeypatch):
+    """The stop message names a checkpoint that exists: Ctrl-C during the step-0 estimate
+    saves step 0, and --resume continues from it."""
+    import signal
+
+    import lmn.trainer.loop as loop
+
+    real = loop.estimate_loss
+
+    def interrupted(*args, **kwargs):
+        if args[3] == 0:  # the step
+            os.kill(os.getpid(), signal.SIGINT)  # handled by DeferredStop: a request, honoured after the estimate
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "estimate_loss", interrupted)
+    data = small_corpus(tmp_path)
+    argv = ["train", "--preset", "smoke", "--data", data, "--out", tmp_path / "r", "--max-iters", 2,
+            "--eval-iters", 1, "--block-size", 16, "--batch-size", 2, "--no-whole-val", "--model-opt", "d_model=8"]
+    status, _, err = run_cli(*argv, capsys=capsys)
+    assert status == 130 and "checkpoint at step 0" in err, err
+    monkeypatch.setattr(loop, "estimate_loss", real)
+    status, out, err = run_cli("generate", "--checkpoint", tmp_path / "r", "--tokens", 3, capsys=capsys)
+    assert status == 0, err
+    status, _, err = run_cli("train", "--out", tmp_path / "r", "--resume", capsys=capsys)
+    assert status == 0 and "resuming at step 0" in err, err
+    assert run_cli(*argv[:6], tmp_path / "ref", *argv[7:], capsys=capsys)[0] == 0
+    assert without_timing(records(tmp_path / "r", "train")) == without_timing(records(tmp_path / "ref", "train"))
+
+
 def test_max_iters_0_leaves_a_loadable_run(tmp_path, capsys):
     cfg = _tiny_run(tmp_path, max_iters=0)
     assert [c.step for c in __import__("lmn.trainer", fromlist=["x"]).list_checkpoints(cfg.out_dir)] == [0]
