@@ -34,11 +34,11 @@ def size_overrides(kind: str, size: str) -> dict:
 
 def check_requirements(kind: str) -> None:
     """Every package a run of ``kind`` needs is installed (checked before anything is
-    written or trained): safetensors for the checkpoints, and the kind's own (e.g.
+    written or trained): safetensors (and numpy) for the checkpoints, and the kind's own (e.g.
     transformers for the baselines)."""
     import importlib.util
 
-    needed = ("safetensors", *get_kind(kind).requires)
+    needed = ("safetensors", "numpy", *get_kind(kind).requires)  # safetensors writes through numpy
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ValueError(f"training model {kind!r} needs {', '.join(missing)}, which is not installed; "
