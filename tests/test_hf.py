@@ -92,6 +92,12 @@ def test_left_padded_batch_equals_each_prompt_alone():
     for i, p in enumerate(prompts):
         alone = model.generate(torch.tensor([tok(p)["input_ids"]]), 25, temperature=0)
         assert torch.equal(out[i, -25:], alone[0, -25:]), p
+    # with an eos, finished rows are fed the <pad> id (outside the model's vocabulary) and ignored
+    eos = int(out[0, -25])  # the first token row 0 generates: it stops there
+    stopped = hf.generate(**batch, max_new_tokens=25, do_sample=False, eos_token_id=eos)
+    for i, p in enumerate(prompts):
+        alone = hf.generate(torch.tensor([tok(p)["input_ids"]]), max_new_tokens=25, do_sample=False, eos_token_id=eos)
+        assert tok.decode(stopped[i], skip_special_tokens=True) == tok.decode(alone[0]), p
     # the forward (no cache) gives each row the logits of its prompt alone, zeros at the pads
     logits = hf(**batch).logits
     for i, p in enumerate(prompts):

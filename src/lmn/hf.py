@@ -271,6 +271,9 @@ class LMNForCausalLM(LMNPreTrainedModel, GenerationMixin):
     def _lmn_continue(self, input_ids: Tensor, cache: LMNCache) -> Tensor:
         if input_ids.shape[0] != cache.batch_size:
             raise ValueError(f"input_ids has batch size {input_ids.shape[0]}, the cache {cache.batch_size}")
+        # generate feeds the pad id to rows that have finished (after an eos): their outputs are
+        # discarded, so any id will do; LMNCharTokenizer's <pad> is the id just past the vocabulary
+        input_ids = input_ids.masked_fill(input_ids == self.config.vocab_size, 0)
         if len(cache.groups) == 1:  # one group: no scatter (the usual case)
             rows, state = cache.groups[0]
             logits = self._lmn_extend(input_ids, state)
