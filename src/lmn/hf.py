@@ -187,6 +187,8 @@ class LMNForCausalLM(LMNPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.lmn = LMN(config.lmn_config())
         self.post_init()
+        if self.generation_config is not None and self.generation_config.pad_token_id is None:
+            self.generation_config.pad_token_id = config.vocab_size  # LMNCharTokenizer's <pad>
 
     @classmethod
     def from_lmn(cls, model: LMN, **config_kwargs) -> "LMNForCausalLM":
