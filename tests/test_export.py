@@ -136,3 +136,19 @@ def test_cli_export_and_onnxruntime_example(tmp_path):
     model, tokenizer, _ = load_run(RUN)
     ref = model.generate(tokenizer.encode("ROMEO:")[None], 60, temperature=0)
     assert proc.stdout.rstrip("\n") == tokenizer.decode(ref[0])
+
+
+def test_streams_at_different_positions_share_one_call():
+    """Each stream carries its own position: two streams prefilled to different lengths,
+    batched into one state, step together exactly as each alone."""
+    model = _model(vocab_size=11, d_model=8, n_layers=2, n_heads=2, stride=3, read="digits")
+    step = StreamStep(model, max_tokens=500)
+    a, b = _tokens(11, 120, seed=3), _tokens(11, 150, seed=4)
+    with torch.no_grad():
+        ref_a, ref_b = model(a)[0], model(b)[0]
+        sa = step.state_from(model.prefill(a[:, :37])[1])
+        sb = step.state_from(model.prefill(b[:, :90])[1])
+        s = [torch.cat([sa[k], sb[k]], dim=0 if k == "pos" else 1) for k in ("pos", "nodes", "slot_q", "slot_v")]
+        for n in range(60):
+            logits, *s = step(torch.stack([a[0, 37 + n], b[0, 90 + n]]), *s)
+            assert (logits[0] - ref_a[37 + n]).abs().max() <= 1e-5 and (logits[1] - ref_b[90 + n]).abs().max() <= 1e-5
