@@ -83,8 +83,10 @@ def machine_info() -> dict:
 class DeferredStop:
     """Turn the first SIGINT/SIGTERM into a request honoured between steps (checkpoint,
     then KeyboardInterrupt), so a stop never lands inside an optimizer update; a second
-    signal interrupts at once. Off under DDP, where processes could see the request at
-    different steps; there the periodic checkpoints are the resume points."""
+    signal interrupts at once, even inside a checkpoint save, which is safe: a checkpoint
+    becomes current only by its final rename (:mod:`lmn.trainer.rundir`). Off under DDP,
+    where processes could see the request at different steps; there the periodic
+    checkpoints are the resume points."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
