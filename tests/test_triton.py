@@ -43,9 +43,9 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(triton_sva, "TILES", (16, 8))
 
 
-def _model(k, read, nb, expand, d, heads, chunk=4096) -> LMN:
+def _model(k, read, nb, expand, d, heads, chunk=4096, **kw) -> LMN:
     cfg = LMNConfig(vocab_size=11, d_model=d, n_layers=2, n_heads=heads, ff_mult=2, n_banks=nb, expand=expand,
-                    stride=k, read=read, chunk_size=chunk)
+                    stride=k, read=read, chunk_size=chunk, **kw)
     model = LMN(cfg)
     randomize_(model)
     return model.to(DEVICE)
@@ -79,6 +79,21 @@ def test_fused_equals_pytorch_and_reference(case):
             _check(f"T={T} grad {n}", a, b)
         with torch.no_grad():
             _check(f"T={T} logits vs reference", got, reference_forward(model, idx))
+
+
+@pytest.mark.parametrize("k,read", [(2, "latest"), (3, "digits")])
+def test_fused_with_capped_tree(k, read):
+    """``max_level``: the kernel reads the levels it is given, i.e. only those up to the cap."""
+    torch.manual_seed(3)
+    model = _model(k, read, 2, 0, 16, 2, max_level=1)
+    idx = torch.randint(0, 11, (1, 2 * k**2 + 1), device=DEVICE)
+    want, want_g = _run(model, idx, False)
+    got, got_g = _run(model, idx, True)
+    _check("logits vs PyTorch path", got, want)
+    for a, b in zip(got_g, want_g):
+        _check("grad", a, b)
+    with torch.no_grad():
+        _check("logits vs reference", got, reference_forward(model, idx))
 
 
 def test_prefill_with_fused_kernels_equals_reference():
