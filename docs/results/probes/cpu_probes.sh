@@ -17,5 +17,7 @@ for stage in $STAGES; do
     C) lmn probe distance $MODELS $DIST --lr-from docs/results/probes/mqar.json ;;
     D) lmn probe distance --name distance-strides $STRIDES $DIST --lr-from docs/results/probes/mqar-strides.json ;;
     E) lmn probe mqar $MODELS --cell block_size=64,pairs=4 --cell block_size=128,pairs=8 $MQAR ;;
+    # a 5x longer budget for the two cheapest models only (does LMN learn MQAR at all, given time?)
+    F) lmn probe mqar --name mqar-long --model lmn --model gpt2 --cell block_size=64,pairs=4 --task-opt vocab=64 --task-opt n_test=512 --steps 2000 --batch-size 32 --eval-interval 500 --eval-iters 4 --lrs 3e-3,1e-2 --seeds 1 --sweep first ;;
   esac
 done
