@@ -39,7 +39,7 @@ CASES = [  # (stride, read, banks, expand, d_model, heads, lengths)
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     # tiles of 16/8 positions: several programs per sequence, and blocks both shorter and
-    # longer than a tile (the two ways the backward kernel adds node gradients)
+    # longer than a tile (the ways the backward kernel adds node gradients)
     monkeypatch.setattr(triton_sva, "TILES", (16, 8))
 
 
@@ -79,6 +79,20 @@ def test_fused_equals_pytorch_and_reference(case):
             _check(f"T={T} grad {n}", a, b)
         with torch.no_grad():
             _check(f"T={T} logits vs reference", got, reference_forward(model, idx))
+
+
+@pytest.mark.parametrize("k,read", [(2, "latest"), (3, "digits")])
+def test_segmented_scan_backward(k, read, monkeypatch):
+    """The backward kernel's optional segmented scan (off by default) gives the same gradients."""
+    monkeypatch.setattr(triton_sva, "SEGMENTED_SCAN", True)
+    torch.manual_seed(4)
+    model = _model(k, read, 2, 0, 16, 2)
+    idx = torch.randint(0, 11, (1, 2 * k**2 + 3), device=DEVICE)
+    want, want_g = _run(model, idx, False)
+    got, got_g = _run(model, idx, True)
+    _check("logits", got, want)
+    for a, b in zip(got_g, want_g):
+        _check("grad", a, b)
 
 
 @pytest.mark.parametrize("k,read", [(2, "latest"), (3, "digits")])

@@ -180,7 +180,9 @@ def part_parity(args) -> None:
                 worst["grads_vs_pytorch_T<=300"] = max(worst.get("grads_vs_pytorch_T<=300", 0.0), g_abs)
             if T in ref_lengths:
                 with torch.no_grad():
-                    ref = reference_forward(model, idx)
+                    import copy  # the reference on the CPU: the plainest code, wherever it runs
+
+                    ref = reference_forward(copy.deepcopy(model).cpu(), idx.cpu()).to(device)
                 worst["logits_vs_reference"] = max(worst["logits_vs_reference"], (b - ref).abs().max().item())
         # bf16 autocast: fused vs PyTorch path (both in bf16: a difference of rounding, reported)
         idx = torch.randint(0, 11, (2, 1000 if args.size != "tiny" else 20), device=device)

@@ -22,10 +22,10 @@ of ``u`` exceeds ``r``).
 
 Backward recomputes each slot's probability from the saved log-sum-exp (as
 FlashAttention does); the key's gradient is summed in registers; the token's own slot
-writes its node gradients with plain stores; every other slot first sums, within the
-tile, the rows that read the same node (at most two nodes where a block is at least as
-long as the tile, else a segmented scan over the tile) and adds one vector per node
-atomically.
+writes its node gradients with plain stores; every other slot adds its node gradients
+atomically: where a block is at least as long as the tile, the tile's rows are first
+summed per node (at most two nodes); shorter blocks add one vector per row (or, with
+``SEGMENTED_SCAN``, one per node after a segmented scan over the tile).
 
 Numbers are float32 inside the kernels whatever the input dtype (float32, bfloat16,
 float16).
@@ -103,7 +103,7 @@ def _seg_add(f1, a1, b1, f2, a2, b2):
 @triton.jit
 def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, DQS, DVS, META, T, S, n_heads,
              skb, skt, sqb, sqr, svb, svr, sob, sot, sdob, sdot, sdkb, sdkt, sgb, sgr,
-             DH: tl.constexpr, DHP: tl.constexpr, BLOCK: tl.constexpr):
+             DH: tl.constexpr, DHP: tl.constexpr, BLOCK: tl.constexpr, SCAN: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // n_heads).to(tl.int64)
@@ -171,7 +171,7 @@ def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, DQS, DVS, META, T, S, n_heads,
             tl.atomic_add(gv_base + ra, tl.sum(tl.where(ma[:, None], gv, 0.0), axis=0), mask=fa)
             tl.atomic_add(gq_base + rb, tl.sum(tl.where(mb[:, None], gq, 0.0), axis=0), mask=fb)
             tl.atomic_add(gv_base + rb, tl.sum(tl.where(mb[:, None], gv, 0.0), axis=0), mask=fb)
-        else:  # blocks of L < BLOCK rows: sum each block's rows in the tile (a segmented scan), one add per node
+        elif SCAN:  # blocks of L < BLOCK rows: sum each block's rows in the tile (a segmented scan), one add per node
             start = (u % L == 0) | (i == 0)
             end = ((u + 1) % L == 0) | (i == BLOCK - 1)
             flags = tl.broadcast_to(start[:, None], (BLOCK, DHP)).to(tl.int32)
@@ -179,6 +179,9 @@ def _sva_bwd(K, Q, V, O, DO, LSE, DK, DQ, DV, DQS, DVS, META, T, S, n_heads,
             em = (end & (idx >= 0) & (idx < n))[:, None] & dmask[None, :]  # (absent rows added zeros)
             tl.atomic_add(gq_base[None, :] + row[:, None] * sgr, sq, mask=em)
             tl.atomic_add(gv_base[None, :] + row[:, None] * sgr, sv, mask=em)
+        else:  # blocks of L < BLOCK rows: every row adds its own vector
+            tl.atomic_add(gq_base[None, :] + row[:, None] * sgr, gq, mask=lm)
+            tl.atomic_add(gv_base[None, :] + row[:, None] * sgr, gv, mask=lm)
     tl.store(DK + b * sdkb + t64 * sdkt + col[None, :], dk.to(DK.dtype.element_ty), mask=kmask)
 
 
@@ -231,6 +234,11 @@ def _meta_tensor(tree, T: int, level_shapes, device) -> Tensor:
 
 
 TILES: tuple[int, int] | None = None  # (forward, backward) positions per program; None: by head width
+# Backward, blocks shorter than the tile: sum the rows of each node in the tile by a segmented
+# scan before one atomic add (True), or one atomic add per row (False). On an H200 (large
+# size, 2 x 8K, bf16) the scan made the backward kernel slower (18.9 vs 14.3 ms for 8
+# layers; docs/results/efficiency.md), so it is off by default.
+SEGMENTED_SCAN = False
 
 
 def _config(dh: int) -> tuple[int, int, int, int]:
@@ -285,7 +293,7 @@ class FusedSlotAttention(torch.autograd.Function):
                        v_tab.stride(0), v_tab.stride(1), out.stride(0), out.stride(1),
                        grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1),
                        dq.stride(0), dq.stride(1),
-                       DH=dh, DHP=dhp, BLOCK=block, num_warps=warps)
+                       DH=dh, DHP=dhp, BLOCK=block, SCAN=SEGMENTED_SCAN, num_warps=warps)
         dq[:, :T] += dqs
         dv[:, :T] += dvs
         return dk.to(key.dtype), dq.to(q_tab.dtype), dv.to(v_tab.dtype), None, None
