@@ -386,6 +386,13 @@ def test_a_run_of_checkpoint_format_1_loads_resumes_and_forces(tmp_path, capsys)
     (run / "lmn-run.json").unlink()
     status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 3, capsys=capsys)
     assert status == 0, err
+    good = (run / "trainer_state.pt").read_bytes()
+    (run / "trainer_state.pt").write_bytes(good[:100])  # corrupt: generate needs the weights only
+    status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 3, capsys=capsys)
+    assert status == 0, err
+    status, _, err = run_cli("train", "--out", run, "--resume", "--max-iters", 4, capsys=capsys)
+    assert status == 2 and "corrupted" in err and "weights_only" not in err, err
+    (run / "trainer_state.pt").write_bytes(good)
     status, _, err = run_cli("train", "--out", run, "--resume", "--max-iters", 4, capsys=capsys)
     assert status == 0, err
     _tiny_run(tmp_path, name="ref", max_iters=4)
