@@ -47,6 +47,8 @@ def randomize_(model: LMN, gain: float = 0.8) -> None:
             if "memory" in name and p.dim() >= 2:
                 if name.endswith("summarizer.weight"):  # (nb, 2d, d), used as x @ W
                     fan_in = p.shape[1]
+                elif name.endswith("write.weight"):  # the pinned memory's write score, (1, d)
+                    fan_in = p.shape[1]
                 elif "expander" in name:  # (d_in, d_out, 1+k)
                     fan_in = p.shape[0] * p.shape[2]
                 else:  # Conv1d (out, in/groups, kernel)
@@ -244,7 +246,7 @@ def _chunk_inputs(T, tree, chunk, n_levels, c0=0, prefix_levels=0, B=1, H=2, dh=
     k_t = torch.randn(B, H, dh, Tp, generator=g, dtype=torch.float64)
     v_t = torch.randn(B, H, dh, T1, generator=g, dtype=torch.float64)
     s_self = torch.randn(B, H, T1, generator=g, dtype=torch.float64)
-    meta = (chunk, c0, T1, tree, blocks, *_slot_specs(groups, "cpu"))
+    meta = (chunk, c0, T1, tree, blocks, *_slot_specs(groups, "cpu"), 0)
     return meta, [k_t, v_t, s_self, *[grp.entries for grp in groups]]
 
 

@@ -31,18 +31,24 @@ CASES = [  # (stride, read, summarizer, banks, expand, pos_encoding)
     (2, "digits", "conv", 2, 1, "none", 2),
     (3, "digits", "linear", 1, 0, "sinusoidal", 1),
     (3, "latest", "dwsep", 2, 0, "none", 2),
+    # a pinned memory beside the tree (m tokens per layer), with and without a cap
+    (2, "latest", "linear", 2, 0, "none", None, 3),
+    (3, "digits", "conv", 1, 0, "sinusoidal", None, 2),
+    (2, "digits", "dwsep", 2, 1, "none", 2, 4),
 ]
 
 
 def _id(c):
-    cap = f"-max{c[6]}" if len(c) > 6 else ""
-    return f"k{c[0]}-{c[1]}-{c[2]}-banks{c[3]}-expand{c[4]}-{c[5]}{cap}"
+    cap = f"-max{c[6]}" if len(c) > 6 and c[6] else ""
+    pin = f"-pinned{c[7]}" if len(c) > 7 else ""
+    return f"k{c[0]}-{c[1]}-{c[2]}-banks{c[3]}-expand{c[4]}-{c[5]}{cap}{pin}"
 
 
 def model_for(case, dtype=torch.float32) -> LMN:
-    k, read, summ, nb, expand, pe, *cap = case
+    k, read, summ, nb, expand, pe, *extra = case
     cfg = LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, ff_mult=2, n_banks=nb, summarizer=summ,
-                    expand=expand, pos_encoding=pe, stride=k, read=read, max_level=cap[0] if cap else None)
+                    expand=expand, pos_encoding=pe, stride=k, read=read, max_level=extra[0] if extra else None,
+                    pinned=extra[1] if len(extra) > 1 else 0)
     model = LMN(cfg).eval()
     randomize_(model)
     return model.to(dtype)
@@ -65,6 +71,12 @@ def _check_state(name, got, want, tol=TOL):
         if a.slot_q.numel():
             _check(f"{name} layer {layer} slot_q", a.slot_q, b.slot_q, tol)
             _check(f"{name} layer {layer} slot_v", a.slot_v, b.slot_v, tol)
+        assert (a.pinned is None) == (b.pinned is None), f"{name} layer {layer} pinned memory"
+        if a.pinned is not None and a.pinned.w.numel():
+            # by value: where write scores tie (identical inputs), which position is kept
+            # changes no output, and the forms may keep different ones
+            for field in ("x", "w", "q", "v"):
+                _check(f"{name} layer {layer} pinned.{field}", getattr(a.pinned, field), getattr(b.pinned, field), tol)
     assert got.nbytes == want.nbytes
 
 
@@ -106,7 +118,7 @@ def test_every_form_equals_the_reference(case):
         _check("prefill(max_chunk=k)", last, ref[:, -1])
 
 
-@pytest.mark.parametrize("case", CASES[1:6] + CASES[9:11], ids=_id)
+@pytest.mark.parametrize("case", CASES[1:6] + CASES[9:11] + CASES[12:], ids=_id)
 def test_gradients_equal_the_reference(case):
     model = model_for(case)
     T = _length(case[0])
@@ -131,7 +143,8 @@ def test_gradients_equal_the_reference(case):
 
 
 @needs_cc
-@pytest.mark.parametrize("case", [c for c in CASES if c[4] == 0] + [(2, "latest", "linear", 2, 0, "none")], ids=_id)
+@pytest.mark.parametrize("case", [c for c in CASES if c[4] == 0 and len(c) < 8] + [(2, "latest", "linear", 2, 0, "none")],
+                         ids=_id)
 def test_native_step_equals_the_reference(case):
     model = model_for(case, torch.float64)
     T = _length(case[0])
@@ -211,7 +224,7 @@ def test_materialized_form_follows_the_tree(case):
         _check("materialized", materialized_forward(model, idx), reference_forward(model, idx))
 
 
-@pytest.mark.parametrize("case", CASES[8:], ids=_id)
+@pytest.mark.parametrize("case", CASES[8:12], ids=_id)
 def test_a_capped_tree_has_a_fixed_state(case):
     """With max_level the state stops growing once the top level exists."""
     model = model_for(case)
@@ -256,3 +269,26 @@ def test_continuing_a_stream_is_differentiable(case):
     assert torch.autograd.gradcheck(piece_logits, inputs, eps=1e-6, atol=1e-6)
     with torch.no_grad():
         _check("continuation forward", piece_logits(*inputs), reference_forward(model, idx)[:, 6:], tol=1e-10)
+
+
+@needs_cc
+def test_native_refuses_a_pinned_memory():
+    model = model_for((2, "latest", "linear", 2, 0, "none", None, 2))
+    with pytest.raises(ValueError, match="pinned memory"):
+        NativeStepper(model)
+
+
+def test_pinned_memory_keeps_the_highest_write_scores():
+    """The pinned set is the top m earlier tokens by write score (ties: the later one), and
+    the state's size formula counts it."""
+    model = model_for((2, "latest", "linear", 2, 0, "none", None, 3))
+    idx = torch.randint(0, 11, (2, 40))
+    with torch.no_grad():
+        _, state = model(idx, return_state=True)
+        x = model.blocks[0].norm1(model._embed(idx, 0))
+        w = model.blocks[0].memory.write(x)[..., 0]
+    for b in range(2):
+        want = sorted(range(40), key=lambda j: (w[b, j].item(), j), reverse=True)[:3]
+        got = state.layers[0].pinned.j[b].tolist()
+        assert [w[b, j].item() for j in got] == [w[b, j].item() for j in want]
+    assert state.nbytes == state_nbytes(model.config, 2, 40)

@@ -135,7 +135,7 @@ class SingleVectorAttention(nn.Module):
                 groups.append(SlotGroup(torch.stack([qn, vn])[..., None], None, level, r))
         return groups
 
-    def forward(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None) -> Tensor:
+    def forward(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None, pin=None) -> Tensor:
         """Parallel form.
 
         Args:
@@ -145,6 +145,11 @@ class SingleVectorAttention(nn.Module):
             chunk: positions processed at once (a power of the stride); bounds the
                 temporaries.
             prefix: continue a stream (see :meth:`read_groups`).
+            pin: the pinned memory, ``(index (B, T, m), pool_w (B, N), pre_q, pre_v)``:
+                position t also reads the pool tokens ``index[:, t]`` (``-1``: none), each
+                with ``log sigmoid(pool_w)`` added to its score; the pool is the stream's
+                pinned tokens (projections ``pre_q``/``pre_v (B, H, m_p, d_head)``, or
+                ``None``) followed by the tokens of ``x`` (see :mod:`lmn.memory`).
         Returns:
             ``out (B, T, d)``.
 
@@ -159,7 +164,7 @@ class SingleVectorAttention(nn.Module):
         H, dh = self.n_heads, self.d_head
         if chunk != tree.chunk(chunk):
             raise ValueError(f"chunk must be a power of the stride {tree.stride}, got {chunk}")
-        if prefix is None and use_fused(self.fused_kernels, x, dh):  # fused Triton kernels (lmn.kernels)
+        if prefix is None and pin is None and use_fused(self.fused_kernels, x, dh):  # fused Triton kernels
             from .kernels.triton_sva import fused_attention
 
             return fused_attention(self, x, levels, tree)
@@ -167,8 +172,11 @@ class SingleVectorAttention(nn.Module):
         q = self.q(x).view(B, T, H, dh)
         k = self.k(x).view(B, T, H, dh) * self.scale  # fold 1/sqrt(d_head) into the key
         s_self = F.pad((q * k).sum(-1).transpose(1, 2), (1, 0))  # slot 0 scores, (B, H, T+1)
+        v = self.v(x).view(B, T, H, dh)
+        pins = [] if pin is None else self._pinned_slots(q, v, *pin)
         del q  # (the dels keep no-grad inference memory low; autograd keeps what it needs)
-        v_t = F.pad(self.v(x).view(B, T, H, dh).permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
+        v_t = F.pad(v.permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
+        del v
         groups = self.read_groups(x, levels, tree, prefix)
         blocks = [g.block for g in groups]
         Tp = max([T1] + [u0 + _chunk_plan(u0, min(u0 + chunk, T1), chunk, blocks)[0] for u0 in range(0, T1, chunk)])
@@ -176,8 +184,8 @@ class SingleVectorAttention(nn.Module):
         del k
         c0 = 0 if prefix is None else prefix[0]
         slot_level, slot_r = _slot_specs(groups, x.device)
-        meta = (chunk, c0, T1, tree, blocks, slot_level, slot_r)
-        nodes_qv = [g.entries for g in groups]
+        meta = (chunk, c0, T1, tree, blocks, slot_level, slot_r, len(pins))
+        nodes_qv = [*pins, *(g.entries for g in groups)]
 
         # With several chunks under autograd, no chunk's scores or probabilities are kept:
         # backward recomputes one chunk at a time from chunk-sized slices of the inputs
@@ -190,17 +198,40 @@ class SingleVectorAttention(nn.Module):
         out = out[..., 1:]  # (B, H, dh, T)
         return self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
 
+    def _pinned_slots(self, q, v, index, pool_w, pre_q, pre_v) -> list[Tensor]:
+        """Per position t (time-last, column u = t + 1) the q, v and score bias of its pinned
+        slots: ``(B, H, m, dh, T+1)`` twice and ``(B, m, T+1)``."""
+        B, T, m = index.shape
+        H, dh = self.n_heads, self.d_head
+        pool_q, pool_v = q.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, dh)
+        if pre_q is not None:
+            pool_q, pool_v = torch.cat([pre_q, pool_q], dim=2), torch.cat([pre_v, pool_v], dim=2)
+        flat = index.clamp(min=0).reshape(B, 1, T * m, 1).expand(B, H, T * m, dh)
+        pq = pool_q.gather(2, flat).view(B, H, T, m, dh).permute(0, 1, 3, 4, 2)
+        pv = pool_v.gather(2, flat).view(B, H, T, m, dh).permute(0, 1, 3, 4, 2)
+        bias = F.logsigmoid(pool_w).gather(1, index.clamp(min=0).view(B, T * m)).view(B, T, m)
+        bias = bias.masked_fill(index < 0, float("-inf")).transpose(1, 2)  # (B, m, T)
+        return [F.pad(pq, (1, 0)), F.pad(pv, (1, 0)), F.pad(bias, (1, 0), value=float("-inf"))]
+
     # ------------------------------------------------------------------ streaming form
-    def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor) -> Tensor:
+    def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None) -> Tensor:
         """One position. ``x: (B, d)``; ``slot_q``/``slot_v``: cached projections of the
-        memory nodes ``(B, H, S, d_head)``. Returns ``(B, d)``. Cost O(d^2 + S*d)."""
+        memory nodes ``(B, H, S, d_head)``; ``pin``: the pinned slots ``(q, v, bias)``,
+        ``(B, H, n, d_head)`` twice and ``(B, n)`` (score bias ``log sigmoid(w)``), or None.
+        Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
         w, b = self._fused("qkv")
         q, k, v = F.linear(x, w, b).view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
+        if pin is not None:  # the pinned slots follow the tree's, with their score bias
+            slot_q, slot_v = torch.cat([slot_q, pin[0]], dim=2), torch.cat([slot_v, pin[1]], dim=2)
         # slot 0 (the token itself) joins the cached slots: one matmul for all scores
         scores = torch.matmul(torch.cat([q, slot_q], dim=2), k.transpose(-1, -2))  # (B, H, 1+S, 1)
-        probs = torch.softmax(scores * self.scale, dim=2)
+        if pin is not None:
+            bias = F.pad(pin[2], (scores.shape[2] - pin[2].shape[1], 0))  # (B, 1+S)
+            probs = torch.softmax(scores * self.scale + bias[:, None, :, None], dim=2)
+        else:
+            probs = torch.softmax(scores * self.scale, dim=2)
         out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
         return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
 
@@ -250,7 +281,7 @@ def _chunk_plan(u0: int, u1: int, chunk: int, blocks: list[int | None]) -> tuple
     return cols, plan
 
 
-def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta) -> Tensor:
+def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc=()) -> Tensor:
     """Attention output ``(B, H, dh, width)`` of one chunk from its own slices only:
     ``k_loc (B, H, dh, >= cols)``, ``v_loc (B, H, dh, width)``, ``s_loc (B, H, width)``,
     per group ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
@@ -266,15 +297,23 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta) -> Tens
             s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
             scores.append(s.view(B, H, cols)[..., :width])
         blocks.append((r_c, nblk, vn))
+    if pin_loc:  # the pinned slots: one token per slot and position, with their score bias
+        pq, pv, pb = pin_loc  # (B, H, m, dh, width) twice, (B, m, width)
+        s_pin = (k_loc[:, :, None, :, :width] * pq).sum(3) + pb[:, None]  # (B, H, m, width)
+        scores.extend(s_pin.unbind(2))
 
     scores_t = torch.stack(scores, dim=2)  # (B, H, S, width)
     del scores
     # presence by position only (lmn.tree): e.g. for "latest" a level-i slot exists for u >= k**i
     u_global = torch.arange(u_start, u_start + width, device=v_loc.device)
     absent = tree.absent(u_global, slot_level, slot_r)  # (S, width)
+    if pin_loc:  # (an empty pinned slot has score -inf already)
+        absent = torch.cat([absent, absent.new_zeros(pin_loc[0].shape[2], width)])
     probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
     del scores_t
     p_self, *p_mem = probs.unbind(2)  # unbind, not slicing: backward stacks, no zero-fill
+    if pin_loc:
+        p_mem, p_pin = p_mem[: len(p_mem) - pq.shape[2]], p_mem[len(p_mem) - pq.shape[2] :]
 
     out = p_self[:, :, None] * v_loc  # (B, H, dh, width)
     s = 0
@@ -286,13 +325,20 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta) -> Tens
             acc = p * vn[:, :, g] if acc is None else torch.addcmul(acc, p, vn[:, :, g])
             s += 1
         out = out + acc.view(B, H, dh, cols)[..., :width]
+    if pin_loc:
+        for r, p in enumerate(p_pin):
+            out = torch.addcmul(out, p[:, :, None], pv[:, :, r])
     return out
 
 
 def _chunk_slices(u0: int, u1: int, meta, k_t, v_t, s_self, nodes_qv):
+    """A chunk's slices of the inputs; ``nodes_qv`` starts with the ``meta[7]`` pinned-slot
+    tensors (per column, like ``v_t``), then the slot groups' entries."""
+    n_pin = meta[7]
     cols, plan = _chunk_plan(u0, u1, meta[0], meta[4])
-    qv_loc = [qv[..., first : first + nblk] for qv, (first, nblk, _) in zip(nodes_qv, plan)]
-    return (k_t[..., u0 : u0 + cols], v_t[..., u0:u1], s_self[..., u0:u1], qv_loc), plan
+    pin_loc = [t[..., u0:u1] for t in nodes_qv[:n_pin]]
+    qv_loc = [qv[..., first : first + nblk] for qv, (first, nblk, _) in zip(nodes_qv[n_pin:], plan)]
+    return (k_t[..., u0 : u0 + cols], v_t[..., u0:u1], s_self[..., u0:u1], pin_loc + qv_loc), plan
 
 
 def _attend_all(meta, k_t, v_t, s_self, nodes_qv) -> Tensor:
@@ -303,7 +349,8 @@ def _attend_all(meta, k_t, v_t, s_self, nodes_qv) -> Tensor:
     for u0 in range(0, T1, chunk):
         u1 = min(u0 + chunk, T1)
         (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
-        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc, plan, c0 + u0, meta))
+        n_pin = meta[7]
+        outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc[n_pin:], plan, c0 + u0, meta, qv_loc[:n_pin]))
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
@@ -346,8 +393,10 @@ class _RecomputedChunks(torch.autograd.Function):
             u1 = min(u0 + chunk, T1)
             (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
             leaves = [t.detach().requires_grad_(need) for t, need in zip((k_loc, v_loc, s_loc, *qv_loc), needs)]
+            n_pin = meta[7]
             with torch.enable_grad():
-                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3:], plan, c0 + u0, meta)
+                out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3 + n_pin :], plan, c0 + u0, meta,
+                                    leaves[3 : 3 + n_pin])
             wanted = [j for j, leaf in enumerate(leaves) if leaf.requires_grad]
             if not wanted:
                 break
@@ -357,9 +406,9 @@ class _RecomputedChunks(torch.autograd.Function):
                     continue
                 if j == 0:
                     full[0][..., u0 : u0 + g.shape[-1]] += g
-                elif j in (1, 2):
+                elif j < 3 + n_pin:  # v_t, s_self and the pinned slots: per column
                     full[j][..., u0:u1] += g
                 else:
-                    first = plan[j - 3][0]
+                    first = plan[j - 3 - n_pin][0]
                     full[j][..., first : first + g.shape[-1]] += g
         return (None, *full)

@@ -59,6 +59,12 @@ class LMNConfig:
             tokens through the tree, and the streaming state has a fixed size. Set it to
             ``floor(log_stride(block_size))`` to keep a model trained on ``block_size``
             windows within the levels it was trained with on longer streams.
+        pinned: m, raw token vectors per layer kept in a *pinned memory* beside the tree
+            (0: none, the paper's model). A learned write score ``w_j = W_w x_j`` picks,
+            causally, the m earlier tokens of highest score (ties: the later token);
+            they are read by the same single-vector attention as extra slots, each with
+            ``log sigmoid(w_j)`` added to its score (so the write score learns). For
+            information the tree's summaries would blur (see :mod:`lmn.memory`).
     """
 
     vocab_size: int = 65
@@ -75,6 +81,7 @@ class LMNConfig:
     stride: int = 2
     read: str = "latest"
     max_level: int | None = None
+    pinned: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
@@ -106,6 +113,8 @@ class LMNConfig:
             raise ValueError(f"LMNConfig.stride must be an integer >= 2, got {self.stride!r}")
         if self.read not in READ_RULES:
             raise ValueError(f"LMNConfig.read must be one of {READ_RULES}, got {self.read!r}")
+        if isinstance(self.pinned, bool) or not isinstance(self.pinned, int) or self.pinned < 0:
+            raise ValueError(f"LMNConfig.pinned must be an integer >= 0, got {self.pinned!r}")
         if self.max_level is not None and (
             isinstance(self.max_level, bool) or not isinstance(self.max_level, int) or self.max_level < 1
         ):

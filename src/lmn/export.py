@@ -81,6 +81,8 @@ class StreamStep(nn.Module):
         cfg = getattr(model, "config", None)
         if not isinstance(cfg, LMNConfig) or not hasattr(model, "blocks"):
             raise TypeError(f"StreamStep takes an lmn.LMN, got {type(model).__name__}")
+        if getattr(cfg, "pinned", 0):
+            raise ValueError(f"export does not cover the pinned memory (this model has pinned = {cfg.pinned})")
         if cfg.expand != 0:
             raise ValueError(f"export supports expand = 0 only (this model has expand = {cfg.expand}): "
                              "a node's size would depend on its level")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,8 @@ from torch import Tensor, nn
 
 from .attention import SingleVectorAttention, vjp
 from .config import LMNConfig
-from .memory import LogMemory
-from .state import LayerState, LMNState
+from .memory import LogMemory, running_top, top_order
+from .state import LayerState, LMNState, PinnedSet
 from .tree import carry_height, ceil_log, piece_lengths
 
 
@@ -141,7 +142,11 @@ class LMNBlock(nn.Module):
         x = self.norm1(h)
         tree = self.memory.tree
         levels = self.memory.build(x)
-        h = h + self.attn(x, levels, tree, chunk=chunk)
+        pin = pool = None
+        if self.memory.pinned:  # the pinned memory: the top-m earlier tokens by write score
+            pool = self._pool(x, None, 0)
+            pin = (pool.sets[:, : x.shape[1]], pool.w, None, None)
+        h = h + self.attn(x, levels, tree, chunk=chunk, pin=pin)
         h = h + self.ff(self.norm2(h))
         layer_state = None
         if return_state:
@@ -149,7 +154,58 @@ class LMNBlock(nn.Module):
             nodes = [_tail(_tokens(x, self.memory.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
                      for i, r in enumerate(tree.kept(T))]
             layer_state = LayerState(nodes, *self.slot_cache(nodes, T))
+            if pool is not None:
+                layer_state.pinned = self._pinned_after(pool, T)
         return h, layer_state
+
+    # ------------------------------------------------------------------ pinned memory
+    def _pool(self, x: Tensor, prev: PinnedSet | None, c0: int) -> "_Pool":
+        """The candidates of the pinned memory for a piece ``x (B, C, d)`` after ``c0``
+        tokens: the stream's pinned tokens (``prev``, in position order) then the piece's,
+        and the pinned set before each position, ``sets (B, C + 1, m)`` of pool indices
+        (row t: the set that position t reads; row C: the set after the piece)."""
+        B, C, _ = x.shape
+        m = self.memory.pinned
+        w = self.memory.write(x)[..., 0]  # (B, C)
+        j = torch.arange(c0, c0 + C, device=x.device).expand(B, C)
+        if prev is not None and prev.w.shape[1]:
+            order = prev.j.argsort(dim=1)  # the pool in position order: index order == position order
+            take = lambda t: t.gather(1, order if t.dim() == 2 else order[..., None].expand_as(t))  # noqa: E731
+            pre_x, pre_w, pre_j = take(prev.x), take(prev.w), take(prev.j)
+            hq = order[:, None, :, None].expand_as(prev.q)
+            pre_q, pre_v = prev.q.gather(2, hq), prev.v.gather(2, hq)
+            x, w, j = torch.cat([pre_x, x], 1), torch.cat([pre_w, w], 1), torch.cat([pre_j, j], 1)
+        else:
+            pre_q = pre_v = None
+        n_p = x.shape[1] - C
+        running = running_top(w, m)  # (B, N, m): after each pool token
+        sets = torch.cat([running.new_full((B, 1, m), -1), running], dim=1)[:, n_p:]  # (B, C + 1, m)
+        return _Pool(x, w, j, pre_q, pre_v, sets)
+
+    def _pinned_after(self, pool: "_Pool", count: int) -> PinnedSet:
+        """The pinned set after the piece, as a state's :class:`PinnedSet`."""
+        n = min(count, self.memory.pinned)
+        sel = pool.sets[:, -1, :n]  # (B, n), sorted by key
+        x = pool.x.gather(1, sel[..., None].expand(-1, -1, pool.x.shape[-1]))
+        q, v = self._project_tokens(x)
+        return PinnedSet(x, pool.w.gather(1, sel), pool.j.gather(1, sel), q, v)
+
+    def _project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W_q and W_v of tokens ``(B, n, d)`` as slots: ``(B, H, n, d_head)`` each."""
+        B, n, _ = x.shape
+        a = self.attn
+        q = F.linear(x, a.q.weight, a.q.bias).view(B, n, a.n_heads, a.d_head).transpose(1, 2)
+        v = F.linear(x, a.v.weight, a.v.bias).view(B, n, a.n_heads, a.d_head).transpose(1, 2)
+        return q, v
+
+    def _pinned_slots_of(self, pool: "_Pool", row: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(q, v, bias)`` of the pinned slots of the pool's set ``row`` (for a step)."""
+        sel = pool.sets[:, row]
+        n = int((sel[0] >= 0).sum())
+        sel = sel[:, :n]
+        x = pool.x.gather(1, sel[..., None].expand(-1, -1, pool.x.shape[-1]))
+        q, v = self._project_tokens(x)
+        return q, v, F.logsigmoid(pool.w.gather(1, sel))
 
     def slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
         """q/v ``(B, H, S, d_head)`` of the slots that position ``pos - 1`` read, projected
@@ -178,7 +234,11 @@ class LMNBlock(nn.Module):
         levels = mem.build(x)
         bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
         cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-        a = self.attn(x, levels, tree, chunk=chunk, prefix=(c0, cached))
+        pin = pool = None
+        if mem.pinned:
+            pool = self._pool(x, layer.pinned, c0)
+            pin = (pool.sets[:, :C], pool.w, pool.pre_q, pool.pre_v)
+        a = self.attn(x, levels, tree, chunk=chunk, prefix=(c0, cached), pin=pin)
 
         # the new state: levels below p from the piece's own tree; from p up the stream's,
         # plus the piece's level-p node carried in when the piece fills a whole block
@@ -194,9 +254,13 @@ class LMNBlock(nn.Module):
             mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
         layer.nodes[:] = nodes
         layer.slot_q, layer.slot_v = self.slot_cache(nodes, count)
+        last_pin = None
+        if pool is not None:
+            last_pin = self._pinned_slots_of(pool, C - 1)
+            layer.pinned = self._pinned_after(pool, count)
 
         # the last position may read nodes completed by itself: redo it as a streaming step
-        a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v)
+        a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v, pin=last_pin)
         h = h + torch.cat([a[:, :-1], a_last[:, None]], dim=1)
         return h + self.ff(self.norm2(h))
 
@@ -208,11 +272,29 @@ class LMNBlock(nn.Module):
         token = x[:, None, None, :].expand(B, self.memory.n_banks, 1, d).contiguous()
         completed = self.memory.carry(layer.nodes, token, 0, count)
         self._update_cache(layer, completed, count, cached_before)
-        h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
+        if self.memory.pinned:
+            pin = layer.pinned
+            h = h + self.attn.step(x, layer.slot_q, layer.slot_v, pin=(pin.q, pin.v, F.logsigmoid(pin.w)))
+            layer.pinned = self._pin_token(pin, x, count - 1)
+        else:
+            h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
         # functional calls: nn.Module.__call__ costs more than these tiny ops themselves
         y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
         ff = self.ff
         return h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+
+    def _pin_token(self, pin: PinnedSet, x: Tensor, position: int) -> PinnedSet:
+        """The pinned set after token ``position`` (``x: (B, d)``) was read: the top m of
+        the set and the token, by (write score, position)."""
+        B = x.shape[0]
+        w = torch.cat([pin.w, self.memory.write(x)], dim=1)  # (B, n + 1)
+        j = torch.cat([pin.j, torch.full((B, 1), position, dtype=torch.long, device=x.device)], dim=1)
+        q_t, v_t = self._project_tokens(x[:, None])
+        xs, q, v = torch.cat([pin.x, x[:, None]], 1), torch.cat([pin.q, q_t], 2), torch.cat([pin.v, v_t], 2)
+        order = top_order(w, j, self.memory.pinned)  # (B, n')
+        hq = order[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
+        return PinnedSet(xs.gather(1, order[..., None].expand(-1, -1, xs.shape[2])), w.gather(1, order),
+                         j.gather(1, order), q.gather(2, hq), v.gather(2, hq))
 
     def _update_cache(self, layer: LayerState, completed, count: int, before: list[int]) -> None:
         """Bring the slot cache from the read set of position ``count - 2`` to that of
@@ -248,6 +330,17 @@ class LMNBlock(nn.Module):
         keep_from = 0 if top == 0 else start
         layer.slot_q = torch.cat([layer.slot_q[:, :, keep_from:end], q, layer.slot_q[:, :, end:]], dim=2)
         layer.slot_v = torch.cat([layer.slot_v[:, :, keep_from:end], v, layer.slot_v[:, :, end:]], dim=2)
+
+
+class _Pool(NamedTuple):
+    """Candidates of the pinned memory (see :meth:`LMNBlock._pool`)."""
+
+    x: Tensor  # (B, N, d)
+    w: Tensor  # (B, N) write scores
+    j: Tensor  # (B, N) positions
+    pre_q: Tensor | None  # (B, H, n_p, d_head): the stream's pinned tokens, projected
+    pre_v: Tensor | None
+    sets: Tensor  # (B, C + 1, m) pool indices, -1 pads
 
 
 def _tokens(x: Tensor, n_banks: int) -> Tensor:
@@ -452,14 +545,16 @@ class LMN(nn.Module):
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
         c = self.config
-        layers = [
-            LayerState(
-                [],
-                torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype),
-                torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype),
-            )
-            for _ in range(c.n_layers)
-        ]
+        def empty(*shape, dt=dtype):
+            return torch.zeros(batch_size, *shape, device=device, dtype=dt)
+
+        layers = []
+        for _ in range(c.n_layers):
+            pin = None
+            if c.pinned:
+                pin = PinnedSet(empty(0, c.d_model), empty(0), empty(0, dt=torch.long), empty(c.n_heads, 0, c.d_head),
+                                empty(c.n_heads, 0, c.d_head))
+            layers.append(LayerState([], empty(c.n_heads, 0, c.d_head), empty(c.n_heads, 0, c.d_head), pin))
         return LMNState(c, batch_size, 0, layers)
 
     def step(self, tokens: Tensor, state: LMNState):

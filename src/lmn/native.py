@@ -152,6 +152,9 @@ class NativeStepper:
             raise ValueError(f"NativeStepper runs on the CPU; the model is on {ref.device} (use model.cpu())")
         if ref.dtype not in _REAL:
             raise ValueError(f"NativeStepper supports float32 and float64 models, got {ref.dtype}")
+        if getattr(cfg, "pinned", 0):
+            raise ValueError(f"NativeStepper does not run the pinned memory (this model has pinned = {cfg.pinned}); "
+                             "use LMN.step")
         if cfg.expand != 0:
             raise ValueError(f"NativeStepper supports expand = 0 only (this model has expand = {cfg.expand}); use LMN.step")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import LMN, sinusoidal_encoding
-from .state import LayerState, LMNState
+from .state import LayerState, LMNState, PinnedSet
 from .tree import kept, read_nodes
 
 
@@ -61,17 +61,31 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
             return x[:, j, None] if i == 0 else node(i, j).flatten(1, 2)
 
         attn = block.attn
+        m = cfg.pinned
+        if m:  # the pinned memory's write scores (B, T)
+            write = F.linear(x, block.memory.write.weight, block.memory.write.bias)[..., 0]
+
+        def pinned_before(t: int) -> list[list[int]]:
+            """Per batch row, the m positions j < t of largest (write score, j), largest first."""
+            return [sorted(range(t), key=lambda j: (write[b, j].item(), j), reverse=True)[:m] for b in range(B)]
+
         outs = []
         for t in range(T):
             read = read_nodes(t, k, cfg.read, cfg.max_level)
             S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read], dim=1)
+            bias = torch.zeros(B, S.shape[1])
+            if m and t > 0:  # pinned tokens: extra slots, their score + log sigmoid(write score)
+                pins = torch.tensor(pinned_before(t))  # (B, n)
+                S = torch.cat([S, torch.stack([x[b, pins[b]] for b in range(B)])], dim=1)
+                g = torch.stack([F.logsigmoid(write[b, pins[b]]) for b in range(B)])
+                bias = torch.cat([bias, g], dim=1)
             q = F.linear(S, attn.q.weight, attn.q.bias)  # slots -> W_q,  (B, n_slots, d)
             v = F.linear(S, attn.v.weight, attn.v.bias)
             key = F.linear(x[:, t], attn.k.weight, attn.k.bias)  # token -> W_k
             heads = []
             for hd in range(H):
                 sl = slice(hd * dh, (hd + 1) * dh)
-                score = (q[:, :, sl] * key[:, None, sl]).sum(-1) / math.sqrt(dh)  # (B, n_slots)
+                score = (q[:, :, sl] * key[:, None, sl]).sum(-1) / math.sqrt(dh) + bias  # (B, n_slots)
                 p = torch.softmax(score, dim=-1)
                 heads.append((p[:, :, None] * v[:, :, sl]).sum(1))  # (B, dh)
             outs.append(F.linear(torch.cat(heads, dim=-1), attn.o.weight, attn.o.bias))
@@ -82,8 +96,16 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
                 last = T // k**i
                 stacked = torch.stack([node(i, j) for j in range(last - max(r, 1), last)], dim=2)
                 nodes.append(stacked[:, :, stacked.shape[2] - r :])
-            heads_of = lambda z: z[:, 1:].unflatten(-1, (H, dh)).transpose(1, 2)  # (B, H, S, dh)
-            layers.append(LayerState(nodes, heads_of(q), heads_of(v)))
+            n_tree = S.shape[1] - (min(T - 1, m) if m else 0)  # slots of position T-1: self, tree, pinned
+            heads_of = lambda z: z.unflatten(-1, (H, dh)).transpose(1, 2)  # (B, n, d) -> (B, H, n, dh)  # noqa: E731
+            layer = LayerState(nodes, heads_of(q[:, 1:n_tree]), heads_of(v[:, 1:n_tree]))
+            if m:  # the pinned set after all T tokens
+                pins = torch.tensor(pinned_before(T))
+                px = torch.stack([x[b, pins[b]] for b in range(B)])
+                layer.pinned = PinnedSet(px, torch.stack([write[b, pins[b]] for b in range(B)]), pins,
+                                         heads_of(F.linear(px, attn.q.weight, attn.q.bias)),
+                                         heads_of(F.linear(px, attn.v.weight, attn.v.bias)))
+            layers.append(layer)
 
         y = _rms_norm(h, block.norm2.weight, cfg.norm_eps)
         ff = block.ff

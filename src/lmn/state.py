@@ -31,7 +31,10 @@ from .tree import READ_RULES
 def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int = 4) -> int:
     """Exact size in bytes of the tensors of a state after ``pos`` tokens
     (:meth:`lmn.tree.Tree.state_nbytes`)."""
-    return config.tree.state_nbytes(config.d_model, config.n_layers, batch_size, pos, element_size)
+    tree = config.tree.state_nbytes(config.d_model, config.n_layers, batch_size, pos, element_size)
+    # the pinned memory: per token x, q, v (d each) and its score, plus its int64 position
+    pinned = config.n_layers * batch_size * min(pos, config.pinned) * ((3 * config.d_model + 1) * element_size + 8)
+    return tree + pinned
 
 
 @dataclass
@@ -39,14 +42,32 @@ class LayerState:
     nodes: list[Tensor] = field(default_factory=list)
     slot_q: Tensor | None = None
     slot_v: Tensor | None = None
+    pinned: "PinnedSet | None" = None
 
 
-_SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read"
+@dataclass
+class PinnedSet:
+    """The pinned memory of one layer after ``pos`` tokens: the ``min(pos, m)`` earlier tokens
+    of highest write score, sorted by (score, position) descending. ``x (B, n, d)``,
+    ``w (B, n)`` write scores, ``j (B, n)`` positions (int64), ``q``/``v (B, H, n, d_head)``
+    their cached projections."""
+
+    x: Tensor
+    w: Tensor
+    j: Tensor
+    q: Tensor
+    v: Tensor
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"x": self.x, "w": self.w, "j": self.j, "q": self.q, "v": self.v}
+
+
+_SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read, pinned"
 
 
 def _shape(c: LMNConfig) -> list[int]:
     """The config fields a state's tensors depend on, as integers (read: its index)."""
-    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, READ_RULES.index(c.read)]
+    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, READ_RULES.index(c.read), c.pinned]
 
 
 class LMNState:
@@ -68,6 +89,9 @@ class LMNState:
                 out[f"layers.{l}.nodes.{i}"] = node
             out[f"layers.{l}.slot_q"] = layer.slot_q
             out[f"layers.{l}.slot_v"] = layer.slot_v
+            if layer.pinned is not None:
+                for name, t in layer.pinned.tensors().items():
+                    out[f"layers.{l}.pinned.{name}"] = t
         return out
 
     @property
@@ -94,16 +118,20 @@ class LMNState:
         )
 
     # ------------------------------------------------------------------ copies / moves
-    def _map(self, fn) -> "LMNState":
-        layers = [
-            LayerState([fn(n) for n in layer.nodes], fn(layer.slot_q), fn(layer.slot_v))
-            for layer in self.layers
-        ]
+    def _map(self, fn, fn_int=None) -> "LMNState":
+        fn_int = fn if fn_int is None else fn_int
+        layers = []
+        for layer in self.layers:
+            pin = layer.pinned
+            if pin is not None:
+                pin = PinnedSet(fn(pin.x), fn(pin.w), fn_int(pin.j), fn(pin.q), fn(pin.v))
+            layers.append(LayerState([fn(n) for n in layer.nodes], fn(layer.slot_q), fn(layer.slot_v), pin))
         return LMNState(self.config, self.batch_size, self.pos, layers)
 
     def to(self, *args, **kwargs) -> "LMNState":
-        """Move/cast like ``Tensor.to`` (returns a new state)."""
-        return self._map(lambda t: t.to(*args, **kwargs))
+        """Move/cast like ``Tensor.to`` (returns a new state; positions stay int64)."""
+        device = torch.empty(0).to(*args, **kwargs).device
+        return self._map(lambda t: t.to(*args, **kwargs), lambda t: t.to(device))
 
     def clone(self) -> "LMNState":
         return self._map(lambda t: t.clone())
@@ -145,7 +173,10 @@ class LMNState:
         n_node_levels = len(config.tree.kept(pos))
         for l in range(config.n_layers):
             nodes = [data[f"layers.{l}.nodes.{i}"] for i in range(n_node_levels)]
-            layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"]))
+            pin = None
+            if config.pinned:
+                pin = PinnedSet(*(data[f"layers.{l}.pinned.{name}"] for name in ("x", "w", "j", "q", "v")))
+            layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"], pin))
         state = cls(config, batch_size, pos, layers)
         expected = state_nbytes(config, batch_size, pos, state.layers[0].slot_q.element_size())
         if state.nbytes != expected:
