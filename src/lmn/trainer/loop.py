@@ -53,7 +53,7 @@ class Run:
     dist: Dist
     device: torch.device
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # made after the run directory is written
     train_gen: torch.Generator
     preset: str | None
     progress: Progress
@@ -114,11 +114,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
         check_resume_compatible(cfg, saved, task)
         preset = preset or saved.get("preset")
     run = _build(cfg, task, run_dir, dist, device, preset, stream)
-    if from_checkpoint:
+    if not from_checkpoint:
+        if resume:
+            run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
+        _write_run_dir(run)  # before the optimizer, whose first construction imports torch._dynamo (seconds):
+    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if from_checkpoint:  # a kill from here on finds a run directory that resumes
         _restore(run)
-    elif resume:
-        run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
-    _write_run_dir(run)
+        _write_run_dir(run)
+    _wrap(run)
     with DeferredStop(enabled=not dist.enabled) as stop:
         _loop(run, stop)
     return _finish(run)
@@ -126,15 +130,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
 
 # ----------------------------------------------------------------------------- setup
 def _build(cfg: TrainConfig, task: Task, run_dir: Path, dist: Dist, device, preset, stream) -> Run:
-    """Model (seeded init), optimizer and training generator: a run at step 0."""
+    """Model (seeded init) and training generator: a run at step 0 (its optimizer is made
+    next, by :func:`train`)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.model_config).to(device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(cfg.model, model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_gen = torch.Generator().manual_seed(cfg.seed)
     autocast = torch.autocast(device.type, dtype=DTYPES[cfg.dtype]) if cfg.dtype != "float32" else nullcontext()
-    return Run(cfg=cfg, task=task, run_dir=run_dir, dist=dist, device=device, model=model, optimizer=optimizer,
+    return Run(cfg=cfg, task=task, run_dir=run_dir, dist=dist, device=device, model=model, optimizer=None,
                train_gen=train_gen, preset=preset, autocast=autocast,
                progress=Progress(cfg.max_iters, stream, enabled=dist.is_main))
 
@@ -160,9 +164,9 @@ def _restore(run: Run) -> None:
 
 def _write_run_dir(run: Run) -> None:
     """The run manifest first, then config.json, the task's files and metrics.jsonl
-    (nothing was written before this point); then the DDP wrapper and the open metrics
-    file. A run that does not continue from a checkpoint starts over: what lmn wrote in
-    the directory before (by its manifest) is removed first, nothing else."""
+    (nothing was written before this point). A run that does not continue from a
+    checkpoint starts over: what lmn wrote in the directory before (by its manifest) is
+    removed first, nothing else."""
     cfg, run_dir, dist = run.cfg, run.run_dir, run.dist
     n_params = num_parameters(run.model)
     resume = run.from_checkpoint
@@ -189,6 +193,13 @@ def _write_run_dir(run: Run) -> None:
         kept = [r for r in read_metrics(run_dir) if r["type"] != "final" and r["step"] <= run.step] if resume else []
         atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
     dist.barrier()
+
+
+def _wrap(run: Run) -> None:
+    """The DDP wrapper (or FSDP shards), the open metrics file, the first progress line."""
+    cfg, run_dir, dist = run.cfg, run.run_dir, run.dist
+    n_params = num_parameters(run.model)
+    resume = run.from_checkpoint
     run.train_model = run.model
     if dist.enabled and cfg.fsdp:  # sharded in place (lmn.trainer.fsdp); the optimizer follows the shards
         shard_model(run.model, run.device)
