@@ -173,8 +173,10 @@ def main(argv=None) -> int:
     from ..bench.common import header, write_json, write_text
 
     p = argparse.ArgumentParser(prog="python -m lmn.probes.context", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="trained run directories")
+    p.add_argument("runs", nargs="*", help="trained run directories")
     p.add_argument("--out", required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")
+    p.add_argument("--render", action="store_true",
+                   help="only re-render OUT.md and OUT.png from OUT.json (with --notes), measuring nothing")
     p.add_argument("--block", type=int, default=512, help="characters per scored block")
     p.add_argument("--blocks", type=int, default=16, help="scored blocks")
     p.add_argument("--window", type=int, default=32768, help="window of the per-position measurement")
@@ -187,6 +189,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     contexts = [int(c) for c in args.contexts.split(",")]
     out = Path(args.out)
+    if args.render:
+        doc = json.loads(out.with_suffix(".json").read_text())
+        if args.notes:
+            doc["notes"] = Path(args.notes).read_text()
+            write_json(out.with_suffix(".json"), doc)
+        write_text(out.with_suffix(".md"), render_markdown(doc))
+        plot(doc, out.with_suffix(".png"))
+        return 0
+    if not args.runs:
+        p.error("give at least one run directory (or --render)")
     settings = {"block": args.block, "blocks": args.blocks, "window": args.window, "contexts": contexts}
     doc = header("probe-context", "python -m lmn.probes.context " + " ".join(argv if argv is not None else
                                                                              __import__("sys").argv[1:]),
