@@ -110,6 +110,19 @@ def test_fused_with_capped_tree(k, read):
         _check("logits vs reference", got, reference_forward(model, idx))
 
 
+def test_fused_with_gradient_checkpointing():
+    """Block checkpointing recomputes each block, kernels included, in backward."""
+    torch.manual_seed(5)
+    model = _model(2, "latest", 2, 0, 16, 2)
+    idx = torch.randint(0, 11, (1, 21), device=DEVICE)
+    want, want_g = _run(model, idx, False)
+    model.gradient_checkpointing = True
+    got, got_g = _run(model, idx, True)
+    _check("logits", got, want)
+    for a, b in zip(got_g, want_g):
+        _check("grad", a, b)
+
+
 def test_prefill_with_fused_kernels_equals_reference():
     """A fresh prefill runs the kernel; continuing a stream (a prefix) takes the PyTorch path."""
     torch.manual_seed(1)
