@@ -73,7 +73,7 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
         for t in range(T):
             read = read_nodes(t, k, cfg.read, cfg.max_level)
             S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read], dim=1)
-            bias = torch.zeros(B, S.shape[1])
+            bias = S.new_zeros(B, S.shape[1])
             if m and t > 0:  # pinned tokens: extra slots, their score + log sigmoid(write score)
                 pins = torch.tensor(pinned_before(t))  # (B, n)
                 S = torch.cat([S, torch.stack([x[b, pins[b]] for b in range(B)])], dim=1)
