@@ -64,6 +64,7 @@ RUN_FILES = (RUN_MANIFEST, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FIL
 LEGACY_RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
 CHECKPOINT_FORMAT = 2
 RUN_FORMAT = 1
+PROGRAM = "lmn"  # the manifest's mark of a directory this package wrote (not a model kind)
 KEEP_CHECKPOINTS = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _STALE_FILE = re.compile(r"^\.(.+)\.tmp\d+$")
@@ -136,7 +137,7 @@ def read_run_manifest(run_dir: Path) -> dict | None:
         doc = json.loads((Path(run_dir) / RUN_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(doc, dict) or doc.get("program") != "lmn" or not isinstance(doc.get("files"), list):
+    if not isinstance(doc, dict) or doc.get("program") != PROGRAM or not isinstance(doc.get("files"), list):
         return None
     return doc
 
@@ -145,7 +146,7 @@ def write_run_manifest(run_dir: Path, extra_files=()) -> None:
     from .. import __version__
 
     names = list(dict.fromkeys([*RUN_FILES, *extra_files]))
-    doc = {"program": "lmn", "format": RUN_FORMAT, "lmn": __version__, "files": names,
+    doc = {"program": PROGRAM, "format": RUN_FORMAT, "lmn": __version__, "files": names,
            "note": "written by lmn train; lmn train --force removes the files listed here and nothing else"}
     atomic_write_text(run_dir / RUN_MANIFEST, json.dumps(doc, indent=2) + "\n")
 
