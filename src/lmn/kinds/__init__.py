@@ -28,6 +28,11 @@ REGISTRY: dict[str, str] = {
     "mamba": "lmn.baselines.mamba",
     "mamba2": "lmn.baselines.mamba2",
     "rwkv": "lmn.baselines.rwkv",
+    # forecasting kinds (values in, forecast out; lmn.timeseries), for regression tasks such as etth1
+    "lmn-ts": "lmn.timeseries.lmn_ts",
+    "transformer-ts": "lmn.timeseries.transformer_ts",
+    "mamba2-ts": "lmn.timeseries.mamba2_ts",
+    "dlinear": "lmn.timeseries.dlinear",
 }
 
 

@@ -24,6 +24,7 @@ TASKS: dict[str, str] = {
     "distance": "lmn.tasks.distance:DistanceTask",
     "selective-copy": "lmn.tasks.selective_copy:SelectiveCopyTask",
     "listops": "lmn.tasks.listops:ListOpsTask",
+    "etth1": "lmn.tasks.etth1:ETTh1Task",  # multivariate forecasting (issue 11), for the lmn.timeseries kinds
 }
 _REGISTERED: dict[str, type] = {}
 
