@@ -107,6 +107,32 @@ def collect(args, arms: list[str], seeds: list[int]) -> dict:
             "equal_budgets": len(budgets) <= 1, "arms": rows}
 
 
+def expander_cost(lengths: list[int], expands=(0, 1, 2), repeats: int = 3) -> list[dict]:
+    """Forward + backward seconds of the paper's LMN (batch 1, one thread) at each length
+    and expander k: the expander's cost beyond the training window (best of ``repeats``)."""
+    import time
+
+    import torch
+
+    from ..config import LMNConfig
+    from ..model import LMN
+
+    out = []
+    for k in expands:
+        torch.manual_seed(0)
+        model = LMN(LMNConfig(expand=k))
+        for T in lengths:
+            idx = torch.randint(65, (1, T))
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(idx).float().logsumexp(-1).mean().backward()
+                best = min(best, time.perf_counter() - t0)
+                model.zero_grad(set_to_none=True)
+            out.append({"expand": k, "T": T, "fwd_bwd_s": best, "us_per_token": best / T * 1e6})
+    return out
+
+
 def _f(x, fmt="{:.4f}"):
     return "–" if x is None else fmt.format(x)
 
@@ -137,6 +163,16 @@ def render_markdown(doc: dict) -> str:
                      f"{_f(r['whole_val_loss'])} | {seeds} | {_f(r.get('delta_vs_baseline'), '{:+.4f}')} | "
                      f"{_f(r['s_per_step'], '{:.3f}')} | {_f(r.get('time_vs_baseline'), '{:.2f}x')} | "
                      f"{_f(r['wall_time_s'], '{:.0f}')} |")
+    cost = doc.get("expander_cost")
+    if cost:
+        lengths = sorted({c["T"] for c in cost})
+        lines += ["", "Expander cost beyond the training window: forward + backward of the paper's LMN, batch 1, "
+                  "one thread, best of 3, microseconds per token:", "",
+                  "| k | " + " | ".join(f"T {T:,}" for T in lengths) + " |",
+                  "| --- | " + " | ".join("---:" for _ in lengths) + " |"]
+        for k in sorted({c["expand"] for c in cost}):
+            row = {c["T"]: c["us_per_token"] for c in cost if c["expand"] == k}
+            lines.append(f"| {k} | " + " | ".join(f"{row[T]:.1f}" for T in lengths) + " |")
     missing = [r["arm"] for r in doc["arms"] if r["n_seeds"] < len(b["seeds"])]
     if missing:
         lines += ["", f"Arms with fewer finished seeds than planned: {', '.join(missing)}."]
@@ -173,10 +209,13 @@ def render_plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(doc: dict, out: Path) -> None:
+def write_report(doc: dict, out: Path, notes_path: str | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(doc))
+    md = render_markdown(doc)
+    if notes_path and Path(notes_path).is_file():
+        md += "\n" + Path(notes_path).read_text().rstrip() + "\n"
+    out.with_suffix(".md").write_text(md)
     render_plot(doc, out.with_suffix(".png"))
 
 
@@ -196,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="runs/ablations")
     p.add_argument("--out", default="docs/results/ablations", help="path stem of the .json/.md/.png")
     p.add_argument("--report-only", action="store_true", help="render from the run directories; train nothing")
+    p.add_argument("--cost-lengths", default="",
+                   help="comma-separated lengths at which to time the expander (k 0/1/2), e.g. 256,1024,4096; "
+                        "kept in <out>.cost.json and shown in the report")
+    p.add_argument("--notes", default=None, help="markdown appended to the rendered page (the reading)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     names = [a[0] for a in ARMS]
@@ -203,12 +246,23 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(arms) - set(names))
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    cost_path = Path(args.out).with_suffix(".cost.json")
+    if args.cost_lengths and not args.report_only:
+        cost_path.parent.mkdir(parents=True, exist_ok=True)
+        cost_path.write_text(json.dumps(expander_cost([int(t) for t in args.cost_lengths.split(",")]), indent=2) + "\n")
+
+    def report():
+        doc = collect(args, arms, seeds)
+        if cost_path.is_file():
+            doc["expander_cost"] = json.loads(cost_path.read_text())
+        write_report(doc, Path(args.out), args.notes)
+
     if not args.report_only:
         plan = ([(a, s) for s in seeds for a in arms] if args.order == "seed" else [(a, s) for a in arms for s in seeds])
         for arm, seed in plan:
             run_arm(arm_config(arm, seed, args))
-            write_report(collect(args, arms, seeds), Path(args.out))  # partial results after every run
-    write_report(collect(args, arms, seeds), Path(args.out))
+            report()  # partial results after every run
+    report()
     print(f"wrote {args.out}.json/.md/.png", file=sys.stderr)
     return 0
 
