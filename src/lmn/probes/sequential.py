@@ -8,7 +8,9 @@ From a trained run, two fine-tunings with the same data budget, optimizer and se
 * ``sequential``: the training split cut into ``batch`` streams read in order, one window
   per stream per step, each window continuing the previous window's state (detached:
   truncated backpropagation through one window). Streams restart, with an empty state,
-  when they reach their end, so the model reads contexts up to ``len(train)/batch`` tokens.
+  when they reach their end, so the model reads contexts up to ``len(train)/batch`` tokens;
+* ``mixed``: the two alternate, step by step (the sequential steps continue each other's
+  state), so that the model keeps seeing windows that start a stream.
 
 Both are then measured the same way: the standard estimate (random validation windows
 from an empty state) and the same-tokens context curve of :mod:`lmn.probes.context`. The
@@ -62,9 +64,11 @@ def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, l
     streams = Streams(train_ids, batch, block)
     model.train()
     state, log, t0 = None, [], time.perf_counter()
+    seq_step = 0
     for step in range(steps):
-        if mode == "sequential":
-            x, y, fresh = streams.window(step)
+        if mode == "sequential" or (mode == "mixed" and step % 2 == 1):
+            x, y, fresh = streams.window(seq_step)
+            seq_step += 1
             if fresh or state is None:
                 state = model.init_state(batch)
             logits, state = model(x, state=state)
@@ -103,8 +107,10 @@ def main(argv=None) -> int:
     from ..trainer import load_run
 
     p = argparse.ArgumentParser(prog="python -m lmn.probes.sequential", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a trained LMN run directory")
+    p.add_argument("run", nargs="?", help="a trained LMN run directory")
     p.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
+    p.add_argument("--render", action="store_true", help="only re-render OUT.md/OUT.png from OUT.json (with --notes)")
+    p.add_argument("--notes", help="markdown file appended to the report")
     p.add_argument("--modes", default="random,sequential")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
@@ -117,11 +123,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.render:
+        import json
+
+        doc = json.loads(out.with_suffix(".json").read_text())
+        if args.notes:
+            doc["notes"] = Path(args.notes).read_text()
+            write_json(out.with_suffix(".json"), doc)
+        write_text(out.with_suffix(".md"), render(doc))
+        _plot(doc, out.with_suffix(".png"))
+        return 0
+    if not args.run:
+        p.error("give the run directory (or --render)")
     contexts = [int(c) for c in args.contexts.split(",")]
     command = "python -m lmn.probes.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-sequential", command, args.threads, ["cpu"], {k: v for k, v in vars(args).items()})
     doc["arms"] = []
-    out = Path(args.out)
     for mode in ["none"] + args.modes.split(","):
         model, tokenizer, run_doc = load_run(args.run)
         if run_doc["train"]["model"] != "lmn":
@@ -157,11 +175,14 @@ def render(doc: dict) -> str:
              "|---|---:|" + "---:|" * len(ctx)]
     for arm in doc["arms"]:
         name = {"none": "trained run, as committed", "random": "+ random windows (control)",
-                "sequential": "+ sequential mode"}.get(arm["mode"], arm["mode"])
+                "sequential": "+ sequential mode", "mixed": "+ mixed (random and sequential alternate)"
+                }.get(arm["mode"], arm["mode"])
         cells = [f"{arm['context']['loss'][c]:.4f}" for c in ctx]
         lines.append(f"| {name} | {arm['val_estimate']:.4f} | " + " | ".join(cells) + " |")
     lines += ["", "P: characters of context before the same scored validation blocks (loss in nats on the "
               f"blocks only; {doc['arms'][0]['context']['n_blocks']} blocks of {doc['arms'][0]['context']['block']})."]
+    if doc.get("notes"):
+        lines += ["", doc["notes"].strip()]
     return "\n".join(lines) + "\n"
 
 
