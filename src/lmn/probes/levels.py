@@ -20,9 +20,10 @@ import torch
 
 
 @torch.no_grad()
-def level_mass(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def level_mass(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """``mass (n_layers, H, n_levels + 1)`` averaged over every position of ``idx (B, T)``,
-    and the level of each column (-1: the token itself)."""
+    the level of each column (-1: the token itself), and the fraction of positions that
+    can read each level ``(n_levels + 1,)``."""
     from ..bench.materialized import gather_slots, slot_specs
 
     cfg = model.config
@@ -45,8 +46,9 @@ def level_mass(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         names = sorted(set(slot_level.tolist()))
         mass = torch.stack([probs[..., slot_level == lv].sum(-1) for lv in names], dim=-1)  # (B, T, H, L+1)
         per_layer.append(mass.mean(dim=(0, 1)))
+        readable = torch.stack([present[:, slot_level == lv].any(1).float().mean() for lv in names])
         h, _ = block(h)
-    return torch.stack(per_layer), names
+    return torch.stack(per_layer), names, readable
 
 
 def main(argv=None) -> int:
@@ -68,10 +70,10 @@ def main(argv=None) -> int:
     ids = _val_ids(doc_run, tokenizer)
     starts = torch.linspace(0, len(ids) - T, args.windows).long()
     idx = torch.stack([ids[s : s + T] for s in starts.tolist()])
-    mass, names = level_mass(model, idx)
-    command = "python -m lmn.probes.level " + " ".join(sys.argv[1:] if argv is None else argv)
+    mass, names, readable = level_mass(model, idx)
+    command = "python -m lmn.probes.levels " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-levels", command, args.threads, ["cpu"], {"windows": args.windows, "window": T})
-    doc.update(run=args.run, levels=names, mass=mass.tolist())
+    doc.update(run=args.run, levels=names, mass=mass.tolist(), readable_fraction=readable.tolist())
     out = Path(args.out)
     write_json(out.with_suffix(".json"), doc)
     label = lambda lv: "self" if lv < 0 else f"L{lv}"  # noqa: E731
@@ -86,6 +88,13 @@ def main(argv=None) -> int:
               "|---:|" + "---:|" * len(names)]
     for l in range(mass.shape[0]):
         lines.append(f"| {l} | " + " | ".join(f"{v:.3f}" for v in mass[l].mean(0).tolist()) + " |")
+    lines += ["", "The same per position that can read the level (mean over heads; a level-i slot exists "
+              "from position 2^i - 1 of a window):", "",
+              "| layer | " + " | ".join(label(lv) for lv in names) + " |", "|---:|" + "---:|" * len(names),
+              "| readable by | " + " | ".join(f"{v:.1%}" for v in readable.tolist()) + " |"]
+    for l in range(mass.shape[0]):
+        cond = (mass[l].mean(0) / readable.clamp(min=1e-9)).tolist()
+        lines.append(f"| {l} | " + " | ".join(f"{v:.3f}" for v in cond) + " |")
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     _plot(mass, names, out.with_suffix(".png"), Path(args.run).name)
     print("\n".join(lines))
