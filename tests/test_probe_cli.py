@@ -68,6 +68,12 @@ def test_probe_lr_from_another_probe(tmp_path):
                  "--lr-from", str(tmp_path / "out" / "mqar.json")) == 0
     doc = json.loads((tmp_path / "out" / "distance.json").read_text())
     assert [r["lr"] for r in doc["runs"]] == [lr]
+    # a further seed later, with the same sweep seed: added for the model, budget's seeds extended
+    assert probe(tmp_path, "distance", "--model", TINY_LMN, "--cell", "block_size=24,distances=1;2;4;8",
+                 "--task-opt", "n_test=8", "--steps", "2", "--batch-size", "4", "--seeds", "1,2",
+                 "--lr-from", str(tmp_path / "out" / "mqar.json")) == 0
+    doc = json.loads((tmp_path / "out" / "distance.json").read_text())
+    assert doc["budget"]["seeds"] == [1, 2] and [r["seed"] for r in doc["runs"]] == [1, 2]
     assert {f"accuracy@{d}" for d in (1, 2, 4, 8)} <= set(doc["runs"][0]["test"])
 
 

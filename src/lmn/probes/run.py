@@ -20,7 +20,8 @@ For every model and *cell* (a sequence length and task options, e.g. MQAR's (T, 
 Every model gets the same budget (steps, batch size, evaluation, sweep, seeds); the JSON
 records it, and adding runs to an existing result file with another budget is refused.
 Results accumulate: runs already in ``OUT/NAME.json`` are skipped, so a probe can be run one
-model at a time. ``--report-only`` re-renders the markdown and plots from the JSON.
+model at a time, and more seeds can be added later (same sweep seed; the table shows each
+row's seeds). ``--report-only`` re-renders the markdown and plots from the JSON.
 
 Model specs: ``KIND`` or ``KIND:KEY=VALUE,KEY=VALUE`` (fields of the kind's config on top of
 ``--model-size``, e.g. ``lmn:stride=3,read=digits``); ``--model-opt`` applies to all models.
@@ -445,6 +446,11 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     if doc is None:
         doc = {"task": args.task, "name": name, "budget": budget, "commands": [], "runs": [], "state": {},
                "chosen_lr": {}}
+    elif (doc["budget"] != budget and {**doc["budget"], "seeds": None} == {**budget, "seeds": None}
+          and doc["budget"]["seeds"][0] == budget["seeds"][0]):
+        # more (or other) seeds after the same sweep seed: every model gets the union
+        seeds = list(dict.fromkeys([*doc["budget"]["seeds"], *budget["seeds"]]))
+        doc["budget"]["seeds"] = seeds
     elif doc["budget"] != budget:
         diff = {k: (doc["budget"].get(k), budget.get(k)) for k in BUDGET_KEYS if doc["budget"].get(k) != budget.get(k)}
         raise ValueError(f"{path} was made with another budget {diff}: every model of a probe gets the same "
