@@ -367,6 +367,11 @@ def _plots(rows: list[dict], out_dir: Path, name: str, doc: dict) -> list[str]:
                 pts = sorted(p for p in pts if p[0] is not None)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
+                    if xkey == "state_bytes":  # which T each point is
+                        for r in rows:
+                            if r["model"] == model and r["state_bytes"]:
+                                ax.annotate(f"T={r['cell'].get('block_size')}", (r["state_bytes"], r["accuracy"]),
+                                            fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.set_xscale("log", base=2)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(xlabel)
