@@ -178,8 +178,8 @@ def render_plot(doc: dict, path: Path) -> None:
             ax.plot(steps, [c["val_mse"] for c in r["curve"]], marker=".", label=f"{r['arm']} (test {_f(r['test_mse'])})")
         for name, table in doc["published"].items():
             if str(h) in table and name.startswith("DLinear"):
-                ax.axhline(table[str(h)]["mse"], color="gray", ls=":", lw=1)
-        ax.set_title(f"ETTh1, H {h}: validation MSE estimate (dotted: DLinear's published test MSE)")
+                ax.axhline(table[str(h)]["mse"], color="gray", ls=":", lw=1, label="DLinear, published test MSE")
+        ax.set_title(f"ETTh1, H {h}: validation MSE (estimate on {doc['budget']['eval_iters']} batches)")
         ax.set_xlabel("step")
         ax.set_ylabel("MSE (standardised)")
         ax.set_ylim(top=min(2.0, ax.get_ylim()[1]))
