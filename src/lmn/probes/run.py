@@ -169,7 +169,8 @@ def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, 
                       batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, max_iters=args.steps,
                       eval_interval=args.eval_interval, eval_iters=args.eval_iters, ckpt_interval=max(args.steps, 1),
                       log_interval=max(1, args.steps // 10), seed=seed, threads=args.threads,
-                      device=args.device, out_dir=str(runs_dir / tag))
+                      device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                      out_dir=str(runs_dir / tag))
     t0 = time.perf_counter()
     with open(os.devnull, "w") as null:
         summary = train(cfg, force=True, stream=null)
@@ -430,6 +431,8 @@ def build_parser(prog: str = "lmn probe") -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/probes", help="where the training run directories go")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block in backward (long sequences; same results, less memory)")
     p.add_argument("--report-only", action="store_true", help="re-render NAME.md and plots from NAME.json")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be made, then stop")
     return p

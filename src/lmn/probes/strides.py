@@ -28,7 +28,9 @@ def _variant(row_model: str, model_config: dict) -> dict:
 
 def collect(paths: list[str]) -> tuple[dict, list[dict]]:
     docs = [json.loads(Path(p).read_text()) for p in paths]
-    budgets = [{k: v for k, v in d["budget"].items() if k != "lr_from"} for d in docs]
+    # lrs taken from other probes (--lr-from) name their source file: compare the rest
+    budgets = [{k: ("from another probe" if k == "lrs" and isinstance(v, str) else v)
+                for k, v in d["budget"].items() if k != "lr_from"} for d in docs]
     if any(b != budgets[0] for b in budgets[1:]):
         raise ValueError(f"{', '.join(paths)} were made with different budgets")
     rows = []
