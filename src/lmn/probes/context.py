@@ -149,20 +149,25 @@ def render_markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> None:
+    plot_curves([(r["label"], r["same_tokens"]["loss"]) for r in doc["runs"]], path, "Same text, more context before it")
+
+
+def plot_curves(series: list[tuple[str, dict]], path: Path, title: str) -> None:
+    """Loss on the same blocks against the context length P, one line per ``(label, {P: loss})``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in doc["runs"]:
-        pts = [(int(p), v) for p, v in r["same_tokens"]["loss"].items() if v is not None]
-        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=r["label"])
+    for label, losses in series:
+        pts = sorted((int(p), v) for p, v in losses.items() if v is not None)
+        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.axvline(512, color="grey", ls=":", lw=1)
     ax.set_xlabel("characters of context before the scored block (P; 0 drawn at 1)")
     ax.set_ylabel("val loss on the same blocks (nats)")
-    ax.set_title("Same text, more context before it")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

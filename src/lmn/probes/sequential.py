@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .context import CONTEXTS, same_tokens_curve
+from .context import CONTEXTS, plot_curves, same_tokens_curve
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,24 +187,8 @@ def render(doc: dict) -> str:
 
 
 def _plot(doc: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm in doc["arms"]:
-        pts = sorted((int(p), v) for p, v in arm["context"]["loss"].items())
-        ax.plot([max(p, 1) for p, _ in pts], [v for _, v in pts], marker="o", label=arm["mode"])
-    ax.set_xscale("log", base=2)
-    ax.axvline(512, color="grey", ls=":", lw=1)
-    ax.set_xlabel("characters of context before the scored block (P; 0 drawn at 1)")
-    ax.set_ylabel("val loss on the same blocks (nats)")
-    ax.set_title("Fine-tuned in sequential mode vs random windows")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_curves([(arm["mode"], arm["context"]["loss"]) for arm in doc["arms"]], path,
+                "Fine-tuned in sequential mode vs random windows")
 
 
 if __name__ == "__main__":
