@@ -1,0 +1,70 @@
+"""The probes of trained runs (lmn.probes.context, levels, sequential) on the committed
+Table 1 LMN, with tiny settings: what they measure is what they say."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmn.trainer import load_run
+
+RUN = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs" / "lmn-s1337"
+needs_data = pytest.mark.skipif(
+    not (Path(os.environ.get("LMN_DATA_DIR", "")) / "tinyshakespeare.txt").exists(),
+    reason="needs tinyshakespeare.txt under $LMN_DATA_DIR",
+)
+
+
+@needs_data
+def test_context_probe_scores_the_same_blocks_and_a_cap_changes_only_long_contexts(tmp_path):
+    from lmn.probes.context import main
+
+    out = tmp_path / "ctx"
+    assert main([str(RUN), "--out", str(out), "--blocks", "2", "--contexts", "0,64,2048", "--window", "128",
+                 "--lmn-max-level", "9"]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    plain, capped = doc["runs"]
+    assert plain["same_tokens"]["block_starts"] == capped["same_tokens"]["block_starts"]
+    # below 2**10 tokens a tree of 9 levels is the whole tree: identical losses
+    assert plain["same_tokens"]["loss"]["0"] == capped["same_tokens"]["loss"]["0"]
+    assert plain["same_tokens"]["loss"]["64"] == capped["same_tokens"]["loss"]["64"]
+    assert plain["same_tokens"]["loss"]["2048"] != capped["same_tokens"]["loss"]["2048"]
+    assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+
+
+@needs_data
+def test_level_mass_is_a_distribution_over_levels():
+    from lmn.probes.levels import level_mass
+
+    model, tokenizer, _ = load_run(RUN)
+    idx = torch.as_tensor(tokenizer.encode("ROMEO: " * 20))[None, :100]
+    mass, names, readable = level_mass(model, idx)
+    assert names[0] == -1 and names[1:] == list(range(1, 7))  # 100 tokens: levels 1..6
+    assert torch.allclose(mass.sum(-1), torch.ones(mass.shape[:2]), atol=1e-5)
+    assert readable[0] == 1 and readable[-1] == pytest.approx((100 - 63) / 100)
+
+
+@needs_data
+def test_sequential_fine_tuning_carries_the_state(monkeypatch):
+    from lmn.probes import sequential
+
+    model, tokenizer, doc = load_run(RUN)
+    ids = torch.arange(2000) % model.config.vocab_size
+    seen = []
+    real = model.forward
+
+    def spy(idx, return_state=False, state=None):
+        seen.append(None if state is None else state.pos)
+        return real(idx, return_state=return_state, state=state)
+
+    monkeypatch.setattr(model, "forward", spy)
+    log = sequential.fine_tune(model, ids, "sequential", steps=3, batch=2, block=16, lr=1e-4, seed=0, log_every=1)
+    assert len(log) == 3
+    # each window continues the previous one's state (a stream at 0 is prefilled afresh inside)
+    assert [pos for pos in seen if pos is not None] == [0, 16, 32]
+    streams = sequential.Streams(ids, 2, 16)
+    x0, y0, fresh = streams.window(0)
+    x1, _, _ = streams.window(1)
+    assert fresh and torch.equal(x1[:, 0], y0[:, -1])  # consecutive windows of each stream
