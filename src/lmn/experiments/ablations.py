@@ -148,9 +148,10 @@ def render_markdown(doc: dict) -> str:
         f"{b['eval_interval']} steps on {b['eval_iters']} batches per split; then the loss over the **whole "
         f"validation split** (last 10 %, non-overlapping {b['block_size']}-character windows), the number in "
         f"the table. Seeds: {', '.join(map(str, b['seeds']))}. This is ~"
-        f"{b['max_iters'] * b['batch_size'] * b['block_size'] / 2_560_000 * 100:.0f} % of the Table 1 "
-        "protocol's tokens (5,000 x 16 x 512): losses are far from converged and differences are early-training "
-        "differences.",
+        f"{b['max_iters'] * b['batch_size'] * b['block_size'] / (5000 * 16 * 512) * 100:.0f} % of the Table 1 "
+        "protocol's training tokens (5,000 x 16 x 512): losses are far from converged and differences are "
+        "early-training differences. s/step is training time only, measured on a shared 2-core machine (other "
+        "jobs ran beside these runs), so time ratios are approximate.",
         "",
         "| arm | group | change | params | whole-val loss (mean) | seeds (min–max) | Δ vs baseline | s/step | "
         "time vs baseline | wall s/run |",
