@@ -147,6 +147,19 @@ def render_markdown(doc: dict, notes: str = "") -> str:
         lines.append(f"| {r['title']} | {r['horizon']} | {r['params']:,} | {_f(r['test_mse'])} | {_f(r['test_mae'])} | "
                      f"{_f(r['val_mse_estimate'])} | {_f(r['s_per_step'], '{:.3f}')} | {_f(r['wall_time_s'], '{:.0f}')} | "
                      f"{r['seed']}{'' if r['finished'] else ' (unfinished)'} |")
+    by_arm: dict = {}
+    for r in doc["runs"]:
+        if r["finished"]:
+            by_arm.setdefault((r["horizon"], r["arm"]), []).append(r)
+    if any(len(v) > 1 for v in by_arm.values()):
+        lines += ["", "Mean over the finished seeds (each seed's value in brackets):", "",
+                  "| model | H | seeds | test MSE | test MAE |", "| --- | ---: | ---: | --- | --- |"]
+        for (h, arm), runs in sorted(by_arm.items(), key=lambda kv: (kv[0][0], sum(r["test_mse"] for r in kv[1]) / len(kv[1]))):
+            mse = [r["test_mse"] for r in runs]
+            mae = [r["test_mae"] for r in runs]
+            lines.append(f"| {runs[0]['title']} | {h} | {len(runs)} | {sum(mse) / len(mse):.3f} "
+                         f"({', '.join(f'{v:.3f}' for v in mse)}) | {sum(mae) / len(mae):.3f} "
+                         f"({', '.join(f'{v:.3f}' for v in mae)}) |")
     lines += ["", "Published (same split, scaling and metrics; " + doc["published_settings"] + "):", "",
               "| model | H | test MSE | test MAE |", "| --- | ---: | ---: | ---: |"]
     for name, table in doc["published"].items():
@@ -175,7 +188,7 @@ def render_plot(doc: dict, path: Path) -> None:
     for ax, h in zip(axes[0], horizons):
         for r in (r for r in runs if r["horizon"] == h):
             steps = [c["step"] for c in r["curve"]]
-            ax.plot(steps, [c["val_mse"] for c in r["curve"]], marker=".", label=f"{r['arm']} (test {_f(r['test_mse'])})")
+            ax.plot(steps, [c["val_mse"] for c in r["curve"]], marker=".", label=f"{r['arm']} s{r['seed']} (test {_f(r['test_mse'])})")
         for name, table in doc["published"].items():
             if str(h) in table and name.startswith("DLinear"):
                 ax.axhline(table[str(h)]["mse"], color="gray", ls=":", lw=1, label="DLinear, published test MSE")
