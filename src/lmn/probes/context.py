@@ -174,6 +174,18 @@ def plot_curves(series: list[tuple[str, dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def rerender(out: Path, notes: str | None, render, plot_fn) -> None:
+    """Re-write OUT.md and OUT.png from OUT.json (adding the ``notes`` file to it first)."""
+    from ..bench.common import write_json, write_text
+
+    doc = json.loads(out.with_suffix(".json").read_text())
+    if notes:
+        doc["notes"] = Path(notes).read_text()
+        write_json(out.with_suffix(".json"), doc)
+    write_text(out.with_suffix(".md"), render(doc))
+    plot_fn(doc, out.with_suffix(".png"))
+
+
 def main(argv=None) -> int:
     from ..bench.common import header, write_json, write_text
 
@@ -195,12 +207,7 @@ def main(argv=None) -> int:
     contexts = [int(c) for c in args.contexts.split(",")]
     out = Path(args.out)
     if args.render:
-        doc = json.loads(out.with_suffix(".json").read_text())
-        if args.notes:
-            doc["notes"] = Path(args.notes).read_text()
-            write_json(out.with_suffix(".json"), doc)
-        write_text(out.with_suffix(".md"), render_markdown(doc))
-        plot(doc, out.with_suffix(".png"))
+        rerender(out, args.notes, render_markdown, plot)
         return 0
     if not args.runs:
         p.error("give at least one run directory (or --render)")

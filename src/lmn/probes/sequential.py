@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .context import CONTEXTS, plot_curves, same_tokens_curve
+from .context import CONTEXTS, plot_curves, rerender, same_tokens_curve
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,14 +125,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.render:
-        import json
-
-        doc = json.loads(out.with_suffix(".json").read_text())
-        if args.notes:
-            doc["notes"] = Path(args.notes).read_text()
-            write_json(out.with_suffix(".json"), doc)
-        write_text(out.with_suffix(".md"), render(doc))
-        _plot(doc, out.with_suffix(".png"))
+        rerender(out, args.notes, render, _plot)
         return 0
     if not args.run:
         p.error("give the run directory (or --render)")

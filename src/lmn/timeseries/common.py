@@ -4,37 +4,20 @@ readout out)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-
 import torch
 from torch import Tensor, nn
 
+from ..baselines._common import ConfigMixin
 from ..kinds.base import Decoder
 
 
-class TSConfigMixin:
-    """``to_dict``/``from_dict`` (unknown fields are an error) and the adapter's checks.
+class TSConfigMixin(ConfigMixin):
+    """``to_dict``/``from_dict`` (unknown fields are an error; from the baselines' mixin) and
+    the adapter's checks.
 
     Subclasses are dataclasses with at least ``vocab_size`` (H * C, set by the task),
     ``n_channels`` (C) and ``revin`` (instance normalisation on/off).
     """
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    def _check_positive_ints(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 1, got {value!r}")
 
     def _check_adapter(self) -> None:
         self._check_positive_ints("vocab_size", "n_channels")
