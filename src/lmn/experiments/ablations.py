@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..trainer import TrainConfig
+from ..trainer.loop import PROVENANCE
 from .common import command_line, read_run, run_arm
 
 # (arm, group, what changes, model_config overrides); "baseline" is the paper's LMN and the
@@ -75,6 +76,7 @@ def collect(args, arms: list[str], seeds: list[int]) -> dict:
             evals = run["evals"]
             runs.append({
                 "seed": seed, "run_dir": cfg.out_dir, "finished": run["final"] is not None,
+                **{k: final.get(k) for k in PROVENANCE},
                 "budget": {k: train[k] for k in BUDGET_FIELDS},
                 "model_config": train["model_config"], "params": run["config"]["params"],
                 "whole_val_loss": final.get("whole_val_loss"), "whole_val_bpc": final.get("whole_val_bits_per_char"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..kinds import get_kind
 from ..trainer import TrainConfig
+from ..trainer.loop import PROVENANCE
 from .common import command_line, read_run, run_arm
 
 # arm -> (kind, model_config overrides): every sequence model at its ``paper`` size
@@ -93,6 +94,7 @@ def collect(args, arms, horizons, seeds) -> dict:
                 rows.append({
                     "arm": arm, "kind": cfg.model, "title": TITLES[arm], "horizon": horizon, "seed": seed,
                     "run_dir": cfg.out_dir, "finished": run["final"] is not None,
+                    **{k: final.get(k) for k in PROVENANCE},
                     "budget": {k: train[k] for k in BUDGET_FIELDS if k != "task_options"},
                     "task_options": {k: v for k, v in train["task_options"].items() if k != "csv"},
                     "model_config": train["model_config"], "params": run["config"]["params"],

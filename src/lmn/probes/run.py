@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from ..trainer.loop import PROVENANCE
+
 # probes of trained run directories, each a module with main(argv)
 PROBE_MODULES = {"context": "lmn.probes.context", "levels": "lmn.probes.levels",
                  "sequential": "lmn.probes.sequential"}
@@ -182,7 +184,8 @@ def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, 
             "task": config.get("task"), "final_val_loss": summary.get("final_val_loss"),
             "final_train_loss": summary.get("final_train_loss"), "test": test,
             "train_time_s": summary.get("train_time_s"), "wall_s": wall,
-            "s_per_step": (summary.get("train_time_s") or 0) / max(args.steps, 1), "run_dir": cfg.out_dir}
+            "s_per_step": (summary.get("train_time_s") or 0) / max(args.steps, 1), "run_dir": cfg.out_dir,
+            **{k: summary.get(k) for k in PROVENANCE}}
 
 
 # ----------------------------------------------------------------------------- results file

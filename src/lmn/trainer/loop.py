@@ -36,11 +36,16 @@ from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
 from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_optimizer, shard_model
 from .models import (build_model, check_model_config, check_positions, check_requirements,
                      enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
+from ..bench.common import git_commit
 from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
                      atomic_write_text, check_resume_compatible, clean_stale, discard_checkpoints_after, last_eval,
                      load_checkpoint, prepare_run_dir, read_metrics, read_run_manifest, remove_run_files,
                      save_checkpoint, saved_config, write_run_manifest)
+
+
+# what a run records of where and how it ran (final.json; result tables copy it per run)
+PROVENANCE = ("git", "machine", "threads", "versions")
 
 
 @dataclass
@@ -312,7 +317,7 @@ def _finish(run: Run) -> dict:
         wall_time_s=run.elapsed(), train_time_s=train_time,
         tokens_per_s=tokens / train_time if train_time > 0 else None,
         block_size=cfg.block_size, batch_size=cfg.batch_size, dtype=cfg.dtype, device=str(run.device),
-        world_size=run.dist.world_size, threads=torch.get_num_threads(), machine=machine_info(),
+        world_size=run.dist.world_size, threads=torch.get_num_threads(), machine=machine_info(), git=git_commit(),
         versions=versions(cfg.model), **{task.record_key: task.record()},
     )
     if run.metrics is not None:
