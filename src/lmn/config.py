@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from .tree import READ_RULES, Tree
 
 SUMMARIZERS = ("linear", "conv", "dwsep")
-RUNTIME_FIELDS = frozenset({"chunk_size"})  # knobs that do not change the function
+RUNTIME_FIELDS = frozenset({"chunk_size", "dropout"})  # knobs that do not change the (inference) function
 POS_ENCODINGS = ("none", "sinusoidal")
 
 
@@ -65,6 +65,11 @@ class LMNConfig:
             they are read by the same single-vector attention as extra slots, each with
             ``log sigmoid(w_j)`` added to its score (so the write score learns). For
             information the tree's summaries would blur (see :mod:`lmn.memory`).
+        dropout: probability of zeroing an element of the token embedding and of each
+            residual branch's output (attention, feed-forward) in training mode, as GPT-2's
+            ``embd_pdrop``/``resid_pdrop`` (0: none, the paper's model). A training knob: in
+            ``eval()`` mode, and so in every inference form, it changes nothing; it may be
+            changed after construction (e.g. for fine-tuning).
     """
 
     vocab_size: int = 65
@@ -82,6 +87,7 @@ class LMNConfig:
     read: str = "latest"
     max_level: int | None = None
     pinned: int = 0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
@@ -124,11 +130,14 @@ class LMNConfig:
             and 0 < self.norm_eps < math.inf
         ):
             raise ValueError(f"LMNConfig.norm_eps must be a finite number > 0 or None, got {self.norm_eps!r}")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"LMNConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "_tree", Tree.of(self))
         object.__setattr__(self, "_validated", True)
 
     def __setattr__(self, name: str, value) -> None:
-        """After construction only the runtime knobs (``chunk_size``) may change, and only to
+        """After construction only the runtime knobs (``chunk_size``, ``dropout``) may change, and only to
         valid values: the other fields define the model's function and shapes."""
         if not getattr(self, "_validated", False):
             object.__setattr__(self, name, value)

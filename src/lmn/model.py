@@ -11,6 +11,7 @@ which tree nodes a token reads.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import NamedTuple
@@ -101,13 +102,16 @@ class FeedForward(nn.Module):
 
 class _CheckpointedBlock(torch.autograd.Function):
     """Run a block without recording it; in backward, run it again under autograd from its
-    saved input and differentiate that. The block has no randomness, so the recomputation
-    is the same function. Written out rather than taken from ``torch.utils.checkpoint``,
-    whose first call imports ~800 modules (sympy, dynamo: ~68 MiB of resident memory)."""
+    saved input and differentiate that. Its only randomness is dropout (training mode): the
+    random-number state is saved before the forward and restored for the recomputation, so
+    both draw the same masks and the recomputation is the same function. Written out rather
+    than taken from ``torch.utils.checkpoint``, whose first call imports ~800 modules (sympy,
+    dynamo: ~68 MiB of resident memory)."""
 
     @staticmethod
     def forward(ctx, block, chunk: int, h, *params):
         ctx.block, ctx.chunk = block, chunk
+        ctx.rng = _rng_state(h.device) if block.training and block.config.dropout > 0 else None
         ctx.save_for_backward(h)
         with torch.no_grad():
             out, _ = block(h, return_state=False, chunk=chunk)
@@ -118,7 +122,7 @@ class _CheckpointedBlock(torch.autograd.Function):
     def backward(ctx, grad_out):
         (h,) = ctx.saved_tensors
         inputs = [h.detach().requires_grad_(ctx.needs_input_grad[2]), *ctx.block.parameters()]
-        with torch.enable_grad():
+        with torch.enable_grad(), _replayed_rng(h.device, ctx.rng):
             out, _ = ctx.block(inputs[0], return_state=False, chunk=ctx.chunk)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
         grads = vjp(out, [inputs[i] for i in wanted], grad_out)
@@ -126,6 +130,29 @@ class _CheckpointedBlock(torch.autograd.Function):
         for i, g in zip(wanted, grads):
             result[i] = g
         return (None, None, *result)
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _replayed_rng(device: torch.device, saved):
+    """Run the body with the random-number state ``saved`` (from :func:`_rng_state`; None:
+    as it is) and put the current state back afterwards."""
+    if saved is None:
+        yield
+        return
+    now = _rng_state(device)
+    torch.set_rng_state(saved[0])
+    if saved[1] is not None:
+        torch.cuda.set_rng_state(saved[1], device)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(now[0])
+        if now[1] is not None:
+            torch.cuda.set_rng_state(now[1], device)
 
 
 class LMNBlock(nn.Module):
@@ -136,6 +163,12 @@ class LMNBlock(nn.Module):
         self.attn = SingleVectorAttention(config)
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.ff = FeedForward(config)
+        self.config = config  # the model's own object: a later change of ``dropout`` reaches every block
+
+    def _drop(self, branch: Tensor) -> Tensor:
+        """Dropout of a residual branch (``config.dropout``; in training mode only)."""
+        p = self.config.dropout
+        return F.dropout(branch, p, training=True) if p > 0 and self.training else branch
 
     def forward(self, h: Tensor, return_state: bool = False, chunk: int = 4096):
         """``h: (B, T, d)`` -> ``(h, layer_state or None)``."""
@@ -146,8 +179,8 @@ class LMNBlock(nn.Module):
         if self.memory.pinned:  # the pinned memory: the top-m earlier tokens by write score
             pool = self._pool(x, None, 0)
             pin = (pool.sets[:, : x.shape[1]], pool.w, None, None)
-        h = h + self.attn(x, levels, tree, chunk=chunk, pin=pin)
-        h = h + self.ff(self.norm2(h))
+        h = h + self._drop(self.attn(x, levels, tree, chunk=chunk, pin=pin))
+        h = h + self._drop(self.ff(self.norm2(h)))
         layer_state = None
         if return_state:
             T = x.shape[1]
@@ -261,8 +294,8 @@ class LMNBlock(nn.Module):
 
         # the last position may read nodes completed by itself: redo it as a streaming step
         a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v, pin=last_pin)
-        h = h + torch.cat([a[:, :-1], a_last[:, None]], dim=1)
-        return h + self.ff(self.norm2(h))
+        h = h + self._drop(torch.cat([a[:, :-1], a_last[:, None]], dim=1))
+        return h + self._drop(self.ff(self.norm2(h)))
 
     def step(self, h: Tensor, layer: LayerState, count: int, cached_before: list[int]) -> Tensor:
         """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place.
@@ -274,14 +307,15 @@ class LMNBlock(nn.Module):
         self._update_cache(layer, completed, count, cached_before)
         if self.memory.pinned:
             pin = layer.pinned
-            h = h + self.attn.step(x, layer.slot_q, layer.slot_v, pin=(pin.q, pin.v, F.logsigmoid(pin.w)))
+            pin_slots = (pin.q, pin.v, F.logsigmoid(pin.w))
+            h = h + self._drop(self.attn.step(x, layer.slot_q, layer.slot_v, pin=pin_slots))
             layer.pinned = self._pin_token(pin, x, count - 1)
         else:
-            h = h + self.attn.step(x, layer.slot_q, layer.slot_v)
+            h = h + self._drop(self.attn.step(x, layer.slot_q, layer.slot_v))
         # functional calls: nn.Module.__call__ costs more than these tiny ops themselves
         y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
         ff = self.ff
-        return h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+        return h + self._drop(F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias))
 
     def _pin_token(self, pin: PinnedSet, x: Tensor, position: int) -> PinnedSet:
         """The pinned set after token ``position`` (``x: (B, d)``) was read: the top m of
@@ -381,12 +415,14 @@ class LMN(nn.Module):
 
     @property
     def fused_kernels(self):
-        """Single-vector attention of the parallel form through fused Triton kernels
-        (:mod:`lmn.kernels.triton_sva`, forward and backward): ``"auto"`` (default: on CUDA
-        tensors when ``triton`` imports), ``True`` (whenever the kernel covers the input;
-        on CPU only under ``TRITON_INTERPRET=1``) or ``False`` (the PyTorch path, the CPU
-        default). Prefill continuing a stream and float64 always take the PyTorch path.
-        A runtime knob: results agree to float32 rounding."""
+        """Single-vector attention of the parallel form and the tree build through fused
+        Triton kernels (:mod:`lmn.kernels.triton_sva`, :mod:`lmn.kernels.triton_tree`,
+        forward and backward): ``"auto"`` (default: on CUDA tensors when ``triton``
+        imports), ``True`` (whenever the kernel covers the input; on CPU only under
+        ``TRITON_INTERPRET=1``) or ``False`` (the PyTorch path, the CPU default). Prefill
+        continuing a stream and float64 always take the PyTorch path for attention; the
+        tree build is fused for the Linear summarizer without expander only. A runtime
+        knob: results agree to float32 rounding."""
         return self._fused_kernels
 
     @fused_kernels.setter
@@ -397,6 +433,7 @@ class LMN(nn.Module):
         self._fused_kernels = value
         for block in self.blocks:
             block.attn.fused_kernels = value
+            block.memory.fused_kernels = value
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -459,6 +496,8 @@ class LMN(nn.Module):
             T = idx.shape[1] if idx.dim() == 2 else 1
             pos = torch.arange(start, start + T, device=idx.device)
             h = h + sinusoidal_encoding(pos if idx.dim() == 2 else pos[0], self.config.d_model, h.dtype)
+        if self.config.dropout > 0 and self.training:
+            h = F.dropout(h, self.config.dropout, training=True)
         return h
 
     # ------------------------------------------------------------------ parallel / prefill

@@ -6,8 +6,9 @@ for its hand-written GPT; the difference is that model's details (e.g. an untied
 would add 65 * 32 = 2,080), not a different size class. ``large`` (bench): n_embd 256,
 8 layers, 8 heads, inner 1024: 6,466,304 parameters.
 
-Dropout is 0 everywhere, as in the paper's protocol -- and because with attention
-dropout SDPA leaves its fused CPU kernel for a path several times slower.
+Dropout is 0 by default, as in the paper's protocol -- and because with attention
+dropout SDPA leaves its fused CPU kernel for a path several times slower. ``dropout``
+sets GPT-2's three dropout rates at once (the ``nanogpt`` presets use 0.2).
 
 GPT-2's learned position table grows with the context bench must reach (``n_positions``
 is raised to the benchmarked length); bench's ``params`` counts it at the usual 512
@@ -37,9 +38,13 @@ class GPT2BaselineConfig(ConfigMixin):
     n_head: int = 4
     n_inner: int = 128
     n_positions: int = DEFAULT_POSITIONS
+    dropout: float = 0.0  # resid_pdrop, embd_pdrop and attn_pdrop (nanoGPT's single ``dropout``)
 
     def __post_init__(self) -> None:
         self._check_positive_ints("vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -51,9 +56,9 @@ class GPT2BaselineConfig(ConfigMixin):
             n_head=self.n_head,
             n_inner=self.n_inner,
             n_positions=self.n_positions,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
+            resid_pdrop=self.dropout,
+            embd_pdrop=self.dropout,
+            attn_pdrop=self.dropout,
             tie_word_embeddings=True,
             # GPT-2's 50256 would lie outside a character vocabulary; the ids are unused.
             bos_token_id=0,
@@ -96,7 +101,9 @@ KINDS = {"gpt2": ModelKind(
     model_class=GPT2Baseline,
     decoder=HFDecoder,
     sizes={"paper": {}, "large": {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_inner": 1024},
-           "tiny": {"n_embd": 16, "n_layer": 2, "n_head": 2, "n_inner": 64}},
+           "tiny": {"n_embd": 16, "n_layer": 2, "n_head": 2, "n_inner": 64},
+           # nanoGPT's Shakespeare-char GPT (6 x 384, 6 heads, block 256; with biases)
+           "nanogpt": {"n_embd": 384, "n_layer": 6, "n_head": 6, "n_inner": 1536, "n_positions": 256}},
     max_positions=lambda config: config["n_positions"],
     with_positions=_with_positions,
     reported_params=_reported_params,

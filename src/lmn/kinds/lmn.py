@@ -26,7 +26,10 @@ from ..model import LMN
 from .base import Decoder, ModelKind
 
 SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2},
-         "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2}}
+         "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2},
+         # nanoGPT's Shakespeare-char shape (d 384, 6 layers, 6 heads), ff 2 x d to match its
+         # ~10.7M parameters with the paper's two banks (issue 13; preset nanogpt-lmn)
+         "nanogpt": {"d_model": 384, "n_layers": 6, "n_heads": 6, "n_banks": 2, "ff_mult": 2}}
 
 
 class LMNDecoder(Decoder):

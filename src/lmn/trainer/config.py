@@ -10,6 +10,8 @@ import torch
 from ..kinds import get_kind, kind_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LR_SCHEDULES = ("constant", "cosine")
+DECAY_RULES = ("all", "matrices")
 
 
 def _opt(default, help: str, **kw):
@@ -33,8 +35,19 @@ class TrainConfig:
     train_frac: float = _opt(0.9, "leading fraction of the corpus used for training; the rest validates")
     block_size: int = _opt(512, "tokens per training window")
     batch_size: int = _opt(16, "windows per step (global batch, split across DDP processes)")
-    lr: float = _opt(1e-3, "AdamW learning rate (constant, no schedule)")
+    lr: float = _opt(1e-3, "AdamW learning rate (the peak of --lr-schedule)")
+    lr_schedule: str = _opt("constant", "constant (the paper's), or cosine: linear warm-up over --warmup-iters, "
+                            "then cosine decay to --min-lr at --lr-decay-iters, --min-lr after (nanoGPT's)")
+    warmup_iters: int = _opt(0, "steps of linear learning-rate warm-up from 0 (cosine schedule)")
+    lr_decay_iters: int = _opt(0, "step at which the cosine schedule reaches --min-lr (0: the run's first "
+                               "--max-iters; a resumed run with more steps stays at --min-lr)")
+    min_lr: float = _opt(0.0, "final learning rate of the cosine schedule")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.999, "AdamW beta2 (nanoGPT uses 0.99)")
     weight_decay: float = _opt(0.01, "AdamW weight decay (0.01 is torch's default)")
+    decay: str = _opt("all", "which parameters weight decay applies to: all (torch's default), or matrices "
+                      "(tensors of 2+ dimensions: weights and embeddings, not biases or norms; nanoGPT's rule)")
+    grad_clip: float = _opt(0.0, "clip the global gradient norm to this value before each step (0: no clipping)")
     max_iters: int = _opt(5000, "optimizer steps")
     eval_interval: int = _opt(100, "estimate train/val loss every this many steps")
     eval_iters: int = _opt(200, "random batches per split in each estimate")
@@ -71,6 +84,28 @@ class TrainConfig:
             value = getattr(self, name)
             if not (lo_ok(value) and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.decay not in DECAY_RULES:
+            raise ValueError(f"decay must be one of {', '.join(DECAY_RULES)}, got {self.decay!r}")
+        _check_int("warmup_iters", self.warmup_iters, 0)
+        _check_int("lr_decay_iters", self.lr_decay_iters, 0)
+        for name in ("min_lr", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr_schedule == "cosine" and self.lr_decay_iters == 0:
+            # fixed when the run is made, so that a run resumed with more --max-iters keeps its schedule
+            self.lr_decay_iters = self.max_iters
+        if self.lr_schedule == "cosine" and self.lr_decay_iters < self.warmup_iters:
+            raise ValueError(f"lr_decay_iters ({self.lr_decay_iters}) must be at least warmup_iters "
+                             f"({self.warmup_iters})")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device != "auto":
@@ -83,6 +118,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update that follows ``step`` updates (a function of the
+        step alone, so a resumed run follows the same schedule). Cosine: nanoGPT's rule --
+        ``lr * (step + 1) / warmup_iters`` while ``step < warmup_iters``, then a cosine from
+        ``lr`` down to ``min_lr`` at ``lr_decay_iters`` (0 is replaced by ``max_iters`` when
+        the config is made), ``min_lr`` after."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if step < self.warmup_iters:
+            return self.lr * (step + 1) / self.warmup_iters
+        end = self.lr_decay_iters
+        if step >= end:
+            return self.min_lr
+        ratio = (step - self.warmup_iters) / max(end - self.warmup_iters, 1)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.lr - self.min_lr)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -117,6 +168,16 @@ PRESETS: dict[str, dict] = {
         "ckpt_interval": 20,
         "log_interval": 5,
     },
+    # nanoGPT's Shakespeare-char setting (karpathy/nanoGPT, config/train_shakespeare_char.py and
+    # train.py's defaults) for every kind with a ``nanogpt`` size (~10.7M parameters, nanoGPT's
+    # GPT: LMN and GPT-2): a GPU run (issue 13, item 4).
+    **{f"nanogpt-{name}": {
+        "model": name, "model_size": "nanogpt", "model_config": {"dropout": 0.2},
+        "block_size": 256, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine", "warmup_iters": 100,
+        "lr_decay_iters": 5000, "min_lr": 1e-4, "beta2": 0.99, "weight_decay": 0.1, "decay": "matrices",
+        "grad_clip": 1.0, "max_iters": 5000, "eval_interval": 250, "eval_iters": 200, "ckpt_interval": 250,
+        "log_interval": 10, "dtype": "bfloat16",
+    } for name in kind_names("train") if "nanogpt" in get_kind(name).sizes},
 }
 
 # Fields that may change when a run is resumed: they do not change what is computed

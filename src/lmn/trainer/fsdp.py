@@ -116,14 +116,16 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state_dic
     set_optimizer_state_dict(model, optimizer, osd, options=_options())
 
 
-def reshard_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """A new optimizer of the same type and settings over the sharded parameters, carrying
-    over the state of ``optimizer`` (made over the unsharded ones, e.g. when resuming)."""
+def reshard_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, make) -> torch.optim.Optimizer:
+    """A new optimizer over the sharded parameters, made by ``make(model)`` (the same
+    groups and settings as ``optimizer``, which was made over the unsharded ones), carrying
+    over the state of ``optimizer`` (e.g. when resuming)."""
     saved = optimizer.state_dict()
-    if len(optimizer.param_groups) != 1:
-        raise ValueError("--fsdp re-creates the optimizer over the shards and supports one parameter group")
-    new = type(optimizer)(model.parameters())
-    new.param_groups[0].update({k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
+    new = make(model)
+    if len(new.param_groups) != len(optimizer.param_groups):
+        raise ValueError("the sharded model's parameter groups differ from the unsharded model's")
+    for group, old in zip(new.param_groups, optimizer.param_groups):
+        group.update({k: v for k, v in old.items() if k != "params"})
     if saved["state"]:
         load_optimizer(model, new, saved)
     return new

@@ -36,6 +36,7 @@ from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
 from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_optimizer, shard_model
 from .models import (build_model, check_model_config, check_positions, check_requirements,
                      enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
+from .optim import clip_gradients, make_optimizer, set_lr
 from ..bench.common import git_commit
 from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
@@ -123,7 +124,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
         if resume:
             run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
         _write_run_dir(run)  # before the optimizer, whose first construction imports torch._dynamo (seconds):
-    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.optimizer = make_optimizer(run.model, cfg)
     if from_checkpoint:  # a kill from here on finds a run directory that resumes
         _restore(run)
         _write_run_dir(run)
@@ -208,7 +209,7 @@ def _wrap(run: Run) -> None:
     run.train_model = run.model
     if dist.enabled and cfg.fsdp:  # sharded in place (lmn.trainer.fsdp); the optimizer follows the shards
         shard_model(run.model, run.device)
-        run.optimizer = reshard_optimizer(run.model, run.optimizer)
+        run.optimizer = reshard_optimizer(run.model, run.optimizer, lambda model: make_optimizer(model, cfg))
     elif dist.enabled:
         ids = [run.device] if run.device.type == "cuda" else None
         run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
@@ -262,6 +263,9 @@ def _train_step(run: Run) -> None:
     loss = batch_loss(run.train_model, run.task, batch, run.autocast)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grad_norm = clip_gradients(run.model, cfg.grad_clip)
+    lr = cfg.lr_at(run.step)
+    set_lr(run.optimizer, lr)
     run.optimizer.step()
     run.step += 1
     loss_value = loss.item()  # waits for the step to finish, so timing is honest on GPU
@@ -273,8 +277,11 @@ def _train_step(run: Run) -> None:
         loss_value = run.dist.mean(loss_value)
         tok_s = run.window_steps * cfg.batch_size * run.task.seq_len / run.window_t
         per_step = (time.perf_counter() - run.t_start) / (run.step - run.start_step)  # includes evaluation
+        extra = {} if cfg.lr_schedule == "constant" else {"lr": lr}
+        if grad_norm is not None:
+            extra["grad_norm"] = run.dist.mean(float(grad_norm))  # before clipping
         run.log({"type": "train", "step": run.step, "loss": loss_value, "tokens_per_s": tok_s,
-                 "elapsed_s": run.elapsed()})
+                 "elapsed_s": run.elapsed(), **extra})
         run.progress.update(run.step, loss_value, tok_s, per_step * (cfg.max_iters - run.step))
         run.window_t, run.window_steps = 0.0, 0
 
