@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "lmn-ckpt": "lmn.kinds.lmn",
     "lmn-materialized": "lmn.kinds.lmn",
     "lmn-onnx": "lmn.export",
+    "lmn-graph": "lmn.graphs",
     "gpt2": "lmn.baselines.gpt2",
     "mamba": "lmn.baselines.mamba",
     "mamba2": "lmn.baselines.mamba2",
