@@ -21,6 +21,15 @@ killed or crashed part costs only itself. Parts, in order of priority:
 * ``compile``: ``torch.compile`` of LMN's PyTorch path (default mode, and
   ``reduce-overhead`` = CUDA graphs) and of the fused path.
 * ``long``: large size, 1 x 256K, bf16: LMN fused vs GPT-2 (one timed step each).
+* ``ddp``: one real training step through DDP and FSDP2 on one GPU against the
+  one-process step (``examples/parallel_step_check.py`` under ``torchrun``; issue 12).
+* ``nanogpt``: nanoGPT's Shakespeare-char setting (``lmn train --preset nanogpt-lmn`` and
+  ``nanogpt-gpt2``, ~10.7M parameters each; item 4), each for at most ``--nanogpt-s``
+  seconds; the run directories (metrics.jsonl, config.json, final.json) are copied to
+  ``OUT/nanogpt/`` without checkpoints. Needs ``LMN_DATA_DIR`` (or ``--data``) to hold
+  tinyshakespeare.txt. Checkpoints every 250 steps, so an unfinished run resumes.
+
+``decode`` also times ``lmn-graph`` (the step captured as a CUDA graph, :mod:`lmn.graphs`).
 """
 
 from __future__ import annotations
@@ -34,8 +43,8 @@ import time
 import traceback
 
 PARTS = ("env", "parity", "train", "decode", "profile", "compile", "long")  # in order of priority
-TIMEOUTS = {"env": 30, "parity": 90, "train": 240, "decode": 90, "profile": 40, "compile": 170, "long": 90,
-            "train2": 150, "compile2": 200}
+TIMEOUTS = {"env": 30, "parity": 90, "train": 240, "decode": 120, "profile": 40, "compile": 170, "long": 90,
+            "train2": 150, "compile2": 200, "ddp": 90, "nanogpt": 600}
 
 LMN_SIZES = {"paper": {}, "large": {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_banks": 2},
              "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2}}
@@ -351,13 +360,15 @@ def part_decode(args) -> None:
     P = 32768 if args.size != "tiny" else 100
     size = "paper" if args.size != "tiny" else "tiny"
     for B in (1, 64):
-        for kind in ("lmn", "gpt2"):
+        for kind in ("lmn", "lmn-graph", "gpt2"):
+            if kind == "lmn-graph" and device.type != "cuda":
+                continue  # CUDA graphs
             rec = {"part": "decode", "size": size, "model": kind, "batch": B, "position": P, "dtype": "fp32"}
             try:
                 model, n = build(kind, size, P + 64, device)
                 model.eval()
                 rec["params"] = n
-                dec = make_decoder("lmn" if kind.startswith("lmn") else "gpt2", model, 4096)
+                dec = make_decoder(kind, model, 4096)
                 gen = torch.Generator().manual_seed(2)
                 with torch.no_grad():
                     t0 = time.perf_counter()
@@ -421,7 +432,52 @@ def part_profile(args) -> None:
         del model
 
 
-PART_FUNCS = {"env": part_env, "parity": part_parity, "train": part_train, "decode": part_decode,
+def part_ddp(args) -> None:
+    """One DDP and one FSDP2 step on this device against the one-process step."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = os.path.join(here, "..", "..", "..", "examples", "parallel_step_check.py")
+    out = os.path.join(args.out, "parallel_step.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", script,
+           "--device", args.device, "--out", out]
+    rc = subprocess.run(cmd).returncode
+    rec = {"part": "ddp", "status": "ok" if rc == 0 else f"exit {rc}"}
+    if os.path.isfile(out):
+        with open(out) as f:
+            rec["result"] = json.loads(f.read())
+    emit(args.out, rec)
+
+
+def part_nanogpt(args) -> None:
+    """nanoGPT's Shakespeare-char run for LMN and GPT-2, each for at most ``--nanogpt-s``."""
+    import shutil
+
+    runs = os.path.join(args.out, "..", "nanogpt-runs") if args.runs_dir is None else args.runs_dir
+    for name in ("lmn", "gpt2"):
+        run_dir = os.path.join(runs, f"nanogpt-{name}")
+        cmd = [sys.executable, "-m", "lmn.cli", "train", "--preset", f"nanogpt-{name}", "--out", run_dir,
+               "--device", args.device]
+        cmd += ["--data", args.data] if args.data else []
+        if os.path.isdir(run_dir):
+            cmd.append("--resume")
+        if args.size == "tiny":  # a functional smoke test of this part
+            cmd += ["--model-size", "tiny", "--max-iters", "20", "--eval-interval", "10", "--eval-iters", "2",
+                    "--batch-size", "4", "--dtype", "float32"]
+        t0 = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, timeout=args.nanogpt_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        keep = os.path.join(args.out, "nanogpt", f"nanogpt-{name}")
+        os.makedirs(keep, exist_ok=True)
+        for fname in ("config.json", "metrics.jsonl", "final.json"):
+            if os.path.isfile(os.path.join(run_dir, fname)):
+                shutil.copy(os.path.join(run_dir, fname), keep)
+        emit(args.out, {"part": "nanogpt", "model": name, "status": "done" if rc == 0 else f"{rc}",
+                        "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(cmd[1:])})
+
+
+PART_FUNCS = {"ddp": part_ddp, "nanogpt": part_nanogpt,
+              "env": part_env, "parity": part_parity, "train": part_train, "decode": part_decode,
               "profile": part_profile, "compile": part_compile, "long": part_long, "train2": part_train2,
               "compile2": part_compile2}
 
@@ -440,6 +496,8 @@ def run_all(args) -> int:
         cmd = [sys.executable, "-m", "lmn.bench.gpu_session", "part", name, "--out", args.out, "--device", args.device,
                "--size", args.size, "--repeats", str(args.repeats), "--point-budget", str(args.point_budget)]
         cmd += ["--fused-only"] if args.fused_only else []
+        cmd += ["--nanogpt-s", str(args.nanogpt_s)] + (["--data", args.data] if args.data else [])
+        cmd += ["--runs-dir", args.runs_dir] if args.runs_dir else []
         t0 = time.perf_counter()
         with open(os.path.join(args.out, "log.txt"), "a") as log:
             log.write(f"== {name} (limit {limit:.0f} s)\n")
@@ -465,6 +523,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed training steps per point (at most)")
     p.add_argument("--point-budget", type=float, default=3.0, help="seconds of timed steps per point")
     p.add_argument("--fused-only", action="store_true", help="profile: the fused path only")
+    p.add_argument("--nanogpt-s", type=float, default=290.0, help="nanogpt: seconds per model at most")
+    p.add_argument("--data", default=None, help="nanogpt: path of tinyshakespeare.txt (default: $LMN_DATA_DIR)")
+    p.add_argument("--runs-dir", default=None,
+                   help="nanogpt: where the run directories go (default OUT/../nanogpt-runs)")
     args = p.parse_args(argv)
     if args.mode == "all":
         return run_all(args)
