@@ -41,6 +41,9 @@ ARMS: list[tuple[str, str, str, dict]] = [
     ("stride3-digits", "stride/read", "stride 3, digits read", {"stride": 3, "read": "digits"}),
     ("stride4-latest", "stride/read", "stride 4, latest read", {"stride": 4}),
     ("stride4-digits", "stride/read", "stride 4, digits read", {"stride": 4, "read": "digits"}),
+    # issue 14, item 5: the pinned memory on language modelling
+    ("pinned-4", "pinned", "4 pinned tokens per layer beside the tree", {"pinned": 4}),
+    ("pinned-16", "pinned", "16 pinned tokens per layer beside the tree", {"pinned": 16}),
 ]
 BUDGET_FIELDS = ("max_iters", "batch_size", "block_size", "lr", "weight_decay", "eval_interval", "eval_iters",
                  "whole_val", "train_frac", "dtype", "data", "task")
