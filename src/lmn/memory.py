@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import LMNConfig
-from .summarizers import Expander, build_summarizer
+from .kernels import use_fused
+from .summarizers import Expander, LinearSummarizer, build_summarizer
 from .tree import Tree, carry_height
 
 
@@ -35,6 +36,7 @@ class LogMemory(nn.Module):
         self.expander = Expander(config.d_model, config.expand) if config.expand > 0 else None
         self.pinned = config.pinned
         self.write = nn.Linear(config.d_model, 1) if config.pinned else None  # the pinned memory's write score
+        self.fused_kernels = "auto"  # build() through the fused Triton kernel (set by LMN.fused_kernels)
 
     def merge(self, children: Tensor) -> Tensor:
         """Merge the children ``(..., n_banks, k, E, d)`` of nodes into the nodes
@@ -52,8 +54,16 @@ class LogMemory(nn.Module):
             ``[N_1, ..., N_L]`` with ``L = floor(log_k T)`` and
             ``N_i: (B, n_banks, T // k**i, 1 + i*expand, d)``; node j of level i summarises
             tokens ``j*k**i .. (j+1)*k**i - 1``.
+
+        With the Linear summarizer and no expander, :func:`lmn.kernels.use_fused` decides
+        whether the fused Triton kernel (:mod:`lmn.kernels.triton_tree`) builds all
+        levels; any other configuration takes this PyTorch loop.
         """
         B, T, d = x.shape
+        if self._fusable(x) and use_fused(self.fused_kernels, x, 0):
+            from .kernels.triton_tree import fused_build
+
+            return fused_build(self, x)
         k = self.tree.stride
         prev = x[:, None, :, None, :].expand(B, self.n_banks, T, 1, d)  # level 0
         levels = []
@@ -68,6 +78,17 @@ class LogMemory(nn.Module):
             levels.append(node)
             prev = node
         return levels
+
+    def _fusable(self, x: Tensor) -> bool:
+        """The fused build covers this layer and input: Linear summarizer, no expander, and
+        (outside autocast) the input in the summarizer's dtype, as ``matmul`` needs."""
+        if self.expander is not None or not isinstance(self.summarizer, LinearSummarizer):
+            return False
+        if self.fused_kernels is False:
+            return False
+        if torch.is_autocast_enabled(x.device.type):
+            return True
+        return x.dtype == self.summarizer.weight.dtype == self.summarizer.bias.dtype
 
     def carry(self, nodes: list[Tensor], node: Tensor, level: int, count: int) -> list[tuple[int, Tensor]]:
         """Add a completed node to the counter, merging upwards as far as it carries.

@@ -1,6 +1,20 @@
 """Optional fused kernels. Importing this package imports no Triton: :func:`use_fused`
-decides from the setting and the tensor whether the Triton path
-(:mod:`lmn.kernels.triton_sva`, imported only then) runs."""
+decides from the setting and the tensor whether a Triton path runs (its module is
+imported only then):
+
+* :mod:`lmn.kernels.triton_sva`: single-vector attention of the parallel form
+  (:meth:`lmn.attention.SingleVectorAttention.forward` without a prefix), every stride,
+  read rule, bank count and expander.
+* :mod:`lmn.kernels.triton_tree`: the tree build (:meth:`lmn.memory.LogMemory.build`) for
+  the Linear summarizer without expander, every stride and bank count. One launch builds
+  ``S = floor(log_k 256)`` levels (one program per aligned segment of ``k**S`` tokens,
+  batch and bank, each level written and read back after a barrier), so a length-``T``
+  build takes ``ceil(log_k T / S)`` launches instead of one summarizer call per level;
+  backward walks the same segments top-down, then one launch forms the weight and bias
+  gradients of all levels. Other summarizers and the expander take the PyTorch loop.
+
+Both are switched by ``LMN.fused_kernels`` and give the PyTorch path's results to
+float32 rounding."""
 
 from __future__ import annotations
 
@@ -24,7 +38,8 @@ def interpreting() -> bool:
 
 
 def use_fused(setting, x, d_head: int) -> bool:
-    """Whether single-vector attention over ``x`` runs the Triton kernel.
+    """Whether a fused kernel runs on ``x`` (single-vector attention with heads of width
+    ``d_head``; the tree build passes 0, its kernel tiles the width).
 
     ``"auto"``: on CUDA tensors when Triton imports. ``True``: whenever the kernel covers
     the input (on CPU only under Triton's interpreter, ``TRITON_INTERPRET=1``; a clear
