@@ -60,3 +60,23 @@ def test_table1_flags_runs_off_the_paper_protocol(tmp_path):
     lines = [line for line in md.splitlines() if line.startswith("| LMN | max_iters=1000")]
     assert len(lines) == 1 and "1.7742" not in lines[0]  # the paper's figure only beside paper-protocol runs
     assert "1.7742" in md
+
+
+def test_another_corpus_gets_its_title_no_paper_figures_and_exact_commands(tmp_path):
+    runs = [_fake_run(tmp_path, "lmn-s1337", "lmn", 1337, 1.6, max_iters=1000),
+            _fake_run(tmp_path, "gpt2-s1338", "gpt2", 1338, 1.9, max_iters=1000)]
+    for run in runs:  # as lmn train writes them: the data path and the corpus record
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["train"].update(data="runs/data/code.txt", eval_iters=20)
+        cfg["corpus"] = {"path": "runs/data/code.txt", "sha256": "ab" * 32, "n_chars": 10, "vocab_size": 9}
+        (run / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "code"
+    assert main(["table1", *map(str, runs), "--out", str(out), "--title", "Source code", "--no-paper"]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# Source code\n") and "1.7742" not in md and "1.9704" not in md
+    command = next(line for line in md.splitlines() if line.startswith("lmn train --preset paper-gpt2"))
+    assert set(command.split()) == {"lmn", "train", "--preset", "paper-gpt2", "--seed", "1338", "--data",
+                                    "runs/data/code.txt", "--max-iters", "1000", "--eval-iters", "20", "--out",
+                                    "runs/gpt2-s1338"}
+    assert "abababab" in md
+    assert md == render_markdown(json.loads(out.with_suffix(".json").read_text()))
