@@ -43,22 +43,32 @@ def _same_weights(run_a, run_b, lr):
         assert (w2[name] - w1[name]).abs().max() <= 4 * lr, name
 
 
+# nanoGPT's optimizer knobs: two parameter groups (re-made over the shards), a global-norm
+# clip across shards, a scheduled learning rate (no dropout: its masks follow the process split)
+NANO = ["--decay", "matrices", "--weight-decay", "0.1", "--grad-clip", "0.05", "--lr-schedule", "cosine",
+        "--warmup-iters", "1", "--lr-decay-iters", "2", "--min-lr", "1e-4"]
+
+
 @pytest.mark.slow
-def test_fsdp_step_equals_single_process_step_and_resumes(tmp_path):
+@pytest.mark.parametrize("opts", [[], NANO], ids=["adamw", "nanogpt-knobs"])
+def test_fsdp_step_equals_single_process_step_and_resumes(tmp_path, opts):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) needs torch >= 2.6")
     data = small_corpus(tmp_path)
-    single = _train([sys.executable], data, tmp_path / "single", "--max-iters", "2")
-    fsdp = _train(TORCHRUN, data, tmp_path / "fsdp", "--max-iters", "1", "--fsdp")
+    single = _train([sys.executable], data, tmp_path / "single", "--max-iters", "2", *opts)
+    fsdp = _train(TORCHRUN, data, tmp_path / "fsdp", "--max-iters", "1", "--fsdp", *opts)
     assert json.loads((tmp_path / "fsdp" / "final.json").read_text())["world_size"] == 2
     one = [r for r in single if r["step"] <= 1 and r["type"] != "final"]
     _same_records(one, [r for r in fsdp if r["type"] != "final"])
+    if opts:  # the clip was active, and the global norm is the one-process norm
+        norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(one, fsdp) if a["type"] == "train"]
+        assert norms and all(a > 0.05 and b == pytest.approx(a, rel=1e-5) for a, b in norms), norms
     final = [r for r in fsdp if r["type"] == "final"]  # the whole validation split, sharded model in lockstep
     assert final and set(final[0]) > {"type", "step"}
 
     # the FSDP checkpoint resumes in one process exactly where the one-process run went
-    resumed = _train([sys.executable], data, tmp_path / "fsdp", "--max-iters", "2", "--resume")
+    resumed = _train([sys.executable], data, tmp_path / "fsdp", "--max-iters", "2", "--resume", *opts)
     _same_records([r for r in single if r["type"] != "final"], [r for r in resumed if r["type"] != "final"])
     lr = json.loads((tmp_path / "single" / "config.json").read_text())["train"]["lr"]
     _same_weights(tmp_path / "single", tmp_path / "fsdp", lr)
