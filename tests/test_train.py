@@ -71,7 +71,8 @@ def test_smoke_run_learns_and_writes_its_run_dir(smoke_run):
         assert (smoke_run / "checkpoints" / "step-00000040" / name).is_file(), name
     manifest = json.loads((smoke_run / "lmn-run.json").read_text())
     assert manifest["program"] == "lmn" and sorted(manifest["files"]) == sorted(
-        ["lmn-run.json", "config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "final.json"])
+        ["lmn-run.json", "config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "final.json",
+         "best.safetensors"])  # (the last written by --keep-best only)
     evals = records(smoke_run, "eval")
     assert [r["step"] for r in evals] == [0, 20, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # from ~ln 65 = 4.17

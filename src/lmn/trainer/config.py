@@ -48,6 +48,10 @@ class TrainConfig:
     decay: str = _opt("all", "which parameters weight decay applies to: all (torch's default), or matrices "
                       "(tensors of 2+ dimensions: weights and embeddings, not biases or norms; nanoGPT's rule)")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value before each step (0: no clipping)")
+    early_stop: int = _opt(0, "stop when the validation estimate has not improved for this many evaluations in a "
+                           "row (0: never; train to --max-iters)")
+    keep_best: bool = _opt(False, "keep the weights of the best validation estimate: RUN/best.safetensors, and the "
+                           "final whole-split evaluation uses them")
     max_iters: int = _opt(5000, "optimizer steps")
     eval_interval: int = _opt(100, "estimate train/val loss every this many steps")
     eval_iters: int = _opt(200, "random batches per split in each estimate")
@@ -89,6 +93,9 @@ class TrainConfig:
         if self.decay not in DECAY_RULES:
             raise ValueError(f"decay must be one of {', '.join(DECAY_RULES)}, got {self.decay!r}")
         _check_int("warmup_iters", self.warmup_iters, 0)
+        _check_int("early_stop", self.early_stop, 0)
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
         _check_int("lr_decay_iters", self.lr_decay_iters, 0)
         for name in ("min_lr", "grad_clip"):
             value = getattr(self, name)

@@ -72,6 +72,9 @@ def check_fsdp(cfg, world_size: int) -> None:
         return
     if world_size < 2:
         raise ValueError("--fsdp shards across processes: launch with torchrun --nproc_per_node N (N >= 2)")
+    if cfg.keep_best:
+        raise ValueError("--fsdp with --keep-best is not supported (the best weights would have to be gathered at "
+                         "every improvement); use --early-stop alone, or train without --fsdp")
     if cfg.gradient_checkpointing:
         raise ValueError("--fsdp with --gradient-checkpointing is not supported (the checkpointed blocks run "
                          "outside FSDP's hooks); use one of them")

@@ -42,7 +42,7 @@ from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
                      atomic_write_text, check_resume_compatible, clean_stale, discard_checkpoints_after, last_eval,
                      load_checkpoint, prepare_run_dir, read_metrics, read_run_manifest, remove_run_files,
-                     save_checkpoint, saved_config, write_run_manifest)
+                     save_best, save_checkpoint, saved_config, write_run_manifest)
 
 
 # what a run records of where and how it ran (final.json; result tables copy it per run)
@@ -76,6 +76,10 @@ class Run:
     last_eval: dict | None = None
     window_t: float = 0.0  # time and steps since the last "train" record
     window_steps: int = 0
+    # --early-stop / --keep-best: {"step", "val_loss", "since" (evaluations without improvement),
+    # "weights" (CPU copies, --keep-best only)}; checkpointed with the trainer state
+    best: dict | None = None
+    stopped_early: bool = False
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t_start
@@ -160,6 +164,7 @@ def _restore(run: Run) -> None:
         run.step = run.start_step = int(state["step"])
         run.from_checkpoint = True
         run.elapsed_before, run.train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
+        run.best = state.get("best")
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{run.run_dir / STATE_FILE} is inconsistent with this run ({err})") from None
     if run.step > cfg.max_iters:
@@ -226,13 +231,18 @@ def _loop(run: Run, stop: DeferredStop) -> None:
     run.t_start = time.perf_counter()
     while True:
         _maybe_evaluate(run)
-        due = run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_iters or stop.requested
+        run.stopped_early = bool(cfg.early_stop and run.best and run.best["since"] >= cfg.early_stop)
+        ended = run.step >= cfg.max_iters or run.stopped_early
+        due = run.step % cfg.ckpt_interval == 0 or ended or stop.requested
         if due and (run.step > run.start_step or not run.from_checkpoint):  # a new run saves step 0 too
             _checkpoint(run)
         if stop.requested:
             run.progress.message(f"stopped: checkpoint at step {run.step} in {run.run_dir}; continue with --resume")
             raise KeyboardInterrupt
-        if run.step >= cfg.max_iters:
+        if ended:
+            if run.stopped_early:
+                run.progress.message(f"early stop at step {run.step}: no better validation estimate in "
+                                     f"{cfg.early_stop} evaluations since step {run.best['step']}")
             break
         _train_step(run)
 
@@ -249,9 +259,26 @@ def _maybe_evaluate(run: Run) -> None:
     losses = estimate_loss(run.model, run.task, cfg, run.step, run.dist, run.device, run.autocast)
     run.last_eval = {"type": "eval", "step": run.step, **{f"{s}_loss": v for s, v in losses.items()},
                      "elapsed_s": run.elapsed()}
+    _track_best(run, losses["val"])
     run.log(run.last_eval)
     shown = " | ".join(f"{s} {v:.4f}" for s, v in losses.items())
     run.progress.message(f"eval step {run.step}: {shown} ({time.perf_counter() - t0:.1f}s)")
+
+
+def _track_best(run: Run, val_loss: float) -> None:
+    """Follow the best validation estimate (``--early-stop``, ``--keep-best``): its step and
+    loss, the evaluations since, and with ``--keep-best`` a CPU copy of its weights. A tie
+    is no improvement."""
+    cfg = run.cfg
+    if not (cfg.early_stop or cfg.keep_best):
+        return
+    if run.best is not None and not val_loss < run.best["val_loss"]:
+        run.best["since"] += 1
+        return
+    weights = None
+    if cfg.keep_best:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+    run.best = {"step": run.step, "val_loss": val_loss, "since": 0, "weights": weights}
 
 
 def _train_step(run: Run) -> None:
@@ -298,6 +325,7 @@ def _checkpoint(run: Run) -> None:
             "rng": {"train": run.train_gen.get_state(), "torch": torch.get_rng_state()},
             "elapsed_s": run.elapsed(),
             "train_time_s": run.train_time_before + run.train_time,
+            "best": run.best,
         })
     run.dist.barrier()
 
@@ -310,6 +338,14 @@ def _finish(run: Run) -> dict:
                "seed": cfg.seed}
     for split in task.splits:
         summary[f"final_{split}_loss"] = run.last_eval[f"{split}_loss"] if run.last_eval else None
+    if run.best is not None:
+        summary.update(best_step=run.best["step"], best_val_loss=run.best["val_loss"], stopped_early=run.stopped_early)
+    if cfg.keep_best and run.best is not None:  # the best weights: saved, and used for the whole-split evaluation
+        if run.dist.is_main:
+            save_best(run.run_dir, run.best["weights"], cfg.model, cfg.model_config, run.best["step"],
+                      run.best["val_loss"])
+        run.model.load_state_dict(run.best["weights"])
+        summary["whole_split_weights"] = f"best (step {run.best['step']})"
     if cfg.whole_val and task.whole_split is not None:
         t0 = time.perf_counter()
         metrics = evaluate_whole(run.model, task, cfg.batch_size, run.dist, run.device, run.autocast)

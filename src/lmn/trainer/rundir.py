@@ -58,8 +58,9 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 FINAL_FILE = "final.json"
+BEST_FILE = "best.safetensors"  # --keep-best: the weights of the best validation estimate
 # What lmn writes in a run directory (the task adds its own files, e.g. tokenizer.json).
-RUN_FILES = (RUN_MANIFEST, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE)
+RUN_FILES = (RUN_MANIFEST, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE, BEST_FILE)
 # What a run directory of checkpoint format 1 held (no manifest).
 LEGACY_RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
 CHECKPOINT_FORMAT = 2
@@ -283,6 +284,20 @@ def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: di
     for old in reversed([c for c in list_checkpoints(run_dir) if c.format == 2][KEEP_CHECKPOINTS:]):
         _discard(old.path)
     return final
+
+
+def save_best(run_dir: Path, weights: dict, kind: str, model_config: dict, step: int, val_loss: float) -> Path:
+    """Write the best weights (``--keep-best``) as ``RUN/best.safetensors``, atomically, in
+    the checkpoints' format (their metadata adds ``val_loss``)."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": kind,
+                "model_config": json.dumps(model_config, sort_keys=True), "step": str(step),
+                "val_loss": repr(float(val_loss))}
+    path = Path(run_dir) / BEST_FILE
+    _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp),
+                                              metadata=metadata))
+    return path
 
 
 def _discard(path: Path) -> None:
