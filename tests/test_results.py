@@ -77,6 +77,6 @@ def test_another_corpus_gets_its_title_no_paper_figures_and_exact_commands(tmp_p
     command = next(line for line in md.splitlines() if line.startswith("lmn train --preset paper-gpt2"))
     assert set(command.split()) == {"lmn", "train", "--preset", "paper-gpt2", "--seed", "1338", "--data",
                                     "runs/data/code.txt", "--max-iters", "1000", "--eval-iters", "20", "--out",
-                                    "runs/gpt2-s1338"}
+                                    (tmp_path / "gpt2-s1338").as_posix()}
     assert "abababab" in md
     assert md == render_markdown(json.loads(out.with_suffix(".json").read_text()))

@@ -45,7 +45,7 @@ def protocol_label(train: dict) -> str:
     return "paper" if not diffs else ", ".join(diffs)
 
 
-def run_command(cfg: dict, name: str) -> str:
+def run_command(cfg: dict, out: str) -> str:
     """The ``lmn train`` command of a run: its preset plus every training field that differs
     from the preset (the model's own config comes from the preset and ``--model-opt``)."""
     from .trainer.config import PRESETS, TrainConfig, preset_config
@@ -63,7 +63,7 @@ def run_command(cfg: dict, name: str) -> str:
             args.append(flag if value else "--no-" + key.replace("_", "-"))
         else:
             args += [flag, f"{value}"]
-    return " ".join(args + ["--out", f"runs/{name}"])
+    return " ".join(args + ["--out", out])
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -89,7 +89,7 @@ def collect_run(run_dir: Path) -> dict:
         "max_iters": train["max_iters"],
         "eval_iters": train["eval_iters"],
         "protocol": protocol_label(train),
-        "command": run_command(cfg, run_dir.name),
+        "command": run_command(cfg, run_dir.as_posix()),
         "corpus": cfg.get("corpus"),
     }
     evals = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "eval"]
