@@ -449,13 +449,10 @@ def _onnx_state_bytes(config: dict, positions: int) -> int:
 
 
 def _onnx_kind():
-    from dataclasses import replace
+    from .kinds.lmn import lmn_variant
 
-    from .kinds.lmn import LMN_KIND
-
-    return replace(
-        LMN_KIND, name="lmn-onnx", uses=frozenset({"decode"}), paper=None, preset=None, stream=None, cpu_only=True,
-        unavailable=_onnx_unavailable, state_bytes=_onnx_state_bytes,
+    return lmn_variant(
+        "lmn-onnx", {"decode"}, cpu_only=True, unavailable=_onnx_unavailable, state_bytes=_onnx_state_bytes,
         decoder=lambda model, max_chunk: OnnxDecoder(model, max_chunk),
         describe={"decode": "the exported ONNX step (`lmn export`, fixed-capacity state for 2**31 - 1 tokens) in "
                             "onnxruntime, one thread, after the same PyTorch prefill",

@@ -155,14 +155,11 @@ def _graph_unavailable() -> str | None:
 
 
 def _graph_kind():
-    from dataclasses import replace
-
     from .export import _onnx_state_bytes
-    from .kinds.lmn import LMN_KIND
+    from .kinds.lmn import lmn_variant
 
-    return replace(
-        LMN_KIND, name="lmn-graph", uses=frozenset({"decode"}), paper=None, preset=None, stream=None,
-        unavailable=_graph_unavailable, state_bytes=_onnx_state_bytes,
+    return lmn_variant(
+        "lmn-graph", {"decode"}, unavailable=_graph_unavailable, state_bytes=_onnx_state_bytes,
         decoder=lambda model, max_chunk: GraphDecoder(model, max_chunk),
         describe={"decode": "the fixed-shape streaming step (`lmn.export.StreamStep`) captured as one CUDA graph "
                             "(`lmn.graphs`), after the same PyTorch prefill",

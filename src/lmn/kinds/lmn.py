@@ -124,24 +124,25 @@ LMN_KIND = ModelKind(
     stream=_stream,
 )
 
-def _variant(name: str, uses: set, describe: dict, **changes) -> ModelKind:
-    """A bench variant of the ``lmn`` kind: same model and sizes, no preset, no Table 1."""
+def lmn_variant(name: str, uses: set, describe: dict, **changes) -> ModelKind:
+    """A bench variant of the ``lmn`` kind: same model and sizes, no preset, no Table 1
+    (here and in the modules that register one: ``lmn.export``, ``lmn.graphs``)."""
     return replace(LMN_KIND, name=name, uses=frozenset(uses), describe=describe, paper=None, preset=None,
                    stream=None, **changes)
 
 
 KINDS = {
     "lmn": LMN_KIND,
-    "lmn-native": _variant(
+    "lmn-native": lmn_variant(
         "lmn-native", {"decode"}, cpu_only=True, unavailable=_no_compiler,
         decoder=lambda model, max_chunk: LMNDecoder(model, max_chunk, native=True),
         describe={"decode": "with `lmn.native.NativeStepper` (the same computation as one C call per token, "
                             "after the same PyTorch prefill)"}),
-    "lmn-ckpt": _variant(
+    "lmn-ckpt": lmn_variant(
         "lmn-ckpt", {"bench-train"}, prepare=_with_checkpointing, compare_to=None,
         describe={"bench-train": "the same with `gradient_checkpointing` (blocks recomputed in backward; from "
                                  "commit 8974a17 on, feed-forward layers also in recomputed row chunks)"}),
-    "lmn-materialized": _variant(
+    "lmn-materialized": lmn_variant(
         "lmn-materialized", {"bench-train"}, bench_forward=_materialized_forward, compare_to=None,
         describe={"bench-train": "gathers every position's slots into a (B, T, slots, d) tensor"}),
 }
