@@ -132,27 +132,22 @@ class _CheckpointedBlock(torch.autograd.Function):
         return (None, None, *result)
 
 
-def _rng_state(device: torch.device):
+def _rng_state(device: torch.device) -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 @contextlib.contextmanager
 def _replayed_rng(device: torch.device, saved):
-    """Run the body with the random-number state ``saved`` (from :func:`_rng_state`; None:
-    as it is) and put the current state back afterwards."""
+    """Run the body from the random-number state ``saved`` (from :func:`_rng_state`; None:
+    as it is); ``torch.random.fork_rng`` puts the current state back afterwards."""
     if saved is None:
         yield
         return
-    now = _rng_state(device)
-    torch.set_rng_state(saved[0])
-    if saved[1] is not None:
-        torch.cuda.set_rng_state(saved[1], device)
-    try:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(saved[0])
+        if saved[1] is not None:
+            torch.cuda.set_rng_state(saved[1], device)
         yield
-    finally:
-        torch.set_rng_state(now[0])
-        if now[1] is not None:
-            torch.cuda.set_rng_state(now[1], device)
 
 
 class LMNBlock(nn.Module):
