@@ -48,21 +48,14 @@ def protocol_label(train: dict) -> str:
 def run_command(cfg: dict, out: str) -> str:
     """The ``lmn train`` command of a run: its preset plus every training field that differs
     from the preset (the model's own config comes from the preset and ``--model-opt``)."""
-    from .trainer.config import PRESETS, TrainConfig, preset_config
+    from .trainer.config import PRESETS, TrainConfig, cli_flags, preset_config
 
     train, preset = cfg["train"], cfg.get("preset")
-    base = (preset_config(preset) if preset in PRESETS else TrainConfig(model=train["model"])).to_dict()
-    args = ["lmn", "train"] + (["--preset", preset] if preset in PRESETS else ["--model", train["model"]])
-    for key, value in train.items():
-        if key in ("model_config", "task_options", "out_dir", "threads", "device") or value == base.get(key):
-            continue
-        if key == "model" and preset in PRESETS:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            args += [flag, f"{value}"]
+    known = preset in PRESETS
+    base = (preset_config(preset) if known else TrainConfig(model=train["model"])).to_dict()
+    args = ["lmn", "train"] + (["--preset", preset] if known else ["--model", train["model"]])
+    args += cli_flags(train, base, skip=("model_config", "task_options", "out_dir", "threads", "device")
+                      + (("model",) if known else ()))
     return " ".join(args + ["--out", out])
 
 

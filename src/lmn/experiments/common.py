@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..trainer import TrainConfig, train
+from ..trainer.config import cli_flags
 
 FINAL, CONFIG, METRICS = "final.json", "config.json", "metrics.jsonl"
 
@@ -19,16 +20,9 @@ FINAL, CONFIG, METRICS = "final.json", "config.json", "metrics.jsonl"
 def command_line(cfg: TrainConfig) -> str:
     """The ``lmn train`` command that trains ``cfg`` (every field that differs from the
     defaults), so each arm can be rerun by hand."""
-    default = TrainConfig(model=cfg.model)
     args = ["lmn", "train", "--model", cfg.model]
-    for key, value in cfg.to_dict().items():
-        if key in ("model", "out_dir", "model_config", "task_options", "threads") or value == getattr(default, key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            args += [flag, str(value)]
+    args += cli_flags(cfg.to_dict(), TrainConfig(model=cfg.model).to_dict(),
+                      skip=("model", "out_dir", "model_config", "task_options", "threads"))
     for key, value in cfg.task_options.items():
         args += ["--task-opt", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     for key, value in cfg.model_config.items():

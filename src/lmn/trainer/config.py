@@ -152,6 +152,21 @@ class TrainConfig:
         return cls(**data)
 
 
+def cli_flags(values: dict, base: dict, skip=()) -> list[str]:
+    """The ``lmn train`` flags that turn the TrainConfig fields ``base`` into ``values``
+    (both ``to_dict()`` form): one per field that differs, fields in ``skip`` left out."""
+    flags = []
+    for key, value in values.items():
+        if key in skip or value == base.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 def _check_int(name: str, value, lo: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
