@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .export import DEFAULT_MAX_TOKENS, StreamStep
-from .kinds.base import Decoder
+from .kinds.lmn import LMNDecoder
 
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (CUDA's allocator and lazy inits settle)
 
@@ -122,32 +122,23 @@ class GraphStepper:
         return self.logits.clone()  # the graph's output buffer is overwritten by the next replay
 
     @property
-    def state_bytes(self) -> int:
+    def nbytes(self) -> int:
+        """Bytes of the state buffers (what the streams hold)."""
         return sum(t.numel() * t.element_size() for t in self.buffers.values())
 
 
-class GraphDecoder(Decoder):
+class GraphDecoder(LMNDecoder):
     """``lmn bench decode`` adapter: PyTorch prefill (``LMN.prefill``), then every step a
     replay of the captured step (captured at the first step, i.e. in the warm-up)."""
 
     def __init__(self, model, max_chunk: int = 1024):
         if model.head.weight.device.type != "cuda":
             raise ValueError("lmn-graph decodes on a CUDA device only (CUDA graphs); use --device cuda")
-        self.model, self.max_chunk, self.state, self.stepper = model, max_chunk, None, None
+        super().__init__(model, max_chunk)
+        self.hands_over = True
 
-    def prefill(self, chunk: Tensor) -> None:
-        if self.stepper is not None:
-            raise RuntimeError("prefill after graph decode steps is not supported by this benchmark")
-        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
-
-    def step(self, token: Tensor) -> Tensor:
-        if self.stepper is None:
-            self.stepper = GraphStepper(self.model, batch_size=token.reshape(-1).shape[0]).load(self.state)
-            self.state = None
-        return self.stepper.step(token)
-
-    def state_bytes(self) -> int:
-        return self.stepper.state_bytes if self.stepper is not None else 0
+    def _take_over(self, token: Tensor) -> None:
+        self.stepper = GraphStepper(self.model, batch_size=token.reshape(-1).shape[0]).load(self.state)
 
 
 def _graph_unavailable() -> str | None:

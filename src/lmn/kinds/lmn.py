@@ -34,27 +34,33 @@ SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_
 
 class LMNDecoder(Decoder):
     """Chunked ``model.prefill`` then ``model.step``; with ``native`` the steps run through
-    the C stepper, which takes over the prefilled state at the first step."""
+    the C stepper, which takes over the prefilled state at the first step. Subclasses hand
+    over to another stepper by overriding :meth:`_take_over` (``lmn.graphs.GraphDecoder``)."""
 
     def __init__(self, model, max_chunk: int = 1024, native: bool = False):
         self.model, self.max_chunk, self.state = model, max_chunk, None
         self.stepper = None
+        self.hands_over = native  # the steps run through another stepper after the prefill
         if native:
             from ..native import NativeStepper
 
             self.stepper = NativeStepper(model, batch_size=1)  # compiles the kernel once, before timing
-        self.handed_over = False  # the prefilled state moved into the native stepper
+        self.handed_over = False  # the prefilled state moved into that stepper
 
     def prefill(self, chunk: Tensor) -> None:
         if self.handed_over:
-            raise RuntimeError("prefill after native decode steps is not supported by this benchmark")
+            raise RuntimeError("prefill after the decode steps began is not supported by this benchmark")
         _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
 
+    def _take_over(self, token: Tensor) -> None:
+        """Move the prefilled state (None: nothing prefilled) into ``self.stepper``."""
+        if self.state is not None:
+            self.stepper.load_state(self.state)
+
     def step(self, token: Tensor) -> Tensor:
-        if self.stepper is not None:
+        if self.hands_over:
             if not self.handed_over:
-                if self.state is not None:
-                    self.stepper.load_state(self.state)
+                self._take_over(token)
                 self.state, self.handed_over = None, True
             return self.stepper.step(token)
         if self.state is None:
