@@ -103,6 +103,7 @@ def collect_run(run_dir: Path) -> dict:
             device=final["device"],
             machine=final["machine"],
             versions=final["versions"],
+            git=final.get("git"),  # commit and whether the tree was dirty (runs made before this record: None)
         )
     else:
         last = evals[-1] if evals else {}
