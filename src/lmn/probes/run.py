@@ -97,6 +97,58 @@ class ModelSpec:
         return f"{self.kind}[{','.join(f'{k}={v}' for k, v in self.options)}]"
 
 
+# config fields that only size a model to the cell (a position table long enough for T): a
+# model with nothing but these is the same model for --lr-from, which falls back to its kind
+LENGTH_ONLY_OPTIONS = frozenset({"n_positions"})
+
+
+def lr_for(spec: "ModelSpec", chosen: dict):
+    """The lr another probe chose for ``spec`` (``{label: lr}``): its own label, else its
+    kind's when its options only widen a position table (``gpt2:n_positions=4160`` is
+    ``gpt2``); None when the other probe has neither."""
+    if spec.label in chosen:
+        return chosen[spec.label]
+    if all(k in LENGTH_ONLY_OPTIONS for k, _ in spec.options):
+        return chosen.get(spec.kind)
+    return None
+
+
+def merge_results(doc: dict, other: dict, source: str) -> int:
+    """Add ``other``'s runs (and their state records, chosen lrs and commands) to ``doc``: a
+    probe run in parts (one process per model, on another machine) made whole. Both must be
+    the same task with the same budget; a run already in ``doc`` is kept, not duplicated.
+    Returns how many runs were added."""
+    if other.get("task") != doc.get("task"):
+        raise ValueError(f"--merge {source}: task {other.get('task')!r}, not {doc.get('task')!r}")
+    if {**other["budget"], "seeds": None} != {**doc["budget"], "seeds": None}:
+        diff = {k: (doc["budget"].get(k), other["budget"].get(k)) for k in BUDGET_KEYS
+                if k != "seeds" and doc["budget"].get(k) != other["budget"].get(k)}
+        raise ValueError(f"--merge {source} was made with another budget {diff}; only runs of one budget merge")
+    for key in ("n_test", "test_seed"):
+        if key in other and key in doc and other[key] != doc[key]:
+            raise ValueError(f"--merge {source}: {key} {other[key]} differs from {doc[key]}")
+        if key in other:
+            doc.setdefault(key, other[key])
+    doc.setdefault("bucket_name", other.get("bucket_name", "distance"))
+    doc["budget"]["seeds"] = list(dict.fromkeys([*doc["budget"]["seeds"], *other["budget"]["seeds"]]))
+    done = {_key(r) for r in doc["runs"]}
+    added = 0
+    for r in other["runs"]:
+        if _key(r) not in done:
+            doc["runs"].append(r)
+            done.add(_key(r))
+            added += 1
+    for k, v in other.get("state", {}).items():
+        doc["state"].setdefault(k, v)
+    for model, cells in other.get("chosen_lr", {}).items():
+        for cell, lr in cells.items():
+            doc["chosen_lr"].setdefault(model, {}).setdefault(cell, lr)
+    for c in other.get("commands", []):
+        if c not in doc["commands"]:
+            doc["commands"].append(c)
+    return added
+
+
 def cell_label(cell: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in cell.items())
 
@@ -437,6 +489,9 @@ def build_parser(prog: str = "lmn probe") -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block in backward (long sequences; same results, less memory)")
     p.add_argument("--report-only", action="store_true", help="re-render NAME.md and plots from NAME.json")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="add the runs of another result file of this task and budget (a probe run in parts, "
+                        "e.g. one process per model) to NAME.json, then re-render (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be made, then stop")
     return p
 
@@ -458,6 +513,23 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     name = args.name or args.task
     out_dir = Path(args.out)
     path = out_dir / f"{name}.json"
+    if args.merge:
+        docs = []
+        for src in args.merge:
+            other = load_results(Path(src))
+            if other is None:
+                raise FileNotFoundError(f"--merge: no results at {src}")
+            docs.append((src, other))
+        doc = load_results(path)
+        if doc is None:
+            src, first = docs.pop(0)
+            doc = {**first, "name": name, "runs": [], "state": {}, "chosen_lr": {}, "commands": []}
+            merge_results(doc, first, src)
+        for src, other in docs:
+            merge_results(doc, other, src)
+        save_results(path, doc)
+        print(render(doc, out_dir, name))
+        return 0
     if args.report_only:
         doc = load_results(path)
         if doc is None:
@@ -490,7 +562,7 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
         if other is None:
             raise FileNotFoundError(f"--lr-from: no results at {args.lr_from}")
         lr_from = {m: next(iter(c.values())) for m, c in other.get("chosen_lr", {}).items()}
-        lrs = sorted({lr_from[s.label] for s in specs if s.label in lr_from})
+        lrs = sorted({lr_for(s, lr_from) for s in specs if lr_for(s, lr_from) is not None})
     budget = {"steps": args.steps, "batch_size": args.batch_size, "eval_interval": args.eval_interval,
               "eval_iters": args.eval_iters, "lrs": lrs if not lr_from else "from " + str(args.lr_from),
               "seeds": seeds, "sweep": args.sweep if not lr_from else "none", "model_size": args.model_size,
@@ -518,7 +590,7 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
 
     if args.dry_run:
         for spec, cell in ((s, c) for c in cells for s in specs):
-            print(f"{spec.label} | {cell_label(cell)} | lrs {lrs if not lr_from else lr_from.get(spec.label)} | "
+            print(f"{spec.label} | {cell_label(cell)} | lrs {lrs if not lr_from else lr_for(spec, lr_from)} | "
                   f"seeds {seeds}")
         return 0
 
@@ -548,9 +620,9 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
         cl = cell_label(cell)
         for spec in specs:
             if lr_from:
-                if spec.label not in lr_from:
+                lr = lr_for(spec, lr_from)
+                if lr is None:
                     raise ValueError(f"--lr-from {args.lr_from} has no lr for {spec.label}")
-                lr = lr_from[spec.label]
                 do(spec, cell, lr, seeds[0])
             elif args.sweep == "all" or ci == 0:
                 for lr in lrs:
