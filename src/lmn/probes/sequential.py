@@ -12,6 +12,11 @@ From a trained run, two fine-tunings with the same data budget, optimizer and se
 * ``mixed``: the two alternate, step by step (the sequential steps continue each other's
   state), so that the model keeps seeing windows that start a stream.
 
+With ``--from-scratch`` the arms train a freshly initialised model of the run's
+configuration (seeded ``--seed``) instead of fine-tuning the trained one: the same three
+training modes from step 0, the ``random`` arm then being the Table 1 protocol itself
+(there is no ``none`` arm).
+
 Both are then measured the same way: the standard estimate (random validation windows
 from an empty state) and the same-tokens context curve of :mod:`lmn.probes.context`. The
 ``random`` arm is the control: it separates what carrying the state does from what more
@@ -32,6 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from .context import CONTEXTS, plot_curves, rerender, same_tokens_curve
+
+
+MODES = ("random", "sequential", "mixed")
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -121,6 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=16, help="scored blocks of the context curve")
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train a fresh model of the run's configuration (seed --seed) instead of fine-tuning it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -133,10 +143,19 @@ def main(argv=None) -> int:
     command = "python -m lmn.probes.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-sequential", command, args.threads, ["cpu"], {k: v for k, v in vars(args).items()})
     doc["arms"] = []
-    for mode in ["none"] + args.modes.split(","):
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        p.error(f"--modes: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
+    for mode in ([] if args.from_scratch else ["none"]) + modes:
         model, tokenizer, run_doc = load_run(args.run)
         if run_doc["train"]["model"] != "lmn":
             raise SystemExit(f"error: {args.run} is not an LMN run")
+        if args.from_scratch:
+            from ..trainer.models import build_model
+
+            torch.manual_seed(args.seed)
+            model = build_model(run_doc["train"]["model"], run_doc["train"]["model_config"])
         _, text = load_corpus(run_doc["train"]["data"])
         train_ids, val_ids = split_tokens(tokenizer.encode(text), run_doc["train"]["train_frac"])
         print(f"arm {mode} ...", flush=True)
@@ -162,7 +181,8 @@ def render(doc: dict) -> str:
     s = doc["settings"]
     lines = ["# Fine-tuning in sequential mode", "", f"Command: `{doc['command']}`  ",
              f"Commit {doc['git']['commit']}{' (dirty tree)' if doc['git']['dirty'] else ''}; "
-             f"{doc['machine']['cpu_model']}, {doc['machine']['threads']} thread(s). From `{s['run']}`: "
+             f"{doc['machine']['cpu_model']}, {doc['machine']['threads']} thread(s). "
+             f"{'Trained from scratch in the configuration of' if s.get('from_scratch') else 'From'} `{s['run']}`: "
              f"{s['steps']} steps of {s['batch']} x {s['block']} characters, AdamW lr {s['lr']}, seed {s['seed']}.", "",
              f"| arm | val estimate ({s['eval_batches']} random windows) | " + " | ".join(f"P={c}" for c in ctx) + " |",
              "|---|---:|" + "---:|" * len(ctx)]
@@ -170,6 +190,9 @@ def render(doc: dict) -> str:
         name = {"none": "trained run, as committed", "random": "+ random windows (control)",
                 "sequential": "+ sequential mode", "mixed": "+ mixed (random and sequential alternate)"
                 }.get(arm["mode"], arm["mode"])
+        if s.get("from_scratch"):
+            name = {"random": "random windows (the Table 1 protocol)", "sequential": "sequential mode",
+                    "mixed": "mixed (random and sequential alternate)"}[arm["mode"]]
         cells = [f"{arm['context']['loss'][c]:.4f}" for c in ctx]
         lines.append(f"| {name} | {arm['val_estimate']:.4f} | " + " | ".join(cells) + " |")
     lines += ["", "P: characters of context before the same scored validation blocks (loss in nats on the "
