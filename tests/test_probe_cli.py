@@ -92,3 +92,46 @@ def test_probe_refusals_and_dispatch(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["probe", "context", "--help"])
     assert err.value.code == 0 and "lmn.probes.context" in capsys.readouterr().out
+
+
+def test_probe_lr_from_length_only_options_and_merge(tmp_path, capsys):
+    """--lr-from takes the kind's lr for a model whose options only widen its position table
+    (gpt2:n_positions=N), not for one with other options; --merge joins a probe run in parts."""
+    from lmn.probes.run import ModelSpec, lr_for
+
+    chosen = {"gpt2": 0.003, "lmn": 0.01}
+    assert lr_for(ModelSpec.parse("gpt2:n_positions=4160"), chosen) == 0.003
+    assert lr_for(ModelSpec.parse("lmn"), chosen) == 0.01
+    assert lr_for(ModelSpec.parse("lmn:stride=3"), chosen) is None  # another model: no silent reuse
+    assert lr_for(ModelSpec.parse("mamba2"), chosen) is None
+    assert lr_for(ModelSpec.parse("lmn:n_positions=9,stride=3"), chosen) is None
+    sweep = tmp_path / "sweep"
+    assert main(["probe", "mqar", "--model", TINY_LMN, "--model", TINY_GPT2, "--cell", "block_size=16,pairs=2",
+                 *BUDGET[:-4], "--seeds", "1", "--out", str(sweep), "--runs-dir", str(tmp_path / "r0")]) == 0
+    gpt2_lr = json.loads((sweep / "mqar.json").read_text())["chosen_lr"][
+        "gpt2[n_embd=8,n_head=2,n_inner=16,n_layer=1]"]["block_size=16,pairs=2"]
+    common = ["--cell", "block_size=24,distances=1;2;4", "--task-opt", "n_test=8", "--steps", "2",
+              "--batch-size", "4", "--seeds", "1", "--lr-from", str(sweep / "mqar.json")]
+    wide = TINY_GPT2 + ",n_positions=24"
+    for i, model in enumerate((TINY_LMN, wide)):
+        assert main(["probe", "distance", "--model", model, *common, "--out", str(tmp_path / f"part{i}"),
+                     "--runs-dir", str(tmp_path / f"r{i + 1}")]) == 0
+    part = json.loads((tmp_path / "part1" / "distance.json").read_text())
+    assert [r["lr"] for r in part["runs"]] == [gpt2_lr]
+    merged = tmp_path / "merged"
+    assert main(["probe", "distance", "--out", str(merged), "--merge", str(tmp_path / "part0" / "distance.json"),
+                 "--merge", str(tmp_path / "part1" / "distance.json")]) == 0
+    doc = json.loads((merged / "distance.json").read_text())
+    assert sorted(r["model"] for r in doc["runs"]) == sorted([ModelSpec.parse(TINY_LMN).label,
+                                                              ModelSpec.parse(wide).label])
+    assert len(doc["state"]) == 2 and len(doc["commands"]) == 2 and (merged / "distance.md").exists()
+    # merging again adds nothing; a result file of another budget is refused
+    assert main(["probe", "distance", "--out", str(merged), "--merge", str(tmp_path / "part0" / "distance.json")]) == 0
+    assert len(json.loads((merged / "distance.json").read_text())["runs"]) == 2
+    other = json.loads((tmp_path / "part0" / "distance.json").read_text())
+    other["budget"]["steps"] = 3
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(["probe", "distance", "--out", str(merged), "--merge", str(tmp_path / "other.json")])
+    assert err.value.code == 2 and "another budget" in capsys.readouterr().err

@@ -68,3 +68,20 @@ def test_sequential_fine_tuning_carries_the_state(monkeypatch):
     x0, y0, fresh = streams.window(0)
     x1, _, _ = streams.window(1)
     assert fresh and torch.equal(x1[:, 0], y0[:, -1])  # consecutive windows of each stream
+
+
+@needs_data
+def test_sequential_from_scratch_trains_a_fresh_model_of_the_run(tmp_path):
+    from lmn.probes import sequential
+
+    out = tmp_path / "scratch"
+    assert sequential.main([str(RUN), "--from-scratch", "--modes", "mixed", "--steps", "2", "--block", "32",
+                            "--batch", "2", "--eval-batches", "1", "--blocks", "1", "--contexts", "0,64",
+                            "--out", str(out)]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert [arm["mode"] for arm in doc["arms"]] == ["mixed"]  # no "as trained" arm from scratch
+    # two steps from a fresh init: near the uniform loss over 65 characters, not the trained run's ~1.8
+    assert doc["arms"][0]["val_estimate"] > 3.5
+    assert "Trained from scratch" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        sequential.main([str(RUN), "--modes", "random,sideways", "--out", str(tmp_path / "x")])

@@ -103,14 +103,13 @@ LENGTH_ONLY_OPTIONS = frozenset({"n_positions"})
 
 
 def lr_for(spec: "ModelSpec", chosen: dict):
-    """The lr another probe chose for ``spec`` (``{label: lr}``): its own label, else its
-    kind's when its options only widen a position table (``gpt2:n_positions=4160`` is
-    ``gpt2``); None when the other probe has neither."""
+    """The lr another probe chose for ``spec`` (``{label: lr}``): its own label's, else that
+    of the same model without the options that only widen a position table
+    (``gpt2:n_positions=4160`` takes ``gpt2``'s); None when the other probe has neither."""
     if spec.label in chosen:
         return chosen[spec.label]
-    if all(k in LENGTH_ONLY_OPTIONS for k, _ in spec.options):
-        return chosen.get(spec.kind)
-    return None
+    base = ModelSpec(spec.kind, tuple((k, v) for k, v in spec.options if k not in LENGTH_ONLY_OPTIONS))
+    return chosen.get(base.label)
 
 
 def merge_results(doc: dict, other: dict, source: str) -> int:
