@@ -80,3 +80,16 @@ def test_another_corpus_gets_its_title_no_paper_figures_and_exact_commands(tmp_p
                                     (tmp_path / "gpt2-s1338").as_posix()}
     assert "abababab" in md
     assert md == render_markdown(json.loads(out.with_suffix(".json").read_text()))
+
+
+def test_runs_finished_on_different_machines_say_where(tmp_path):
+    a = _fake_run(tmp_path, "lmn-a", "lmn", 1, 1.8)
+    b = _fake_run(tmp_path, "gpt2-a", "gpt2", 1, 2.0)
+    md = render_markdown(build_table1([a, b]))
+    assert "finished on" not in md  # one machine: the table as before
+    final = json.loads((b / "final.json").read_text())
+    final.update(device="cuda", machine={"cpu": "y", "gpu": "NVIDIA H200"})
+    (b / "final.json").write_text(json.dumps(final))
+    md = render_markdown(json.loads(json.dumps(build_table1([a, b]))))
+    assert "| complete | NVIDIA H200 |" in md and "| complete | x, 1 thread(s) |" in md
+    assert "do not compare across such rows" in md

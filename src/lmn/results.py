@@ -160,6 +160,14 @@ def _ms(stat: dict | None, digits=4) -> str:
 TITLE = "Table 1 — Tiny Shakespeare (character level), paper protocol"
 
 
+def finished_on(row: dict) -> str:
+    """Where a run's last segment ran: its GPU's name, else the CPU's and the thread count."""
+    m = row.get("machine") or {}
+    if m.get("gpu") and str(row.get("device", "")).startswith("cuda"):
+        return m["gpu"]
+    return f"{m.get('cpu', 'CPU')}, {row.get('threads', '?')} thread(s)" if m else "–"
+
+
 def render_markdown(table: dict) -> str:
     with_paper = table.get("with_paper", True)
     out = [f"# {table.get('title', TITLE)}", ""]
@@ -168,9 +176,12 @@ def render_markdown(table: dict) -> str:
     out.append("## Per run")
     out.append("")
     step = table.get("common_step", COMMON_STEP)
+    machines = {json.dumps(r.get("machine"), sort_keys=True) for r in table["runs"] if r.get("machine")}
+    mixed = len(machines) > 1  # runs finished on different machines: say which, beside its times
     out.append(f"| run | model | seed | params | protocol | steps | val loss at step {step:,} | final train loss "
-               "| final val loss | whole-val loss (nats) | whole-val bits/char | wall time | train tokens/s | status |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+               "| final val loss | whole-val loss (nats) | whole-val bits/char | wall time | train tokens/s | status |"
+               + (" finished on |" if mixed else ""))
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else ""))
     for r in table["runs"]:
         wall = "–" if r.get("wall_time_s") is None else f"{r['wall_time_s'] / 60:.1f} min"
         tps = "–" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}"
@@ -180,6 +191,7 @@ def render_markdown(table: dict) -> str:
             f"| {r.get('protocol', 'paper')} | {r['step']} | {_f(r.get('val_loss_at_common_step'))} "
             f"| {_f(r.get('final_train_loss'))} | {_f(r.get('final_val_loss'))} | {_f(r.get('whole_val_loss'))} "
             f"| {_f(r.get('whole_val_bits_per_char'))} | {wall} | {tps} | {status} |"
+            + (f" {finished_on(r)} |" if mixed else "")
         )
     out.append("")
     if not with_paper:
@@ -190,8 +202,11 @@ def render_markdown(table: dict) -> str:
                for c in (r.get("corpus") for r in table["runs"]) if c}
     if corpora:
         out += ["", "Corpus: " + "; ".join(corpora)]
-    machines = {json.dumps(r.get("machine"), sort_keys=True) for r in table["runs"] if r.get("machine")}
     out.append("")
+    if mixed:
+        out += ["Runs finished on different machines. A run resumed on another machine reports wall time "
+                "and tokens/s over all its segments together, so those two columns do not compare "
+                "across such rows; the losses do.", ""]
     out.append("Machine(s): " + "; ".join(machines) if machines else "Machine: (no finished run)")
     out.append("")
     out.append("Commands (data: `LMN_DATA_DIR=../shared/data`, one thread per run):")
