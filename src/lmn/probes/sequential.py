@@ -179,7 +179,8 @@ def render(doc: dict) -> str:
         doc["settings"]["contexts"]
     ctx = [str(c) for c in ctx]
     s = doc["settings"]
-    lines = ["# Fine-tuning in sequential mode", "", f"Command: `{doc['command']}`  ",
+    title = "Training from scratch in sequential mode" if s.get("from_scratch") else "Fine-tuning in sequential mode"
+    lines = [f"# {title}", "", f"Command: `{doc['command']}`  ",
              f"Commit {doc['git']['commit']}{' (dirty tree)' if doc['git']['dirty'] else ''}; "
              f"{doc['machine']['cpu_model']}, {doc['machine']['threads']} thread(s). "
              f"{'Trained from scratch in the configuration of' if s.get('from_scratch') else 'From'} `{s['run']}`: "
@@ -203,8 +204,9 @@ def render(doc: dict) -> str:
 
 
 def _plot(doc: dict, path: Path) -> None:
-    plot_curves([(arm["mode"], arm["context"]["loss"]) for arm in doc["arms"]], path,
-                "Fine-tuned in sequential mode vs random windows")
+    title = ("Trained from scratch: sequential / mixed vs random windows" if doc["settings"].get("from_scratch")
+             else "Fine-tuned in sequential mode vs random windows")
+    plot_curves([(arm["mode"], arm["context"]["loss"]) for arm in doc["arms"]], path, title)
 
 
 if __name__ == "__main__":
