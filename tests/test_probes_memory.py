@@ -86,3 +86,21 @@ def test_sequential_from_scratch_trains_a_fresh_model_of_the_run(tmp_path):
     assert md.startswith("# Training from scratch") and "Trained from scratch" in md
     with pytest.raises(SystemExit):
         sequential.main([str(RUN), "--modes", "random,sideways", "--out", str(tmp_path / "x")])
+
+
+def test_streams_restart_at_fresh_offsets_every_n_windows():
+    from lmn.probes.sequential import Streams
+
+    ids = torch.arange(10_000)
+    plain = Streams(ids, 2, 16)
+    x, y, fresh = plain.window(0)
+    assert fresh and x[1, 0] == plain.length and torch.equal(y[:, :-1], x[:, 1:])
+    s = Streams(ids, 2, 16, restart=3, seed=5)
+    wins = [s.window(i) for i in range(7)]
+    assert [w[2] for w in wins] == [True, False, False, True, False, False, True]
+    for i in (1, 2, 4, 5):  # inside a pass: each window continues the previous one
+        assert torch.equal(wins[i][0][:, 0], wins[i - 1][1][:, -1])
+    assert not torch.equal(wins[3][0][:, 0], wins[2][1][:, -1])  # a new pass starts elsewhere
+    assert torch.equal(Streams(ids, 2, 16, restart=3, seed=5).window(4)[0], wins[4][0])  # seeded
+    with pytest.raises(ValueError):
+        Streams(ids, 2, 16, restart=10_000)

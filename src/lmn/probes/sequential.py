@@ -47,29 +47,46 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Streams:
-    """``batch`` equal streams over ``ids``; window ``s`` of every stream, in order."""
+    """``batch`` streams over ``ids``; window ``s`` of every stream, in order.
 
-    def __init__(self, ids: torch.Tensor, batch: int, block: int):
+    By default (``restart=0``) the split is cut into ``batch`` equal streams read from
+    start to end, so each restarts (with an empty state) once per pass. With ``restart=N``
+    every stream restarts after ``N`` windows instead, at a fresh offset drawn from
+    ``seed`` (one per stream and pass): contexts of up to ``N`` windows, and fresh starts
+    ``N`` times as often as windows are read."""
+
+    def __init__(self, ids: torch.Tensor, batch: int, block: int, restart: int = 0, seed: int = 0):
         self.length = (len(ids) - 1) // batch // block * block  # whole windows per stream
         self.ids, self.batch, self.block = ids, batch, block
         self.windows = self.length // block
+        if restart < 0:
+            raise ValueError(f"restart must be >= 0 windows, got {restart}")
+        if restart and restart * block + 1 > len(ids):
+            raise ValueError(f"restart {restart} windows of {block} need {restart * block + 1} tokens; "
+                             f"the split has {len(ids)}")
+        self.restart, self.seed = restart, seed
 
     def window(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """``(x, y, fresh)``: the ``step``-th windows and whether the streams restart here."""
-        w = step % self.windows
-        starts = torch.arange(self.batch) * self.length + w * self.block
-        rows = starts[:, None] + torch.arange(self.block + 1)
+        if self.restart:
+            w = step % self.restart
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step // self.restart)
+            starts = torch.randint(0, len(self.ids) - self.restart * self.block, (self.batch,), generator=gen)
+        else:
+            w = step % self.windows
+            starts = torch.arange(self.batch) * self.length
+        rows = (starts + w * self.block)[:, None] + torch.arange(self.block + 1)
         chunk = self.ids[rows]
         return chunk[:, :-1], chunk[:, 1:], w == 0
 
 
 def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, lr: float, seed: int,
-              log_every: int = 10) -> list[dict]:
+              log_every: int = 10, restart: int = 0) -> list[dict]:
     """Fine-tune ``model`` in place; returns the training-loss log."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    streams = Streams(train_ids, batch, block)
+    streams = Streams(train_ids, batch, block, restart=restart, seed=seed)
     model.train()
     state, log, t0 = None, [], time.perf_counter()
     seq_step = 0
@@ -129,6 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=16, help="scored blocks of the context curve")
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stream-windows", type=int, default=0,
+                   help="sequential windows: restart each stream (empty state, fresh random offset) after this "
+                        "many windows (0: read each of the batch's equal streams to its end)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train a fresh model of the run's configuration (seed --seed) instead of fine-tuning it")
     args = p.parse_args(argv)
@@ -143,6 +163,8 @@ def main(argv=None) -> int:
     command = "python -m lmn.probes.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-sequential", command, args.threads, ["cpu"], {k: v for k, v in vars(args).items()})
     doc["arms"] = []
+    if args.stream_windows < 0:
+        p.error(f"--stream-windows must be >= 0, got {args.stream_windows}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -161,7 +183,7 @@ def main(argv=None) -> int:
         print(f"arm {mode} ...", flush=True)
         t0 = time.perf_counter()
         log = [] if mode == "none" else fine_tune(model, train_ids, mode, args.steps, args.batch, args.block,
-                                                  args.lr, args.seed)
+                                                  args.lr, args.seed, restart=args.stream_windows)
         arm = {"mode": mode, "steps": 0 if mode == "none" else args.steps, "train_log": log,
                "fine_tune_s": time.perf_counter() - t0,
                "val_estimate": estimate(model, val_ids, args.block, args.eval_batches, args.batch, args.seed),
@@ -184,7 +206,9 @@ def render(doc: dict) -> str:
              f"Commit {doc['git']['commit']}{' (dirty tree)' if doc['git']['dirty'] else ''}; "
              f"{doc['machine']['cpu_model']}, {doc['machine']['threads']} thread(s). "
              f"{'Trained from scratch in the configuration of' if s.get('from_scratch') else 'From'} `{s['run']}`: "
-             f"{s['steps']} steps of {s['batch']} x {s['block']} characters, AdamW lr {s['lr']}, seed {s['seed']}.", "",
+             f"{s['steps']} steps of {s['batch']} x {s['block']} characters, AdamW lr {s['lr']}, seed {s['seed']}"
+             + (f"; sequential streams restart every {s['stream_windows']} windows ({s['stream_windows'] * s['block']:,} "
+                "characters) at fresh offsets" if s.get("stream_windows") else "") + ".", "",
              f"| arm | val estimate ({s['eval_batches']} random windows) | " + " | ".join(f"P={c}" for c in ctx) + " |",
              "|---|---:|" + "---:|" * len(ctx)]
     for arm in doc["arms"]:
