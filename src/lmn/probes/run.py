@@ -97,8 +97,8 @@ class ModelSpec:
         return f"{self.kind}[{','.join(f'{k}={v}' for k, v in self.options)}]"
 
 
-# config fields that only size a model to the cell (a position table long enough for T): a
-# model with nothing but these is the same model for --lr-from, which falls back to its kind
+# config fields that only size a model to the cell (a position table long enough for T):
+# --lr-from reads a model that differs from another probe's only in these as that model
 LENGTH_ONLY_OPTIONS = frozenset({"n_positions"})
 
 

@@ -15,7 +15,9 @@ From a trained run, two fine-tunings with the same data budget, optimizer and se
 With ``--from-scratch`` the arms train a freshly initialised model of the run's
 configuration (seeded ``--seed``) instead of fine-tuning the trained one: the same three
 training modes from step 0, the ``random`` arm then being the Table 1 protocol itself
-(there is no ``none`` arm).
+(there is no ``none`` arm). ``--stream-windows N`` restarts each sequential stream after
+``N`` windows at a fresh offset, so that windows starting from an empty state come ``N``
+times as often (contexts up to ``N`` windows long).
 
 Both are then measured the same way: the standard estimate (random validation windows
 from an empty state) and the same-tokens context curve of :mod:`lmn.probes.context`. The
