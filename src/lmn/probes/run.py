@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
         if other is None:
             raise FileNotFoundError(f"--lr-from: no results at {args.lr_from}")
         lr_from = {m: next(iter(c.values())) for m, c in other.get("chosen_lr", {}).items()}
-        lrs = sorted({lr_for(s, lr_from) for s in specs if lr_for(s, lr_from) is not None})
+        lrs = sorted({lr for lr in (lr_for(s, lr_from) for s in specs) if lr is not None})
     budget = {"steps": args.steps, "batch_size": args.batch_size, "eval_interval": args.eval_interval,
               "eval_iters": args.eval_iters, "lrs": lrs if not lr_from else "from " + str(args.lr_from),
               "seeds": seeds, "sweep": args.sweep if not lr_from else "none", "model_size": args.model_size,
