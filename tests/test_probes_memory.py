@@ -104,3 +104,45 @@ def test_streams_restart_at_fresh_offsets_every_n_windows():
     assert torch.equal(Streams(ids, 2, 16, restart=3, seed=5).window(4)[0], wins[4][0])  # seeded
     with pytest.raises(ValueError):
         Streams(ids, 2, 16, restart=10_000)
+
+
+def test_long_mode_keeps_the_tokens_per_step_and_reads_longer_windows(monkeypatch):
+    from lmn.probes import sequential
+
+    assert sequential.long_lengths(512, 16, 8192) == [(1024, 8), (2048, 4), (4096, 2), (8192, 1)]
+    with pytest.raises(ValueError, match="at least 2 x --block"):
+        sequential.long_lengths(512, 16, 512)
+    with pytest.raises(ValueError, match="do not split"):
+        sequential.long_lengths(512, 3, 2048)
+    model = torch.nn.Module()  # a stand-in LM: records the window shapes it is given
+    model.w = torch.nn.Parameter(torch.zeros(7))
+    shapes = []
+
+    def forward(x, state=None):
+        shapes.append(tuple(x.shape))
+        return model.w.expand(*x.shape, 7)
+
+    monkeypatch.setattr(model, "forward", forward)
+    sequential.fine_tune(model, torch.arange(5000) % 7, "long", steps=40, batch=4, block=16, lr=1e-3, seed=0,
+                         max_window=64)
+    assert all(s == (4, 16) for s in shapes[0::2])  # even steps: the random arm's windows
+    assert set(shapes[1::2]) == {(2, 32), (1, 64)}  # odd steps: longer, the same 64 tokens
+
+
+@needs_data
+def test_saved_arms_load_as_runs(tmp_path):
+    from lmn.probes import sequential
+
+    out, saved = tmp_path / "long", tmp_path / "arms"
+    assert sequential.main([str(RUN), "--from-scratch", "--modes", "long", "--steps", "2", "--block", "32",
+                            "--batch", "2", "--max-window", "64", "--eval-batches", "1", "--blocks", "1",
+                            "--contexts", "0,64", "--save-dir", str(saved), "--out", str(out)]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["arms"][0]["saved"] == str(saved / "long-s1337")
+    model, tokenizer, _ = load_run(saved / "long-s1337")
+    ids = torch.as_tensor(tokenizer.encode("ROMEO: " * 20))
+    again = sequential.estimate(model, ids, 32, 1, 2, doc["settings"]["seed"])
+    assert again > 3.5  # two steps from scratch, not the committed run's weights
+    assert "long windows every other step (to 64)" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        sequential.main([str(RUN), "--modes", "long", "--max-window", "16", "--block", "32", "--out", str(tmp_path / "y")])

@@ -10,7 +10,12 @@ From a trained run, two fine-tunings with the same data budget, optimizer and se
   truncated backpropagation through one window). Streams restart, with an empty state,
   when they reach their end, so the model reads contexts up to ``len(train)/batch`` tokens;
 * ``mixed``: the two alternate, step by step (the sequential steps continue each other's
-  state), so that the model keeps seeing windows that start a stream.
+  state), so that the model keeps seeing windows that start a stream;
+* ``long``: random windows from an empty state, as ``random``, but every other step reads
+  longer ones: a length ``block * 2**j`` drawn uniformly from ``2 * block .. --max-window``
+  with the batch shrunk to keep ``batch * block`` tokens per step (the same tokens, and
+  full backpropagation through every window). The tree then builds and reads, in
+  training, the levels that a long stream adds (up to ``log2(--max-window)``).
 
 With ``--from-scratch`` the arms train a freshly initialised model of the run's
 configuration (seeded ``--seed``) instead of fine-tuning the trained one: the same three
@@ -41,7 +46,7 @@ import torch.nn.functional as F
 from .context import CONTEXTS, plot_curves, rerender, same_tokens_curve
 
 
-MODES = ("random", "sequential", "mixed")
+MODES = ("random", "sequential", "mixed", "long")
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,9 +87,26 @@ class Streams:
         return chunk[:, :-1], chunk[:, 1:], w == 0
 
 
+def long_lengths(block: int, batch: int, max_window: int) -> list[tuple[int, int]]:
+    """``(length, batch)`` of the long windows of the ``long`` mode: ``block * 2**j`` for
+    ``j >= 1`` up to ``max_window``, each with ``batch * block // length`` windows (the same
+    tokens per step as ``batch`` windows of ``block``)."""
+    out, length = [], 2 * block
+    while length <= max_window:
+        if batch * block % length:
+            raise ValueError(f"--max-window {max_window}: {batch} x {block} tokens per step do not split into "
+                             f"windows of {length}; give a max window of at most {batch * block}")
+        out.append((length, batch * block // length))
+        length *= 2
+    if not out:
+        raise ValueError(f"--max-window must be at least 2 x --block = {2 * block}, got {max_window}")
+    return out
+
+
 def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, lr: float, seed: int,
-              log_every: int = 10, restart: int = 0) -> list[dict]:
+              log_every: int = 10, restart: int = 0, max_window: int = 0) -> list[dict]:
     """Fine-tune ``model`` in place; returns the training-loss log."""
+    lengths = long_lengths(block, batch, max_window) if mode == "long" else []
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -101,8 +123,11 @@ def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, l
             logits, state = model(x, state=state)
             state = state.detach()
         else:
-            starts = torch.randint(0, len(train_ids) - block - 1, (batch,), generator=gen)
-            rows = starts[:, None] + torch.arange(block + 1)
+            n, length = batch, block
+            if mode == "long" and step % 2 == 1:
+                length, n = lengths[int(torch.randint(0, len(lengths), (1,), generator=gen))]
+            starts = torch.randint(0, len(train_ids) - length - 1, (n,), generator=gen)
+            rows = starts[:, None] + torch.arange(length + 1)
             chunk = train_ids[rows]
             x, y = chunk[:, :-1], chunk[:, 1:]
             logits = model(x)
@@ -114,6 +139,26 @@ def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, l
             log.append({"step": step + 1, "loss": loss.item(), "elapsed_s": time.perf_counter() - t0})
     model.eval()
     return log
+
+
+def save_arm(model, run: str, run_doc: dict, dest: Path, steps: int) -> Path:
+    """Write ``model`` as a run directory that :func:`lmn.trainer.load_run` reads: the source
+    run's config and tokenizer, and the arm's weights (a single-checkpoint run)."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_model
+
+    from ..trainer.rundir import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, TOKENIZER_FILE):
+        shutil.copyfile(Path(run) / name, dest / name)
+    train = run_doc["train"]
+    metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": train["model"],
+                "model_config": json.dumps(train["model_config"], sort_keys=True), "step": str(steps)}
+    save_model(model, str(dest / MODEL_FILE), metadata=metadata)
+    return dest
 
 
 @torch.no_grad()
@@ -151,6 +196,11 @@ def main(argv=None) -> int:
     p.add_argument("--stream-windows", type=int, default=0,
                    help="sequential windows: restart each stream (empty state, fresh random offset) after this "
                         "many windows (0: read each of the batch's equal streams to its end)")
+    p.add_argument("--max-window", type=int, default=8192,
+                   help="mode long: the longest window (block * 2**j; at most batch * block tokens)")
+    p.add_argument("--save-dir",
+                   help="keep each arm's weights as a loadable run directory SAVE_DIR/<mode>-s<seed> (for the "
+                        "other probes: context, levels)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train a fresh model of the run's configuration (seed --seed) instead of fine-tuning it")
     args = p.parse_args(argv)
@@ -171,6 +221,11 @@ def main(argv=None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         p.error(f"--modes: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
+    if "long" in modes:
+        try:
+            long_lengths(args.block, args.batch, args.max_window)
+        except ValueError as e:
+            p.error(str(e))
     for mode in ([] if args.from_scratch else ["none"]) + modes:
         model, tokenizer, run_doc = load_run(args.run)
         if run_doc["train"]["model"] != "lmn":
@@ -185,11 +240,15 @@ def main(argv=None) -> int:
         print(f"arm {mode} ...", flush=True)
         t0 = time.perf_counter()
         log = [] if mode == "none" else fine_tune(model, train_ids, mode, args.steps, args.batch, args.block,
-                                                  args.lr, args.seed, restart=args.stream_windows)
+                                                  args.lr, args.seed, restart=args.stream_windows,
+                                                  max_window=args.max_window)
         arm = {"mode": mode, "steps": 0 if mode == "none" else args.steps, "train_log": log,
                "fine_tune_s": time.perf_counter() - t0,
                "val_estimate": estimate(model, val_ids, args.block, args.eval_batches, args.batch, args.seed),
                "context": same_tokens_curve(model, val_ids, contexts, args.block, args.blocks, None)}
+        if args.save_dir:
+            arm["saved"] = str(save_arm(model, args.run, run_doc, Path(args.save_dir) / f"{mode}-s{args.seed}",
+                                        arm["steps"]))
         doc["arms"].append(arm)
         write_json(out.with_suffix(".json"), doc)
     write_text(out.with_suffix(".md"), render(doc))
@@ -215,11 +274,12 @@ def render(doc: dict) -> str:
              "|---|---:|" + "---:|" * len(ctx)]
     for arm in doc["arms"]:
         name = {"none": "trained run, as committed", "random": "+ random windows (control)",
-                "sequential": "+ sequential mode", "mixed": "+ mixed (random and sequential alternate)"
-                }.get(arm["mode"], arm["mode"])
+                "sequential": "+ sequential mode", "mixed": "+ mixed (random and sequential alternate)",
+                "long": "+ long windows every other step"}.get(arm["mode"], arm["mode"])
         if s.get("from_scratch"):
             name = {"random": "random windows (the Table 1 protocol)", "sequential": "sequential mode",
-                    "mixed": "mixed (random and sequential alternate)"}[arm["mode"]]
+                    "mixed": "mixed (random and sequential alternate)",
+                    "long": f"long windows every other step (to {s.get('max_window', '?')})"}[arm["mode"]]
         cells = [f"{arm['context']['loss'][c]:.4f}" for c in ctx]
         lines.append(f"| {name} | {arm['val_estimate']:.4f} | " + " | ".join(cells) + " |")
     lines += ["", "P: characters of context before the same scored validation blocks (loss in nats on the "
