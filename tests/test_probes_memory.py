@@ -146,3 +146,26 @@ def test_saved_arms_load_as_runs(tmp_path):
     assert "long windows every other step (to 64)" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         sequential.main([str(RUN), "--modes", "long", "--max-window", "16", "--block", "32", "--out", str(tmp_path / "y")])
+
+
+@needs_data
+def test_stream_profile_splits_the_mass_by_levels_seen_in_training(tmp_path):
+    from lmn.probes import levels
+
+    out = tmp_path / "lv"
+    assert levels.main([str(RUN), "--out", str(out), "--windows", "2", "--stream", "2048"]) == 0
+    doc = json.loads(out.with_suffix(".json").read_text())
+    st = doc["stream"]
+    assert st["levels"] == [-1] + list(range(1, 12))  # 2,048 characters: levels 1..11
+    assert len(st["rms"]) == 4 and len(st["rms"][0]) == 11
+    assert [b["positions"] for b in st["buckets"]] == [[1, 512], [513, 2048]]
+    for b in st["buckets"]:  # the three groups share out all of the mass
+        total = [sum(g[l] for g in b["groups"].values()) for l in range(4)]
+        assert total == pytest.approx([1.0] * 4, abs=1e-5)
+    first, later = st["buckets"]
+    assert all(v == 0 for v in first["groups"]["L10+ (never in training)"])  # a 512 window has levels <= 9
+    assert all(v > 0 for v in later["groups"]["L10+ (never in training)"])
+    assert st["spread"][0][-1] is None  # one node at the top level: no spread
+    assert "One stream of 2,048 validation characters" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        levels.main([str(RUN), "--out", str(out), "--stream", "10000000"])

@@ -8,6 +8,14 @@ model was trained on (positions that cannot read a level yet count zero mass for
 the columns show what the trained model actually does on its training distribution).
 
     python -m lmn.probes.levels docs/results/runs/lmn-s1337 --out docs/results/probes/levels
+
+With ``--stream N`` it reads instead one stream of the first ``N`` validation characters,
+longer than the training windows (item 4: why does the loss rise past them?), and reports
+per layer: the size of each level's nodes (RMS) and how much they differ from one another
+(the spread of a level's nodes about their mean, relative to their RMS: near 0, every node
+of the level is nearly the same vector and says little about its block), and, per bucket of
+stream positions, the attention mass on the token and level 1, on the other levels seen in
+training, and on the levels the training windows never had.
 """
 
 from __future__ import annotations
@@ -51,6 +59,77 @@ def level_mass(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[int], torch
     return torch.stack(per_layer), names, readable
 
 
+@torch.no_grad()
+def stream_profile(model, idx: torch.Tensor) -> dict:
+    """For one stream ``idx (1, N)``: per layer, each level's node RMS and relative spread
+    (None for a level of one node), and the attention mass per position and level (mean
+    over heads), ``(n_layers, N, L+1)``."""
+    from ..bench.materialized import gather_slots, slot_specs
+
+    cfg = model.config
+    H, dh = cfg.n_heads, cfg.d_head
+    B, T = idx.shape
+    h = model._embed(idx, 0)
+    rms, spread, mass, names = [], [], [], None
+    for block in model.blocks:
+        x = block.norm1(h)
+        levels = block.memory.build(x)
+        rms.append([lv.pow(2).mean().sqrt().item() for lv in levels])
+        spread.append([((lv - lv.mean(2, keepdim=True)).pow(2).mean() / lv.pow(2).mean()).sqrt().item()
+                       if lv.shape[2] > 1 else None for lv in levels])
+        slots, present = gather_slots(x, levels, cfg.tree)
+        slot_level = torch.tensor(slot_specs(cfg.tree, levels)[0])
+        S = slots.shape[2]
+        attn = block.attn
+        q = attn.q(slots).view(B, T, S, H, dh)
+        k = attn.k(x).view(B, T, H, dh) * attn.scale
+        scores = torch.einsum("btshe,bthe->bths", q, k).masked_fill(~present[:, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).mean(dim=(0, 2))  # (T, S)
+        names = sorted(set(slot_level.tolist()))
+        mass.append(torch.stack([probs[:, slot_level == lv].sum(-1) for lv in names], dim=-1))
+        h, _ = block(h)
+    return {"levels": names, "rms": rms, "spread": spread, "mass": torch.stack(mass)}
+
+
+STREAM_BUCKETS = ((1, 512), (513, 4096), (4097, 32768), (32769, 1 << 40))
+
+
+def _stream_report(model, doc_run, ids, n: int, T: int) -> tuple[dict, list[str]]:
+    """Run :func:`stream_profile` on the first ``n`` ids and tabulate it."""
+    prof = stream_profile(model, ids[:n][None])
+    trained = max(1, (T).bit_length() - 1)  # levels a T-token window builds (stride 2)
+    names, mass = prof["levels"], prof["mass"]
+    groups = {"token + L1": [i for i, lv in enumerate(names) if lv in (-1, 1)],
+              f"L2-L{trained}": [i for i, lv in enumerate(names) if 2 <= lv <= trained],
+              f"L{trained + 1}+ (never in training)": [i for i, lv in enumerate(names) if lv > trained]}
+    buckets = []
+    for lo, hi in STREAM_BUCKETS:
+        if lo > n:
+            break
+        hi = min(hi, n)
+        m = mass[:, lo - 1 : hi]  # (layers, positions, levels)
+        buckets.append({"positions": [lo, hi],
+                        "groups": {g: m[..., cols].sum(-1).mean(1).tolist() for g, cols in groups.items()}})
+    data = {"stream": n, "train_window": T, "levels": names, "rms": prof["rms"], "spread": prof["spread"],
+            "buckets": buckets}
+    L = len(prof["rms"][0])
+    lines = ["", f"## One stream of {n:,} validation characters (trained on windows of {T}: levels 1-{trained})", "",
+             "Node RMS per level (mean over a level's nodes and banks):", "",
+             "| layer | " + " | ".join(f"L{i}" for i in range(1, L + 1)) + " |", "|---:|" + "---:|" * L]
+    lines += [f"| {l} | " + " | ".join(f"{v:.3f}" for v in r) + " |" for l, r in enumerate(prof["rms"])]
+    lines += ["", "Spread of a level's nodes about their mean, relative to their RMS (0: all nodes the same vector):",
+              "", "| layer | " + " | ".join(f"L{i}" for i in range(1, L + 1)) + " |", "|---:|" + "---:|" * L]
+    lines += [f"| {l} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in r) + " |"
+              for l, r in enumerate(prof["spread"])]
+    lines += ["", "Attention mass by stream position (mean over positions and heads):", "",
+              "| positions | layer | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
+    for b in buckets:
+        for l in range(mass.shape[0]):
+            lines.append(f"| {b['positions'][0]}-{b['positions'][1]} | {l} | "
+                         + " | ".join(f"{b['groups'][g][l]:.3f}" for g in groups) + " |")
+    return data, lines
+
+
 def main(argv=None) -> int:
     from ..bench.common import header, write_json, write_text
     from ..probes.context import _val_ids
@@ -60,8 +139,13 @@ def main(argv=None) -> int:
     p.add_argument("run", help="a trained LMN run directory")
     p.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--windows", type=int, default=64, help="validation windows (evenly spaced)")
+    p.add_argument("--stream", type=int, default=0,
+                   help="also profile one stream of this many validation characters (node sizes, spread, mass by "
+                        "position; 0: no)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.stream < 0:
+        p.error(f"--stream must be >= 0 characters, got {args.stream}")
     torch.set_num_threads(args.threads)
     model, tokenizer, doc_run = load_run(args.run)
     if doc_run["train"]["model"] != "lmn":
@@ -71,9 +155,14 @@ def main(argv=None) -> int:
     starts = torch.linspace(0, len(ids) - T, args.windows).long()
     idx = torch.stack([ids[s : s + T] for s in starts.tolist()])
     mass, names, readable = level_mass(model, idx)
+    if args.stream > len(ids):
+        raise SystemExit(f"error: --stream {args.stream} is longer than the validation split ({len(ids)} characters)")
+    stream, stream_lines = _stream_report(model, doc_run, ids, args.stream, T) if args.stream else (None, [])
     command = "python -m lmn.probes.levels " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-levels", command, args.threads, ["cpu"], {"windows": args.windows, "window": T})
     doc.update(run=args.run, levels=names, mass=mass.tolist(), readable_fraction=readable.tolist())
+    if stream is not None:
+        doc["stream"] = stream
     out = Path(args.out)
     write_json(out.with_suffix(".json"), doc)
     label = lambda lv: "self" if lv < 0 else f"L{lv}"  # noqa: E731
@@ -95,6 +184,7 @@ def main(argv=None) -> int:
     for l in range(mass.shape[0]):
         cond = (mass[l].mean(0) / readable.clamp(min=1e-9)).tolist()
         lines.append(f"| {l} | " + " | ".join(f"{v:.3f}" for v in cond) + " |")
+    lines += stream_lines
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     _plot(mass, names, out.with_suffix(".png"), Path(args.run).name)
     print("\n".join(lines))
