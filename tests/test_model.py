@@ -118,3 +118,21 @@ def test_generate_argument_errors(kw, match):
     args = dict(max_new_tokens=3, temperature=1.0, top_k=None) | kw
     with pytest.raises(ValueError, match=match):
         model.generate(torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+def test_with_max_level_is_the_same_model_with_a_capped_tree():
+    torch.manual_seed(0)
+    model = LMN(LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2)).double().train()
+    capped = model.with_max_level(3)
+    assert capped.config.max_level == 3 and model.config.max_level is None
+    assert capped.training and next(capped.parameters()).dtype == torch.float64
+    idx = torch.randint(0, 11, (2, 40))
+    with torch.no_grad():
+        a, b = model.eval()(idx), capped.eval()(idx)
+    assert torch.equal(a[:, :15], b[:, :15])  # up to 2**4 - 1 tokens no position reads level 4
+    assert not torch.allclose(a[:, 16:], b[:, 16:])
+    fresh = LMN(LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, max_level=3)).double().eval()
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(idx), b)
+    with pytest.raises(ValueError, match="max_level"):
+        model.with_max_level(0)

@@ -475,3 +475,22 @@ def test_generate_loads_the_committed_run(capsys):
     status, _, err = run_cli("generate", "--checkpoint", REPO / "docs" / "results" / "runs" / "gpt2-s1337",
                              capsys=capsys)
     assert status == 2 and "LMN runs only" in err
+
+
+def test_generate_max_level_caps_the_tree_at_the_trained_levels(capsys):
+    from lmn_testdata import REPO
+
+    run = REPO / "docs" / "results" / "runs" / "lmn-s1337"  # trained on 512-character windows: levels 1-9
+    args = ("generate", "--checkpoint", run, "--prompt", "ROMEO:", "--tokens", 1100, "--temperature", 0)
+    status, plain, err = run_cli(*args, capsys=capsys)
+    assert status == 0 and "never trained" in err and "--max-level trained" in err and "1,024" in err
+    status, capped, err = run_cli(*args, "--max-level", "trained", capsys=capsys)
+    assert status == 0 and err == ""
+    assert capped[:1024] == plain[:1024]  # the same model until a tenth level exists
+    status, nine, _ = run_cli(*args, "--max-level", 9, capsys=capsys)
+    assert nine == capped
+    status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 10, capsys=capsys)
+    assert status == 0 and err == ""  # short texts: no note
+    for bad in ("0", "deep"):
+        status, _, err = run_cli("generate", "--checkpoint", run, "--max-level", bad, capsys=capsys)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "--max-level must be" in err

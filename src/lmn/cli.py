@@ -150,6 +150,9 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
     p.add_argument("--native", action="store_true", help="run the streaming steps through the C kernel "
                    "(lmn.native; CPU only, compiled with the system C compiler on first use)")
+    p.add_argument("--max-level", default=None, metavar="N|trained",
+                   help="cap the tree at levels 1..N (same weights; a fixed-size state); 'trained': the levels "
+                        "the run's training windows had. Default: the run's own tree")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -180,6 +183,7 @@ def _cmd_generate(args) -> int:
     kind = get_kind(doc["train"]["model"])
     if kind.stream is None:
         raise UsageError(f"{args.checkpoint} is a {kind.name!r} run; generate streams from LMN runs only")
+    model = _cap_levels(model, doc, args)
     if args.native:  # build the C kernel now: a failing compiler is an error before any output
         from .native import NativeStepper
 
@@ -209,6 +213,38 @@ def _cmd_generate(args) -> int:
 
 
 MIN_TEMPERATURE = 1e-6
+
+
+def _cap_levels(model, doc: dict, args):
+    """Apply ``--max-level``; without it, say on stderr when the text will reach tree levels
+    the run's training windows never had."""
+    from .tree import Tree
+
+    tree = Tree.of(model.config)
+    block = doc["train"].get("block_size")
+    trained = tree.n_levels_in(block) if block else None
+    text = args.max_level
+    if text is None:
+        first_unseen = tree.stride ** (trained + 1) if trained is not None else None
+        if (first_unseen is not None and (tree.max_level is None or tree.max_level > trained)
+                and len(args.prompt) + args.tokens >= first_unseen):
+            print(f"note: {args.checkpoint} was trained on windows of {block} characters (tree levels 1-{trained}); "
+                  f"from character {first_unseen:,} on the tree reads levels it never trained, which raised the "
+                  f"loss of the Table 1 model (docs/results/probes/context.md); --max-level trained caps it",
+                  file=sys.stderr)
+        return model
+    if text == "trained":
+        if trained is None:
+            raise UsageError(f"--max-level trained: {args.checkpoint}'s config records no training window; give a number")
+        level = trained
+    else:
+        try:
+            level = int(text)
+        except ValueError:
+            raise UsageError(f"--max-level must be a whole number >= 1 or 'trained', got {text!r}") from None
+        if level < 1:
+            raise UsageError(f"--max-level must be a whole number >= 1 or 'trained', got {text!r}")
+    return model.with_max_level(level).eval()
 
 
 def _check_device(text: str) -> None:

@@ -448,6 +448,22 @@ class LMN(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def with_max_level(self, max_level: int | None) -> "LMN":
+        """A copy of this model (same weights, device, dtype and runtime knobs, same
+        train/eval mode) whose tree builds and reads only levels ``1 .. max_level``
+        (``None``: all). For a model trained on ``T``-token windows,
+        ``max_level = Tree.of(config).n_levels_in(T)`` keeps long streams within the
+        levels it was trained with (``docs/results/probes/context.md``)."""
+        import dataclasses
+
+        config = dataclasses.replace(self.config, max_level=max_level)  # validates max_level
+        ref = next(self.parameters())
+        capped = LMN(config).to(device=ref.device, dtype=ref.dtype)
+        capped.load_state_dict(self.state_dict())
+        capped.fused_kernels = self.fused_kernels
+        capped.gradient_checkpointing = self.gradient_checkpointing
+        return capped.train(self.training)
+
     # ------------------------------------------------------------------ validation
     def _check_tokens(self, idx: Tensor, what: str) -> None:
         if not isinstance(idx, Tensor):

@@ -86,13 +86,7 @@ def per_position(model, ids: torch.Tensor, window: int, limit: int | None) -> di
 
 def _with_max_level(model, max_level: int):
     """The same trained LMN with its tree capped at ``max_level`` (same weights)."""
-    import dataclasses
-
-    from .. import LMN
-
-    capped = LMN(dataclasses.replace(model.config, max_level=max_level)).eval()
-    capped.load_state_dict(model.state_dict())
-    return capped
+    return model.with_max_level(max_level).eval()
 
 
 def probe_run(run_dir: str, contexts, block: int, n_blocks: int, window: int, max_level: int | None = None) -> dict:
