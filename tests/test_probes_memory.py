@@ -169,3 +169,7 @@ def test_stream_profile_splits_the_mass_by_levels_seen_in_training(tmp_path):
     assert "One stream of 2,048 validation characters" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         levels.main([str(RUN), "--out", str(out), "--stream", "10000000"])
+    # a model trained on longer windows: levels up to 10 count as seen
+    assert levels.main([str(RUN), "--out", str(out), "--windows", "2", "--stream", "2048", "--train-window", "1024"]) == 0
+    groups = json.loads(out.with_suffix(".json").read_text())["stream"]["buckets"][1]["groups"]
+    assert list(groups) == ["token + L1", "L2-L10", "L11+ (never in training)"]

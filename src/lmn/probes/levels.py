@@ -142,8 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--stream", type=int, default=0,
                    help="also profile one stream of this many validation characters (node sizes, spread, mass by "
                         "position; 0: no)")
+    p.add_argument("--train-window", type=int, default=0,
+                   help="--stream: the longest window the model was trained on, which splits the levels into seen "
+                        "and never seen (default: the run's block_size)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.train_window < 0 or args.train_window == 1:
+        p.error(f"--train-window must be >= 2 characters (or 0: the run's block_size), got {args.train_window}")
     if args.stream < 0:
         p.error(f"--stream must be >= 0 characters, got {args.stream}")
     torch.set_num_threads(args.threads)
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
     mass, names, readable = level_mass(model, idx)
     if args.stream > len(ids):
         raise SystemExit(f"error: --stream {args.stream} is longer than the validation split ({len(ids)} characters)")
-    stream, stream_lines = _stream_report(model, doc_run, ids, args.stream, T) if args.stream else (None, [])
+    stream, stream_lines = (_stream_report(model, doc_run, ids, args.stream, args.train_window or T)
+                            if args.stream else (None, []))
     command = "python -m lmn.probes.levels " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-levels", command, args.threads, ["cpu"], {"windows": args.windows, "window": T})
     doc.update(run=args.run, levels=names, mass=mass.tolist(), readable_fraction=readable.tolist())
