@@ -146,6 +146,11 @@ def test_saved_arms_load_as_runs(tmp_path):
     assert "long windows every other step (to 64)" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         sequential.main([str(RUN), "--modes", "long", "--max-window", "16", "--block", "32", "--out", str(tmp_path / "y")])
+    before = (saved / "long-s1337" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit):  # a saved arm is never overwritten
+        sequential.main([str(RUN), "--from-scratch", "--modes", "long", "--steps", "2", "--block", "32", "--batch", "2",
+                         "--max-window", "64", "--save-dir", str(saved), "--out", str(tmp_path / "z")])
+    assert (saved / "long-s1337" / "model.safetensors").read_bytes() == before
 
 
 @needs_data

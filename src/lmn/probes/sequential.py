@@ -18,7 +18,7 @@ From a trained run, two fine-tunings with the same data budget, optimizer and se
   training, the levels that a long stream adds (up to ``log2(--max-window)``).
 
 With ``--from-scratch`` the arms train a freshly initialised model of the run's
-configuration (seeded ``--seed``) instead of fine-tuning the trained one: the same three
+configuration (seeded ``--seed``) instead of fine-tuning the trained one: the same
 training modes from step 0, the ``random`` arm then being the Table 1 protocol itself
 (there is no ``none`` arm). ``--stream-windows N`` restarts each sequential stream after
 ``N`` windows at a fresh offset, so that windows starting from an empty state come ``N``
@@ -226,7 +226,13 @@ def main(argv=None) -> int:
             long_lengths(args.block, args.batch, args.max_window)
         except ValueError as e:
             p.error(str(e))
-    for mode in ([] if args.from_scratch else ["none"]) + modes:
+    arms = ([] if args.from_scratch else ["none"]) + modes
+    if args.save_dir:  # checked before any training: a saved arm is never overwritten
+        taken = [str(Path(args.save_dir) / f"{m}-s{args.seed}") for m in arms
+                 if (Path(args.save_dir) / f"{m}-s{args.seed}").exists()]
+        if taken:
+            p.error(f"--save-dir: {', '.join(taken)} already exist(s); remove them or give another --save-dir")
+    for mode in arms:
         model, tokenizer, run_doc = load_run(args.run)
         if run_doc["train"]["model"] != "lmn":
             raise SystemExit(f"error: {args.run} is not an LMN run")
