@@ -75,6 +75,8 @@ def test_probe_lr_from_another_probe(tmp_path):
     doc = json.loads((tmp_path / "out" / "distance.json").read_text())
     assert doc["budget"]["seeds"] == [1, 2] and [r["seed"] for r in doc["runs"]] == [1, 2]
     assert {f"accuracy@{d}" for d in (1, 2, 4, 8)} <= set(doc["runs"][0]["test"])
+    md = (tmp_path / "out" / "distance.md").read_text()  # no empty sweep table: where the lrs came from
+    assert "Learning-rate sweep" not in md and "each model's lr comes from" in md and "mqar.json" in md
 
 
 def test_probe_refusals_and_dispatch(tmp_path, capsys):

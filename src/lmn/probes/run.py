@@ -357,9 +357,12 @@ def render(doc: dict, out_dir: Path, name: str) -> Path:
     # the sweep
     if not isinstance(b["lrs"], list):  # lrs taken from another probe: no sweep here
         b = {**b, "lrs": []}
-    lines += ["## Learning-rate sweep (first seed): final val loss / test accuracy", "",
-              "| model | cell | " + " | ".join(f"lr {lr:g}" for lr in b["lrs"]) + " |",
-              "|---|---|" + "---:|" * len(b["lrs"]) + ""]
+    if b["lrs"]:
+        lines += ["## Learning-rate sweep (first seed): final val loss / test accuracy", "",
+                  "| model | cell | " + " | ".join(f"lr {lr:g}" for lr in b["lrs"]) + " |",
+                  "|---|---|" + "---:|" * len(b["lrs"]) + ""]
+    else:
+        lines += [f"No learning-rate sweep here: each model's lr comes from `{b.get('lr_from')}`."]
     seed0 = b["seeds"][0]
     for model in dict.fromkeys(r["model"] for r in doc["runs"]):
         for cell in dict.fromkeys(cell_label(r["cell"]) for r in doc["runs"] if r["model"] == model):
