@@ -489,6 +489,11 @@ def test_generate_max_level_caps_the_tree_at_the_trained_levels(capsys):
     assert capped[:1024] == plain[:1024]  # the same model until a tenth level exists
     status, nine, _ = run_cli(*args, "--max-level", 9, capsys=capsys)
     assert nine == capped
+    from lmn.native import find_compiler
+
+    if find_compiler() is not None:  # the C step runs the capped tree too (a fixed-size state)
+        status, native, err = run_cli(*args, "--max-level", "trained", "--native", capsys=capsys)
+        assert status == 0 and native == capped, err
     status, _, err = run_cli("generate", "--checkpoint", run, "--tokens", 10, capsys=capsys)
     assert status == 0 and err == ""  # short texts: no note
     for bad in ("0", "deep"):

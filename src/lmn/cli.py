@@ -183,7 +183,6 @@ def _cmd_generate(args) -> int:
     kind = get_kind(doc["train"]["model"])
     if kind.stream is None:
         raise UsageError(f"{args.checkpoint} is a {kind.name!r} run; generate streams from LMN runs only")
-    model = _cap_levels(model, doc, args)
     if args.native:  # build the C kernel now: a failing compiler is an error before any output
         from .native import NativeStepper
 
@@ -199,6 +198,7 @@ def _cmd_generate(args) -> int:
             f"the prompt has character(s) outside the vocabulary of {args.checkpoint}: "
             f"{', '.join(repr(c) for c in unknown)}"
         )
+    model = _cap_levels(model, doc, args)  # after every check: a note never precedes an error
     idx = tokenizer.encode(args.prompt)[None].to(args.device)  # (1, T)
     generator = None
     if args.seed is not None:
