@@ -27,35 +27,45 @@ from pathlib import Path
 import torch
 
 
+def _layers(model, idx: torch.Tensor):
+    """Per block, for ``idx (B, T)``: its tree levels, the slots' attention probabilities
+    ``(B, T, H, S)``, which slots each position reads ``(T, S)`` and each slot's level
+    ``(S,)`` (-1: the token itself) -- the attention of the parallel form, materialised."""
+    from ..bench.materialized import gather_slots, slot_specs
+
+    cfg = model.config
+    B, T = idx.shape
+    H, dh = cfg.n_heads, cfg.d_head
+    h = model._embed(idx, 0)
+    for block in model.blocks:
+        x = block.norm1(h)
+        levels = block.memory.build(x)
+        slots, present = gather_slots(x, levels, cfg.tree)  # (B, T, S, d), (T, S)
+        slot_level = torch.tensor(slot_specs(cfg.tree, levels)[0])
+        attn = block.attn
+        q = attn.q(slots).view(B, T, slots.shape[2], H, dh)
+        k = attn.k(x).view(B, T, H, dh) * attn.scale
+        scores = torch.einsum("btshe,bthe->bths", q, k).masked_fill(~present[:, None, :], float("-inf"))
+        yield levels, torch.softmax(scores, dim=-1), present, slot_level
+        h, _ = block(h)
+
+
+def _by_level(probs: torch.Tensor, slot_level: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Sum the slot axis of ``probs (..., S)`` per level: ``(..., L+1)`` and the levels."""
+    names = sorted(set(slot_level.tolist()))
+    return torch.stack([probs[..., slot_level == lv].sum(-1) for lv in names], dim=-1), names
+
+
 @torch.no_grad()
 def level_mass(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """``mass (n_layers, H, n_levels + 1)`` averaged over every position of ``idx (B, T)``,
     the level of each column (-1: the token itself), and the fraction of positions that
     can read each level ``(n_levels + 1,)``."""
-    from ..bench.materialized import gather_slots, slot_specs
-
-    cfg = model.config
-    tree = cfg.tree
-    B, T = idx.shape
-    H, dh = cfg.n_heads, cfg.d_head
-    h = model._embed(idx, 0)
-    per_layer, names = [], None
-    for block in model.blocks:
-        x = block.norm1(h)
-        levels = block.memory.build(x)
-        slots, present = gather_slots(x, levels, tree)  # (B, T, S, d), (T, S)
-        slot_level = torch.tensor(slot_specs(tree, levels)[0])
-        S = slots.shape[2]
-        attn = block.attn
-        q = attn.q(slots).view(B, T, S, H, dh)
-        k = attn.k(x).view(B, T, H, dh) * attn.scale
-        scores = torch.einsum("btshe,bthe->bths", q, k).masked_fill(~present[:, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)  # (B, T, H, S)
-        names = sorted(set(slot_level.tolist()))
-        mass = torch.stack([probs[..., slot_level == lv].sum(-1) for lv in names], dim=-1)  # (B, T, H, L+1)
+    per_layer = []
+    for _, probs, present, slot_level in _layers(model, idx):
+        mass, names = _by_level(probs, slot_level)  # (B, T, H, L+1)
         per_layer.append(mass.mean(dim=(0, 1)))
         readable = torch.stack([present[:, slot_level == lv].any(1).float().mean() for lv in names])
-        h, _ = block(h)
     return torch.stack(per_layer), names, readable
 
 
@@ -64,40 +74,26 @@ def stream_profile(model, idx: torch.Tensor) -> dict:
     """For one stream ``idx (1, N)``: per layer, each level's node RMS and relative spread
     (None for a level of one node), and the attention mass per position and level (mean
     over heads), ``(n_layers, N, L+1)``."""
-    from ..bench.materialized import gather_slots, slot_specs
-
-    cfg = model.config
-    H, dh = cfg.n_heads, cfg.d_head
-    B, T = idx.shape
-    h = model._embed(idx, 0)
-    rms, spread, mass, names = [], [], [], None
-    for block in model.blocks:
-        x = block.norm1(h)
-        levels = block.memory.build(x)
+    rms, spread, mass = [], [], []
+    for levels, probs, _, slot_level in _layers(model, idx):
         rms.append([lv.pow(2).mean().sqrt().item() for lv in levels])
         spread.append([((lv - lv.mean(2, keepdim=True)).pow(2).mean() / lv.pow(2).mean()).sqrt().item()
                        if lv.shape[2] > 1 else None for lv in levels])
-        slots, present = gather_slots(x, levels, cfg.tree)
-        slot_level = torch.tensor(slot_specs(cfg.tree, levels)[0])
-        S = slots.shape[2]
-        attn = block.attn
-        q = attn.q(slots).view(B, T, S, H, dh)
-        k = attn.k(x).view(B, T, H, dh) * attn.scale
-        scores = torch.einsum("btshe,bthe->bths", q, k).masked_fill(~present[:, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).mean(dim=(0, 2))  # (T, S)
-        names = sorted(set(slot_level.tolist()))
-        mass.append(torch.stack([probs[:, slot_level == lv].sum(-1) for lv in names], dim=-1))
-        h, _ = block(h)
+        m, names = _by_level(probs.mean(dim=(0, 2)), slot_level)  # (N, L+1)
+        mass.append(m)
     return {"levels": names, "rms": rms, "spread": spread, "mass": torch.stack(mass)}
 
 
 STREAM_BUCKETS = ((1, 512), (513, 4096), (4097, 32768), (32769, 1 << 40))
 
 
-def _stream_report(model, doc_run, ids, n: int, T: int) -> tuple[dict, list[str]]:
-    """Run :func:`stream_profile` on the first ``n`` ids and tabulate it."""
+def _stream_report(model, ids, n: int, T: int) -> tuple[dict, list[str]]:
+    """Run :func:`stream_profile` on the first ``n`` ids and tabulate it (``T``: the
+    longest training window)."""
+    from ..tree import Tree
+
     prof = stream_profile(model, ids[:n][None])
-    trained = max(1, (T).bit_length() - 1)  # levels a T-token window builds (stride 2)
+    trained = Tree.of(model.config).n_levels_in(T)  # levels a T-token window builds
     names, mass = prof["levels"], prof["mass"]
     groups = {"token + L1": [i for i, lv in enumerate(names) if lv in (-1, 1)],
               f"L2-L{trained}": [i for i, lv in enumerate(names) if 2 <= lv <= trained],
@@ -162,7 +158,7 @@ def main(argv=None) -> int:
     mass, names, readable = level_mass(model, idx)
     if args.stream > len(ids):
         raise SystemExit(f"error: --stream {args.stream} is longer than the validation split ({len(ids)} characters)")
-    stream, stream_lines = (_stream_report(model, doc_run, ids, args.stream, args.train_window or T)
+    stream, stream_lines = (_stream_report(model, ids, args.stream, args.train_window or T)
                             if args.stream else (None, []))
     command = "python -m lmn.probes.levels " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-levels", command, args.threads, ["cpu"], {"windows": args.windows, "window": T})

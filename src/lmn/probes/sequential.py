@@ -144,20 +144,17 @@ def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, l
 def save_arm(model, run: str, run_doc: dict, dest: Path, steps: int) -> Path:
     """Write ``model`` as a run directory that :func:`lmn.trainer.load_run` reads: the source
     run's config and tokenizer, and the arm's weights (a single-checkpoint run)."""
-    import json
     import shutil
 
     from safetensors.torch import save_model
 
-    from ..trainer.rundir import CHECKPOINT_FORMAT, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
+    from ..trainer.rundir import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, weights_metadata
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, TOKENIZER_FILE):
         shutil.copyfile(Path(run) / name, dest / name)
     train = run_doc["train"]
-    metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": train["model"],
-                "model_config": json.dumps(train["model_config"], sort_keys=True), "step": str(steps)}
-    save_model(model, str(dest / MODEL_FILE), metadata=metadata)
+    save_model(model, str(dest / MODEL_FILE), metadata=weights_metadata(train["model"], train["model_config"], steps))
     return dest
 
 

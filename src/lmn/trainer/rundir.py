@@ -252,6 +252,12 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return bool(list_checkpoints(run_dir))
 
 
+def weights_metadata(kind: str, model_config: dict, step: int) -> dict:
+    """The metadata every lmn weights file carries (read back by the loaders)."""
+    return {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": kind,
+            "model_config": json.dumps(model_config, sort_keys=True), "step": str(step)}
+
+
 def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: dict, trainer_state: dict) -> Path:
     """Write checkpoint ``trainer_state["step"]`` as one unit (see the module docstring);
     then drop all but the newest :data:`KEEP_CHECKPOINTS`. Returns its directory."""
@@ -265,9 +271,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: di
     _remove(tmp)
     tmp.mkdir()
     try:
-        metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": kind,
-                    "model_config": json.dumps(model_config, sort_keys=True), "step": str(step)}
-        save_model(model, str(tmp / MODEL_FILE), metadata=metadata)
+        save_model(model, str(tmp / MODEL_FILE), metadata=weights_metadata(kind, model_config, step))
         torch.save({**trainer_state, "format": CHECKPOINT_FORMAT}, tmp / STATE_FILE)
         manifest = {"format": CHECKPOINT_FORMAT, "step": step, "model": kind,
                     "files": {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
@@ -291,9 +295,7 @@ def save_best(run_dir: Path, weights: dict, kind: str, model_config: dict, step:
     the checkpoints' format (their metadata adds ``val_loss``)."""
     from safetensors.torch import save_file
 
-    metadata = {"format": "pt", "lmn_checkpoint": str(CHECKPOINT_FORMAT), "model": kind,
-                "model_config": json.dumps(model_config, sort_keys=True), "step": str(step),
-                "val_loss": repr(float(val_loss))}
+    metadata = {**weights_metadata(kind, model_config, step), "val_loss": repr(float(val_loss))}
     path = Path(run_dir) / BEST_FILE
     _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp),
                                               metadata=metadata))
