@@ -52,3 +52,31 @@ def test_check_choice():
     assert check_choice("read", "latest", ["latest", "all"]) == "latest"
     with pytest.raises(ValueError, match=r"^read must be one of \('latest', 'all'\), got 'x'$"):
         check_choice("read", "x", ["latest", "all"])
+
+
+def test_summarizers_registered_in_one_place(monkeypatch):
+    """LMNConfig accepts exactly the summarizers registered in lmn.summarizers."""
+    from torch import nn
+
+    from lmn import LMNConfig
+    from lmn import summarizers
+
+    assert summarizers.summarizer_names() == ("linear", "conv", "dwsep")
+    with pytest.raises(ValueError, match=r"LMNConfig\.summarizer must be one of \('linear', 'conv', 'dwsep'\)"):
+        LMNConfig(summarizer="mean")
+
+    class Mean(nn.Module):
+        def __init__(self, d_model, n_banks, stride):
+            super().__init__()
+
+        def forward(self, children):
+            return children.mean(-2)
+
+    monkeypatch.setattr(summarizers, "SUMMARIZER_CLASSES", dict(summarizers.SUMMARIZER_CLASSES))
+    summarizers.register_summarizer("mean", Mean)
+    cfg = LMNConfig(summarizer="mean")
+    assert isinstance(summarizers.build_summarizer(cfg), Mean)
+    with pytest.raises(ValueError, match="registered already"):
+        summarizers.register_summarizer("mean", Mean)
+    with pytest.raises(TypeError):
+        summarizers.register_summarizer("bad", object)

@@ -14,13 +14,24 @@ The tree's arithmetic (levels, nodes read, the streaming counter) lives in :mod:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
-from .tree import READ_RULES, Tree
+from .summarizers import summarizer_names
+from .tree import Tree, check_max_level, check_stride, read_rule
+from .validation import check_choice, check_int
 
-SUMMARIZERS = ("linear", "conv", "dwsep")
 RUNTIME_FIELDS = frozenset({"chunk_size", "dropout"})  # knobs that do not change the (inference) function
 POS_ENCODINGS = ("none", "sinusoidal")
+
+
+@contextmanager
+def _field_errors():
+    """Name the record in the tree's messages: ``stride must ...`` -> ``LMNConfig.stride must ...``."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"LMNConfig.{e}") from None
 
 
 @dataclass
@@ -91,23 +102,14 @@ class LMNConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LMNConfig.{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.expand, bool) or not isinstance(self.expand, int) or self.expand < 0:
-            raise ValueError(f"LMNConfig.expand must be an integer >= 0, got {self.expand!r}")
+            check_int(f"LMNConfig.{name}", getattr(self, name), min=1)
+        check_int("LMNConfig.expand", self.expand, min=0)
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"LMNConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
-        if self.summarizer not in SUMMARIZERS:
-            raise ValueError(
-                f"LMNConfig.summarizer must be one of {SUMMARIZERS}, got {self.summarizer!r}"
-            )
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"LMNConfig.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}"
-            )
+        check_choice("LMNConfig.summarizer", self.summarizer, summarizer_names())
+        check_choice("LMNConfig.pos_encoding", self.pos_encoding, POS_ENCODINGS)
         if (
             isinstance(self.chunk_size, bool)
             or not isinstance(self.chunk_size, int)
@@ -115,16 +117,12 @@ class LMNConfig:
             or self.chunk_size & (self.chunk_size - 1)
         ):
             raise ValueError(f"LMNConfig.chunk_size must be a power of two >= 1, got {self.chunk_size!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 2:
-            raise ValueError(f"LMNConfig.stride must be an integer >= 2, got {self.stride!r}")
-        if self.read not in READ_RULES:
-            raise ValueError(f"LMNConfig.read must be one of {READ_RULES}, got {self.read!r}")
-        if isinstance(self.pinned, bool) or not isinstance(self.pinned, int) or self.pinned < 0:
-            raise ValueError(f"LMNConfig.pinned must be an integer >= 0, got {self.pinned!r}")
-        if self.max_level is not None and (
-            isinstance(self.max_level, bool) or not isinstance(self.max_level, int) or self.max_level < 1
-        ):
-            raise ValueError(f"LMNConfig.max_level must be None or an integer >= 1, got {self.max_level!r}")
+        # the tree's own checks (the tree module states what a stride, read rule and level cap may be)
+        with _field_errors():
+            check_stride(self.stride)
+            read_rule(self.read)
+            check_max_level(self.max_level)
+        check_int("LMNConfig.pinned", self.pinned, min=0)
         if self.norm_eps is not None and not (
             isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
             and 0 < self.norm_eps < math.inf

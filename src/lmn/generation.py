@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from .validation import check_int
+
 
 class ModelStepper:
     """The stepper of :meth:`lmn.LMN.step`: holds the model and its streaming state."""
@@ -27,12 +29,10 @@ class ModelStepper:
 
 
 def _check_sampling(max_new_tokens, temperature, top_k) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, min=0)
     if not (temperature >= 0) or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    check_int("top_k", top_k, min=1, allow_none=True)
 
 
 @torch.no_grad()

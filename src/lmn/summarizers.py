@@ -22,11 +22,14 @@ merging, so that a level i node holds ``1 + i*k`` vectors per bank.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LMNConfig
+if TYPE_CHECKING:  # lmn.config validates against this module's registry, so it is not imported here
+    from .config import LMNConfig
 
 
 class LinearSummarizer(nn.Module):
@@ -68,11 +71,6 @@ class LinearSummarizer(nn.Module):
             for r in range(k):
                 W[b * d : (b + 1) * d, r * C + b * d : r * C + (b + 1) * d] = w[b, r * d : (r + 1) * d].T
         return W, self.bias.detach().to(torch.float64).reshape(C)
-
-
-def _banks_to_channels(x: Tensor) -> Tensor:
-    # (..., n_banks, m, d) -> (..., m, n_banks*d): channel c = bank*d + feature
-    return x.transpose(-3, -2).flatten(-2)
 
 
 def _children_to_channels(children: Tensor) -> Tensor:
@@ -153,11 +151,30 @@ class DepthwiseSeparableSummarizer(nn.Module):
         return W, b
 
 
-SUMMARIZER_CLASSES = {
-    "linear": LinearSummarizer,
-    "conv": ConvSummarizer,
-    "dwsep": DepthwiseSeparableSummarizer,
-}
+# The registry of summarizers, the only list of them: ``LMNConfig.summarizer`` must name one
+# (lmn.config checks against summarizer_names()). A summarizer class is built as
+# ``cls(d_model, n_banks, stride)`` and follows the contract in the module docstring.
+SUMMARIZER_CLASSES: dict[str, type[nn.Module]] = {}
+
+
+def register_summarizer(name: str, cls: type[nn.Module]) -> type[nn.Module]:
+    """Make ``cls`` available as ``LMNConfig(summarizer=name)``."""
+    if not isinstance(name, str) or not name or not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise TypeError(f"register_summarizer takes a name and an nn.Module class, got {name!r}, {cls!r}")
+    if name in SUMMARIZER_CLASSES:
+        raise ValueError(f"a summarizer named {name!r} is registered already")
+    SUMMARIZER_CLASSES[name] = cls
+    return cls
+
+
+def summarizer_names() -> tuple[str, ...]:
+    """The registered summarizers' names, in registration order."""
+    return tuple(SUMMARIZER_CLASSES)
+
+
+register_summarizer("linear", LinearSummarizer)
+register_summarizer("conv", ConvSummarizer)
+register_summarizer("dwsep", DepthwiseSeparableSummarizer)
 
 
 def build_summarizer(config: LMNConfig) -> nn.Module:

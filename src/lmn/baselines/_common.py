@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kinds.base import Decoder
+from ..validation import check_int
 
 
 class ConfigMixin:
@@ -28,9 +29,7 @@ class ConfigMixin:
 
     def _check_positive_ints(self, *names: str) -> None:
         for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"{type(self).__name__}.{name}", getattr(self, name), min=1)
 
 
 def check_idx(idx: Tensor, vocab_size: int, max_len: int | None = None) -> None:

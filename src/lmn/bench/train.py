@@ -18,9 +18,6 @@ from .report import write_outputs
 
 FULL_LENGTHS = "512,2K,8K,32K"
 QUICK_LENGTHS = "32,128"
-# (batch, length, models or None for all): the shapes the targets are stated at
-FULL_SPECIAL = [(16, 512, None), (1, 32768, None), (1, 262144, ("lmn", "lmn-ckpt"))]
-QUICK_SPECIAL = [(1, 512, ("lmn", "lmn-ckpt"))]
 
 
 @dataclass

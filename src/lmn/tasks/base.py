@@ -53,9 +53,6 @@ class Batch:
 
         return Batch(move(self.x), move(self.y), move(self.mask))
 
-    def n_scored(self) -> int:
-        return int(self.mask.sum()) if self.mask is not None else self.x.numel()
-
 
 class Task:
     """Base class; a task sets the attributes and implements :meth:`batch`.

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..data.corpus import DATA_DIR_ENV, CorpusError, NamedCorpus, _download, _verify, cache_dir, sha256_file
+from ..validation import check_int
 from .base import Batch, Task
 
 ETTH1 = NamedCorpus(
@@ -46,7 +47,6 @@ ETTH1 = NamedCorpus(
 COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 MONTH = 30 * 24  # rows
 BORDERS = {"train": (0, 12 * MONTH), "val": (12 * MONTH, 16 * MONTH), "test": (16 * MONTH, 20 * MONTH)}
-HORIZONS = (96, 192, 336, 720)
 DEFAULT_BLOCK_SIZE = 512  # TrainConfig's default: taken to mean "not given"
 
 
@@ -102,8 +102,7 @@ class ETTh1Task(Task):
 
     def __init__(self, csv_path: str | None = None, window: int = 336, horizon: int = 96):
         for what, value in (("window", window), ("horizon", horizon)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"etth1 task: {what} must be an integer >= 1, got {value!r}")
+            check_int(f"etth1 task: {what}", value, min=1)
         path = resolve_csv(csv_path)
         values = read_values(path)
         if values.shape[0] < BORDERS["test"][1]:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import Batch
+from ..validation import check_int
 from .synthetic import SyntheticTask, pow2_bucket, pow2_grid
 
 ZOOLOGY_GRID = ((64, 4), (128, 8), (256, 16), (512, 64))
@@ -41,8 +42,7 @@ class MQARTask(SyntheticTask):
 
     def __init__(self, seq_len: int = 64, pairs: int = 4, vocab: int = 8192, power_a: float = 0.01, **common):
         super().__init__(**common)
-        if pairs < 1:
-            raise ValueError(f"pairs must be >= 1, got {pairs}")
+        check_int("pairs", pairs, min=1)
         if 4 * pairs > seq_len:
             raise ValueError(f"MQAR needs block_size >= 4 * pairs (Zoology), got T {seq_len} with {pairs} pairs")
         if vocab // 2 - 1 < pairs or vocab - vocab // 2 < pairs:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import losses
+from ..validation import check_int
 from .base import Batch, Task
 
 TEST_CHUNK = 256  # the fixed test set is generated in chunks of this many examples
@@ -72,9 +73,7 @@ class SyntheticTask(Task):
     COMMON = {"n_test": 512, "test_seed": 20231208}
 
     def __init__(self, n_test: int = 512, test_seed: int = 20231208):
-        if n_test < 1:
-            raise ValueError(f"n_test must be >= 1, got {n_test}")
-        self.n_test, self.test_seed = int(n_test), int(test_seed)
+        self.n_test, self.test_seed = check_int("n_test", n_test, min=1), int(test_seed)
         self._test: Batch | None = None
 
     # ---- options

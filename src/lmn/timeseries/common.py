@@ -102,5 +102,3 @@ class NoDecoder(Decoder):
     def __init__(self, model, max_chunk: int = 1024):
         raise ValueError("forecasting models take values, not tokens: they have no token decoder")
 
-
-SIZES_NOTE = "paper: ~65K backbone parameters like the Table 1 models; tiny: smoke runs; large: bench-sized"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..kinds import get_kind, kind_names
+from ..validation import check_int
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LR_SCHEDULES = ("constant", "cosine")
@@ -76,12 +77,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         for name in ("block_size", "batch_size", "eval_interval", "eval_iters", "ckpt_interval", "log_interval"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("max_iters", self.max_iters, 0)
-        _check_int("threads", self.threads, 0)
-        _check_int("seed", self.seed, 0)
-        if self.seed >= 2**31:
-            raise ValueError(f"seed must be < 2**31, got {self.seed}")
+            check_int(name, getattr(self, name), min=1)
+        check_int("max_iters", self.max_iters, min=0)
+        check_int("threads", self.threads, min=0)
+        check_int("seed", self.seed, min=0, max=2**31 - 1)
         if not 0.0 < self.train_frac < 1.0:
             raise ValueError(f"train_frac must be in (0, 1), got {self.train_frac!r}")
         for name, lo_ok in (("lr", lambda v: v > 0), ("weight_decay", lambda v: v >= 0)):
@@ -92,11 +91,11 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.decay not in DECAY_RULES:
             raise ValueError(f"decay must be one of {', '.join(DECAY_RULES)}, got {self.decay!r}")
-        _check_int("warmup_iters", self.warmup_iters, 0)
-        _check_int("early_stop", self.early_stop, 0)
+        check_int("warmup_iters", self.warmup_iters, min=0)
+        check_int("early_stop", self.early_stop, min=0)
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
-        _check_int("lr_decay_iters", self.lr_decay_iters, 0)
+        check_int("lr_decay_iters", self.lr_decay_iters, min=0)
         for name in ("min_lr", "grad_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -165,11 +164,6 @@ def cli_flags(values: dict, base: dict, skip=()) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
-
-
-def _check_int(name: str, value, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 # Presets: overrides of the TrainConfig defaults, which are the paper's protocol. Each
