@@ -11,7 +11,7 @@ import torch
 from conftest import max_abs_diff
 from lmn import LMN, LMNConfig, state_nbytes
 from lmn.bench.common import parse_bytes, parse_count, parse_counts, run_point, summarize
-from lmn.bench.materialized import gather_slots, materialized_forward, slots_count
+from lmn.materialized import gather_slots, materialized_forward, slots_count
 from lmn.bench.report import render_decode, render_train, report
 from lmn.bench.train import TrainSettings, plan
 from lmn.cli import main

@@ -216,7 +216,7 @@ def test_models_work_under_inference_mode_and_no_grad(mode, case):
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3]], ids=_id)
 def test_materialized_form_follows_the_tree(case):
     """The benchmark's slot-gathering forward reads the same slots for every stride and rule."""
-    from lmn.bench.materialized import materialized_forward
+    from lmn.materialized import materialized_forward
 
     model = model_for(case)
     idx = torch.randint(0, 11, (2, 50))

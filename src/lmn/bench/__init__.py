@@ -14,10 +14,11 @@ see :mod:`lmn.bench.report`) and PNG plots.
 
 Layout:
 
-* :mod:`lmn.bench.common` -- machine description, size parsing, subprocess runner, timers;
+* :mod:`lmn.bench.common` -- size parsing (the machine description and result header come
+  from :mod:`lmn.records`, the atomic writes from :mod:`lmn.atomic`), subprocess runner, timers;
 * :mod:`lmn.bench.models` -- the sizes and decode adapters, read from the model registry (:mod:`lmn.kinds`);
-* :mod:`lmn.bench.materialized` -- the LMN forward that gathers every slot into a
-  ``(B, T, slots, d)`` tensor (what the efficient parallel form avoids);
+* :mod:`lmn.materialized` (beside the core, a test oracle) -- the LMN forward that gathers
+  every slot into a ``(B, T, slots, d)`` tensor (what the efficient parallel form avoids);
 * :mod:`lmn.bench.decode`, :mod:`lmn.bench.train` -- the drivers;
 * :mod:`lmn.bench.report` -- markdown tables and plots.
 

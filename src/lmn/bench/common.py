@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import resource
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from .. import atomic
+# the run records (commit, machine, versions, header) live in lmn.records; re-exported here
+from ..records import SCHEMA_VERSION, git_commit, header, machine_info  # noqa: F401
+from ..records import package_version as _version  # noqa: F401
+
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -85,76 +87,6 @@ def format_seconds(s: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- machine
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _total_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def git_commit() -> dict:
-    """Commit of the checkout holding this package (``None`` outside a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return {"commit": sha, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def machine_info(threads: int, devices: list[str]) -> dict:
-    """Everything that qualifies a timing: machine, versions, threads, devices."""
-    import torch
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_usable": usable,
-        "memory_bytes": _total_memory(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "mambapy": _version("mambapy"),
-        "threads": threads,
-        "devices": devices,
-        "cuda": None,
-    }
-    if "cuda" in devices and torch.cuda.is_available():
-        info["cuda"] = {"version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0)}
-    return info
-
-
 def resolve_devices(text: str) -> list[str]:
     """``auto`` -> ``["cpu"]`` plus ``"cuda"`` when a GPU is visible; else the listed ones."""
     import torch
@@ -167,33 +99,13 @@ def resolve_devices(text: str) -> list[str]:
     return devices
 
 
-def header(bench: str, command: str, threads: int, devices: list[str], settings: dict) -> dict:
-    """The top of every result JSON."""
-    return {
-        "bench": bench,
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "argv": sys.argv,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(threads, devices),
-        "settings": settings,
-    }
-
-
 def write_json(path: Path, doc: dict) -> None:
-    """Atomic write (a crash never leaves half a JSON behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Atomic write (a crash never leaves half a JSON behind); NaN is refused."""
+    atomic.write_json(path, doc, indent=1)
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 # ----------------------------------------------------------------------------- subprocess

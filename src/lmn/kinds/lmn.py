@@ -7,7 +7,7 @@ kind                what it is
 ``lmn-native``      the same model decoding through :class:`lmn.native.NativeStepper` (C, CPU)
 ``lmn-ckpt``        the same model with ``gradient_checkpointing`` (``lmn bench train`` only)
 ``lmn-materialized``  the forward that gathers every slot into a ``(B, T, slots, d)`` tensor
-                    (:mod:`lmn.bench.materialized`; ``lmn bench train`` only)
+                    (:mod:`lmn.materialized`; ``lmn bench train`` only)
 ==================  =========================================================================
 
 Sizes: ``paper`` = ``LMNConfig()`` (d 32, 4 layers, 4 heads, 2 banks: 71,489 parameters
@@ -90,7 +90,7 @@ def _with_checkpointing(model: nn.Module) -> nn.Module:
 
 
 def _materialized_forward(model: nn.Module, idx: Tensor) -> Tensor:
-    from ..bench.materialized import materialized_forward
+    from ..materialized import materialized_forward
 
     return materialized_forward(model, idx)
 
