@@ -63,7 +63,7 @@ def test_graph_kind_says_why_it_cannot_run_here():
     kind = get_kind("lmn-graph")
     assert kind.uses == frozenset({"decode"})
     if not torch.cuda.is_available():
-        assert "CUDA" in kind.unavailable()
+        assert "CUDA" in kind.bench.unavailable()
         with pytest.raises(ValueError, match="CUDA device"):
             kind.decoder(_model(), 64)
 

@@ -41,7 +41,7 @@ def test_every_kind_builds_and_states_its_contract(name):
     assert kind.normalize({}) == defaults == kind.config_class.from_dict(defaults).to_dict()
     model = _build(name)
     assert model(torch.randint(11, (2, 7))).shape == (2, 7, 11)
-    assert kind.size_config("paper", 16)["vocab_size"] == 65
+    assert kind.size_config("paper")["vocab_size"] == 65
 
 
 def test_unknown_kind_and_bad_sizes_are_clear_errors():
@@ -58,14 +58,14 @@ def test_unknown_kind_and_bad_sizes_are_clear_errors():
 def test_recurrent_peers_match_the_paper_budget(name, params):
     kind = get_kind(name)
     model = kind.build(kind.size_config("paper"))
-    assert kind.reported_params(model, model.config) == params  # LMN: 71,489
+    assert kind.bench.reported_params(model, model.config) == params  # LMN: 71,489
 
 
 @pytest.mark.parametrize("name", ["mamba2", "rwkv", "gpt2", "lmn", "lmn-native"])
 def test_decoder_continues_the_parallel_forward(name):
     """Prefill in two chunks, then single steps: the logits of one parallel pass."""
-    if get_kind(name).unavailable() is not None:
-        pytest.skip(get_kind(name).unavailable())
+    if get_kind(name).bench.unavailable() is not None:
+        pytest.skip(get_kind(name).bench.unavailable())
     torch.manual_seed(0)
     model = _build(name).eval()
     idx = torch.randint(11, (1, 12))

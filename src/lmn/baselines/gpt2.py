@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..kinds.base import ModelKind, hf_checkpointing
+from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
 from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
 
 DEFAULT_POSITIONS = 512
@@ -105,14 +105,15 @@ KINDS = {"gpt2": ModelKind(
            # nanoGPT's Shakespeare-char GPT (6 x 384, 6 heads, block 256; with biases)
            "nanogpt": {"n_embd": 384, "n_layer": 6, "n_head": 6, "n_inner": 1536, "n_positions": 256}},
     max_positions=lambda config: config["n_positions"],
-    with_positions=_with_positions,
-    reported_params=_reported_params,
     state_bytes=_cache_bytes,
     enable_checkpointing=hf_checkpointing,
     requires=("transformers",),
-    describe={"decode": "through transformers' KV cache (`DynamicCache`)",
-              "bench-train": "transformers' GPT-2 with SDPA attention and no dropout",
-              "state": "GPT-2's KV cache"},
     paper={"params": 71_105, "val_loss": 1.9704},
     preset={},
+    bench=BenchSpec(
+        with_positions=_with_positions,
+        reported_params=_reported_params,
+        describe={"decode": "through transformers' KV cache (`DynamicCache`)",
+                  "bench-train": "transformers' GPT-2 with SDPA attention and no dropout",
+                  "state": "GPT-2's KV cache"}),
 )}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..kinds.base import ModelKind, hf_checkpointing
+from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
 from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
 
 
@@ -86,9 +86,9 @@ KINDS = {"mamba": ModelKind(
            "tiny": {"hidden_size": 16, "num_hidden_layers": 2}},
     enable_checkpointing=hf_checkpointing,
     requires=("transformers",),
-    describe={"decode": "through transformers' Mamba cache",
-              "bench-train": "transformers' Mamba (PyTorch scan)",
-              "state": "Mamba's conv + SSM cache"},
+    bench=BenchSpec(describe={"decode": "through transformers' Mamba cache",
+                              "bench-train": "transformers' Mamba (PyTorch scan)",
+                              "state": "Mamba's conv + SSM cache"}),
     # The paper's protocol on a shorter budget: on CPU, transformers' Mamba (even with
     # mambapy's parallel scan) takes ~4 s per 16 x 512 step, so 5,000 steps with the full
     # evaluation schedule would take over 12 hours. 1,000 steps, 20 batches per estimate.

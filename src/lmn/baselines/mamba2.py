@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..kinds.base import ModelKind, hf_checkpointing
+from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
 from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
 
 
@@ -86,8 +86,8 @@ KINDS = {"mamba2": ModelKind(
            "tiny": {"hidden_size": 16, "num_hidden_layers": 2}},
     enable_checkpointing=hf_checkpointing,
     requires=("transformers",),
-    describe={"decode": "through transformers' Mamba-2 cache",
-              "bench-train": "transformers' Mamba-2 (PyTorch SSD scan)",
-              "state": "Mamba-2's conv + SSM state"},
+    bench=BenchSpec(describe={"decode": "through transformers' Mamba-2 cache",
+                              "bench-train": "transformers' Mamba-2 (PyTorch SSD scan)",
+                              "state": "Mamba-2's conv + SSM state"}),
     preset={},  # the paper's full protocol: ~1 s per step on one core, like GPT-2
 )}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..kinds.base import ModelKind, hf_checkpointing
+from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
 from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
 
 
@@ -76,8 +76,8 @@ KINDS = {"rwkv": ModelKind(
     state_bytes=_state_bytes,
     enable_checkpointing=hf_checkpointing,
     requires=("transformers",),
-    describe={"decode": "through transformers' RWKV state",
-              "bench-train": "transformers' RWKV-4 (WKV loop over time on CPU)",
-              "state": "RWKV's per-layer state"},
+    bench=BenchSpec(describe={"decode": "through transformers' RWKV state",
+                              "bench-train": "transformers' RWKV-4 (WKV loop over time on CPU)",
+                              "state": "RWKV's per-layer state"}),
     preset={},  # the paper's full protocol (~0.75 s per step on one core)
 )}

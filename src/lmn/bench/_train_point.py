@@ -40,7 +40,7 @@ def measure(args) -> dict:
     idx = torch.randint(V, (B, T), generator=gen).to(device)
     targets = torch.randint(V, (B, T), generator=gen).to(device)
 
-    bench_forward = get_kind(args.model).bench_forward
+    bench_forward = get_kind(args.model).bench.bench_forward
 
     def forward():
         return bench_forward(model, idx)

@@ -152,7 +152,7 @@ def _default_decode_models() -> str:
 
     models = []
     for name in DECODE_DEFAULT:
-        why = get_kind(name).unavailable()
+        why = get_kind(name).bench.unavailable()
         if why is None:
             models.append(name)
         else:

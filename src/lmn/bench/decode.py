@@ -81,12 +81,12 @@ def _measure(cfg: DecodeSettings, device: str, size: str, kind: str, P: int) -> 
     if spec.state_bytes is not None:
         out["estimated_cache_bytes"] = est = spec.state_bytes(model_config(size, kind, P), P)
         if cfg.max_cache_bytes and est > cfg.max_cache_bytes:
-            what = spec.describe.get("state", f"{kind}'s state")
+            what = spec.bench.describe.get("state", f"{kind}'s state")
             return {**out, "status": "skipped", "reason": f"{what} would be {format_bytes(est)} "
                     f"> --max-cache {format_bytes(cfg.max_cache_bytes)}"}
-    if spec.cpu_only and not device.startswith("cpu"):
+    if spec.bench.cpu_only and not device.startswith("cpu"):
         return {**out, "status": "skipped", "reason": f"{kind} runs on the CPU only"}
-    timeout = cfg.lmn_timeout if spec.long_decode else cfg.timeout
+    timeout = cfg.lmn_timeout if spec.bench.long_decode else cfg.timeout
     args = ["--size", size, "--model", kind, "--position", str(P), "--repeats", str(cfg.repeats),
             "--warmup", str(cfg.warmup), "--chunk", str(cfg.chunk), "--threads", str(cfg.threads),
             "--device", device, "--seed", str(cfg.seed), "--mem-limit", str(cfg.mem_limit_bytes)]

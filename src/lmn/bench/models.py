@@ -2,7 +2,8 @@
 
 Each registered kind brings its own sizes (``paper`` = the Table 1 budget, ``large`` =
 about LMN's 8.4M parameters at depth 8; the counts are in each kind's file), its decode
-adapter and how bench's training step calls it; nothing here names a kind.
+adapter, and its ``bench`` record (:class:`lmn.kinds.BenchSpec`: how a config reaches a
+context, the parameters reported, how bench's training step calls it); nothing here names a kind.
 
 A decoder reaches context P by feeding random ids chunk by chunk (so that no P-token
 tensor ever exists), then decodes one token at a time (see
@@ -31,7 +32,8 @@ def model_config(size: str, kind: str, n_positions: int | None = None) -> dict:
     """The config fields of ``kind`` at ``size`` (as recorded in the result JSON)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    return get_kind(kind).size_config(size, n_positions)
+    spec = get_kind(kind)
+    return spec.bench.with_positions(spec.size_config(size), n_positions)
 
 
 def build_model(size: str, kind: str, n_positions: int | None = None):
@@ -40,8 +42,10 @@ def build_model(size: str, kind: str, n_positions: int | None = None):
     spec = get_kind(kind)
     cfg = model_config(size, kind, n_positions)
     model = spec.build(cfg)
+    if spec.bench.prepare is not None:
+        model = spec.bench.prepare(model)
     total = sum(p.numel() for p in model.parameters())
-    return model, {"params": spec.reported_params(model, model.config), "params_total": total, "config": cfg}
+    return model, {"params": spec.bench.reported_params(model, model.config), "params_total": total, "config": cfg}
 
 
 def model_table(sizes: list[str], kinds: list[str], points: list[dict], seed: int = 0) -> dict:

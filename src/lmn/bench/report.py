@@ -72,7 +72,7 @@ def _described(models: list[str], what: str) -> str:
     parts = []
     for m in models:
         kind = kind_or_none(m)
-        phrase = kind.describe.get(what) if kind is not None else None
+        phrase = kind.bench.describe.get(what) if kind is not None else None
         parts.append(f"`{m}` {phrase}" if phrase else f"`{m}`")
     return "; ".join(parts)
 
@@ -83,8 +83,8 @@ def _compared(models: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for m in models:
         kind = kind_or_none(m)
-        if kind is not None and kind.compare_to in models:
-            pairs.append((m, kind.compare_to))
+        if kind is not None and kind.bench.compare_to in models:
+            pairs.append((m, kind.bench.compare_to))
     return pairs
 
 
@@ -97,8 +97,8 @@ def _title(m: str) -> str:
 def render_decode(doc: dict) -> str:
     s = doc["settings"]
     models = _models(doc)
-    states = ", ".join(kind.describe["state"] for kind in map(kind_or_none, models)
-                       if kind is not None and "state" in kind.describe)
+    states = ", ".join(kind.bench.describe["state"] for kind in map(kind_or_none, models)
+                       if kind is not None and "state" in kind.bench.describe)
     lines = _preamble(doc, "Decode: per-token latency and memory vs context")
     lines += [
         f"Latency: one decode step (one token, batch 1) after reaching context P by a chunked "

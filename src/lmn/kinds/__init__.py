@@ -7,7 +7,8 @@ the results code know, each defined in one file.
 
 Adding a kind: write one file that defines the config dataclass, the module and
 ``KINDS = {name: ModelKind(...)}`` (see :class:`lmn.kinds.base.ModelKind` and
-``lmn/baselines/rwkv.py`` for a short example), then add its line to ``REGISTRY`` below.
+``lmn/baselines/rwkv.py`` for a short example; what only ``lmn bench`` reads goes in its
+``bench=BenchSpec(...)``), then add its line to ``REGISTRY`` below.
 A kind file may register bench variants of its model too (``lmn-native``, ``lmn-ckpt``).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import BENCHES, Decoder, ModelKind
+from .base import BENCHES, BenchSpec, Decoder, ModelKind
 
 # name -> the module whose KINDS dict defines it. Modules are imported on first use.
 REGISTRY: dict[str, str] = {
@@ -61,4 +62,4 @@ def kind_or_none(name: str) -> ModelKind | None:
     return get_kind(name) if name in REGISTRY else None
 
 
-__all__ = ["BENCHES", "Decoder", "ModelKind", "REGISTRY", "get_kind", "kind_names", "kind_or_none"]
+__all__ = ["BENCHES", "BenchSpec", "Decoder", "ModelKind", "REGISTRY", "get_kind", "kind_names", "kind_or_none"]

@@ -10,9 +10,11 @@ need to know about one model family, so that none of them names a kind:
   ``"large"`` for bench, chosen to match LMN's parameter count, ``"tiny"`` for smoke runs
   (``lmn train --model-size``);
 * ``decoder``: the adapter that prefills a context in chunks and then decodes one token at
-  a time, reporting its state's (or cache's) bytes;
-* ``max_positions`` / ``with_positions``: the longest sequence the model takes, and how a
-  config is widened to reach a benchmarked context (GPT-2's learned position table).
+  a time, reporting its state's (or cache's) bytes (``lmn bench decode``, ``lmn probe``);
+* ``max_positions``: the longest sequence the model takes;
+* ``bench``: a :class:`BenchSpec`, what only ``lmn bench`` reads (how a config is widened
+  to a benchmarked context, the parameters its tables report, the phrases that describe it,
+  where it cannot run, ...).
 
 Kind files import heavy dependencies (``transformers``) only when a model is built, so
 reading the registry is cheap and ``import lmn`` stays free of training extras.
@@ -63,6 +65,36 @@ def count_parameters(model: nn.Module, config) -> int:
 
 
 @dataclass(frozen=True)
+class BenchSpec:
+    """What ``lmn bench`` (and only it) needs to know about a kind, attached to the kind's
+    record as ``ModelKind.bench`` so that a kind stays one file.
+
+    Attributes:
+        describe: ``{bench: phrase}``: how ``decode`` / ``bench-train`` run it, for the
+            rendered tables; ``describe["state"]``: what its decode state is.
+        compare_to: bench tables add a ratio column/table against this kind.
+        with_positions: ``with_positions(config_dict, n) -> config_dict`` able to reach n
+            positions (``n=None``: the config as counted in ``params``).
+        reported_params: ``reported_params(model, config) -> int`` for bench tables.
+        bench_forward: ``bench_forward(model, idx) -> logits`` timed by ``lmn bench train``.
+        prepare: ``prepare(model) -> model`` applied after building (bench variants).
+        unavailable: ``unavailable() -> str | None``: why it cannot run here, if it cannot.
+        cpu_only: decode runs on the CPU only.
+        long_decode: decode points get ``--lmn-timeout`` instead of ``--timeout``.
+    """
+
+    describe: dict = field(default_factory=dict)
+    compare_to: str | None = None
+    with_positions: Callable[[dict, int | None], dict] = _same_config
+    reported_params: Callable[[nn.Module, Any], int] = count_parameters
+    bench_forward: Callable[[nn.Module, Tensor], Tensor] = _call_forward
+    prepare: Callable[[nn.Module], nn.Module] | None = None
+    unavailable: Callable[[], str | None] = _available
+    cpu_only: bool = False
+    long_decode: bool = False
+
+
+@dataclass(frozen=True)
 class ModelKind:
     """One registered model kind (see the module docstring for the contract).
 
@@ -71,31 +103,22 @@ class ModelKind:
         title: its name in tables ("GPT-2").
         config_class, model_class: the config dataclass and the module built from it
             (which keeps its config as ``.config``, with ``vocab_size``).
-        decoder: ``decoder(model, max_chunk) -> Decoder`` for ``lmn bench decode``.
+        decoder: ``decoder(model, max_chunk) -> Decoder``: chunked prefill, then one token
+            at a time (``lmn bench decode``, the state sizes of ``lmn probe``).
         sizes: ``{size: config overrides}``: ``paper`` (= the defaults), ``large``, ``tiny``.
         uses: where it may be used: ``train`` (``lmn train``), ``decode``
             (``lmn bench decode``), ``bench-train`` (``lmn bench train``).
         max_positions: ``max_positions(config_dict) -> int | None``, the longest input.
-        with_positions: ``with_positions(config_dict, n) -> config_dict`` able to reach n
-            positions (``n=None``: the config as counted in ``params``).
-        reported_params: ``reported_params(model, config) -> int`` for bench tables.
         state_bytes: ``state_bytes(config_dict, positions) -> int`` predicted decode state/cache
             bytes at batch 1, float32 (None: not known in advance).
         enable_checkpointing: switch the model to recompute activations in backward.
-        bench_forward: ``bench_forward(model, idx) -> logits`` timed by ``lmn bench train``.
-        prepare: ``prepare(model) -> model`` applied after building (bench variants).
-        unavailable: ``unavailable() -> str | None``: why it cannot run here, if it cannot.
-        cpu_only: decode runs on the CPU only.
-        long_decode: decode points get ``--lmn-timeout`` instead of ``--timeout``.
-        compare_to: bench tables add a ratio column/table against this kind.
         requires: extra packages whose versions a run records.
-        describe: ``{bench: phrase}``: how ``decode`` / ``bench-train`` run it, for the
-            rendered tables; ``describe["state"]``: what its decode state is.
         paper: the paper's Table 1 figures for this kind (``{"params", "val_loss"}``).
         preset: overrides of the paper's training protocol for the preset ``paper-<name>``
             of ``lmn train`` (``{}``: the protocol as it is; None: no preset).
         stream: ``stream(model, idx, n, temperature, top_k, generator, native)`` yielding
             sampled ``(B,)`` tokens for ``lmn generate`` (None: not supported).
+        bench: what only ``lmn bench`` reads (:class:`BenchSpec`).
     """
 
     name: str
@@ -106,35 +129,25 @@ class ModelKind:
     sizes: dict = field(default_factory=lambda: {"paper": {}})
     uses: frozenset = frozenset(BENCHES)
     max_positions: Callable[[dict], int | None] = _no_limit
-    with_positions: Callable[[dict, int | None], dict] = _same_config
-    reported_params: Callable[[nn.Module, Any], int] = count_parameters
     state_bytes: Callable[[dict, int], int] | None = None
     enable_checkpointing: Callable[[nn.Module], None] | None = None
-    bench_forward: Callable[[nn.Module, Tensor], Tensor] = _call_forward
-    prepare: Callable[[nn.Module], nn.Module] | None = None
-    unavailable: Callable[[], str | None] = _available
-    cpu_only: bool = False
-    long_decode: bool = False
-    compare_to: str | None = None
     requires: tuple = ()
-    describe: dict = field(default_factory=dict)
     paper: dict | None = None
     preset: dict | None = None
     stream: Callable | None = None
+    bench: BenchSpec = field(default_factory=BenchSpec)
 
     def build(self, config) -> nn.Module:
         """A freshly initialised model (seed torch's global RNG first to reproduce it)."""
         if isinstance(config, dict):
             config = self.config_class.from_dict(config)
-        model = self.model_class(config)
-        return self.prepare(model) if self.prepare is not None else model
+        return self.model_class(config)
 
-    def size_config(self, size: str, positions: int | None = None) -> dict:
-        """The full config dict at bench ``size`` (able to reach ``positions`` tokens)."""
+    def size_config(self, size: str) -> dict:
+        """The full config dict at the named ``size``."""
         if size not in self.sizes:
             raise ValueError(f"model {self.name!r} has no size {size!r}; it has {', '.join(self.sizes)}")
-        config = self.config_class(**self.sizes[size]).to_dict()
-        return self.with_positions(config, positions)
+        return self.config_class(**self.sizes[size]).to_dict()
 
     def normalize(self, config: dict) -> dict:
         """``config`` completed with the defaults of the config class and validated, so that

@@ -17,13 +17,13 @@ for 65 symbols); ``large`` = d 256, 8 layers, 8 heads, 2 banks: 8,449,089; ``tin
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from torch import Tensor, nn
 
 from ..config import LMNConfig
 from ..model import LMN
-from .base import Decoder, ModelKind
+from .base import BenchSpec, Decoder, ModelKind
 
 SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_banks": 2},
          "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2},
@@ -121,20 +121,27 @@ LMN_KIND = ModelKind(
     sizes=SIZES,
     state_bytes=_state_bytes,
     enable_checkpointing=_checkpointing,
-    long_decode=True,
-    compare_to="gpt2",
-    describe={"decode": "steps with `LMN.step` (PyTorch)", "bench-train": "parallel form",
-              "state": "LMN's streaming state (`state.nbytes`)"},
     paper={"params": 71_489, "val_loss": 1.7742},
     preset={},
     stream=_stream,
+    bench=BenchSpec(
+        long_decode=True,
+        compare_to="gpt2",
+        describe={"decode": "steps with `LMN.step` (PyTorch)", "bench-train": "parallel form",
+                  "state": "LMN's streaming state (`state.nbytes`)"}),
 )
+
+_BENCH_FIELDS = frozenset(f.name for f in fields(BenchSpec))
+
 
 def lmn_variant(name: str, uses: set, describe: dict, **changes) -> ModelKind:
     """A bench variant of the ``lmn`` kind: same model and sizes, no preset, no Table 1
-    (here and in the modules that register one: ``lmn.export``, ``lmn.graphs``)."""
-    return replace(LMN_KIND, name=name, uses=frozenset(uses), describe=describe, paper=None, preset=None,
-                   stream=None, **changes)
+    (here and in the modules that register one: ``lmn.export``, ``lmn.graphs``). ``describe``
+    and the ``changes`` named after :class:`BenchSpec` fields change its ``bench`` record, the
+    others the kind itself."""
+    bench = {k: changes.pop(k) for k in list(changes) if k in _BENCH_FIELDS}
+    return replace(LMN_KIND, name=name, uses=frozenset(uses), paper=None, preset=None, stream=None,
+                   bench=replace(LMN_KIND.bench, describe=describe, **bench), **changes)
 
 
 KINDS = {

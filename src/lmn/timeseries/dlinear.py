@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kinds.base import ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from .common import InstanceNorm, NoDecoder, TSConfigMixin, check_series
 
 
@@ -77,5 +77,5 @@ KINDS = {"dlinear": ModelKind(
     decoder=NoDecoder,
     sizes={"paper": {}, "tiny": {}, "large": {}},
     uses=frozenset({"train"}),
-    describe={"train": "DLinear (decomposition + two shared linear maps window -> horizon)"},
+    bench=BenchSpec(describe={"train": "DLinear (decomposition + two shared linear maps window -> horizon)"}),
 )}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LMNConfig
-from ..kinds.base import ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from ..model import LMNBlock, sinusoidal_encoding
 from .common import NoDecoder, SequenceForecaster, TSConfigMixin
 
@@ -97,5 +97,5 @@ KINDS = {"lmn-ts": ModelKind(
     sizes={"paper": {}, "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2},
            "large": {"d_model": 256, "n_layers": 8, "n_heads": 8}},
     uses=frozenset({"train"}),
-    describe={"train": "LMN blocks, Linear(C, d) input embedding, last-position readout"},
+    bench=BenchSpec(describe={"train": "LMN blocks, Linear(C, d) input embedding, last-position readout"}),
 )}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..baselines._common import import_transformers
-from ..kinds.base import ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from .common import NoDecoder, SequenceForecaster, TSConfigMixin
 
 
@@ -84,5 +84,5 @@ KINDS = {"mamba2-ts": ModelKind(
            "large": {"hidden_size": 416, "num_hidden_layers": 8, "head_dim": 64}},
     uses=frozenset({"train"}),
     requires=("transformers",),
-    describe={"train": "transformers' Mamba2Model on inputs_embeds, last-position readout"},
+    bench=BenchSpec(describe={"train": "transformers' Mamba2Model on inputs_embeds, last-position readout"}),
 )}

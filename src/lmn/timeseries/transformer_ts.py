@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..kinds.base import ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from ..model import sinusoidal_encoding
 from .common import NoDecoder, SequenceForecaster, TSConfigMixin
 
@@ -74,5 +74,6 @@ KINDS = {"transformer-ts": ModelKind(
     sizes={"paper": {}, "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 64},
            "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "d_ff": 1024}},
     uses=frozenset({"train"}),
-    describe={"train": "pre-norm Transformer encoder, Linear(C, d) input embedding, last-position readout"},
+    bench=BenchSpec(describe={
+        "train": "pre-norm Transformer encoder, Linear(C, d) input embedding, last-position readout"}),
 )}
