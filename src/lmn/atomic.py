@@ -15,10 +15,12 @@ cleaner (:func:`lmn.trainer.rundir.clean_stale`) removes such leftovers by that 
   lmn writes is valid JSON.
 * :func:`atomic_path` -- a temporary *path*, for writers that take a file name
   (``torch.onnx``, ``torch.export.save``, safetensors' ``save_file``, matplotlib's
-  ``savefig``).
-* :func:`atomic_dir` -- a temporary sibling *directory*, renamed into place whole (e.g.
-  the Hugging Face directory of ``lmn convert``): the destination is either the previous
-  directory or the complete new one. Every file in it is fsynced before the rename.
+  ``savefig``); :func:`save_figure` for a matplotlib figure.
+* :func:`atomic_dir` -- a temporary sibling *directory*, written whole first and then
+  renamed into place whole (e.g. the Hugging Face directory of ``lmn convert``): the
+  destination is either the previous directory or the complete new one. Every file in
+  it is fsynced before the rename. With ``merge=True`` onto a non-empty directory (whose
+  other files must survive) its files are renamed in one by one instead.
 * :func:`fsync_path`, :func:`fsync_dir`, :func:`rename` -- the primitives, for a writer
   whose commit point is its own rename (a checkpoint directory,
   :func:`lmn.trainer.rundir.save_checkpoint`).
@@ -33,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_path", "atomic_dir", "write_bytes", "write_text", "write_json",
-           "dumps_json", "fsync_path", "fsync_dir", "rename", "temporary_name"]
+           "dumps_json", "save_figure", "fsync_path", "fsync_dir", "rename", "temporary_name"]
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -150,17 +152,36 @@ def write_json(path: str | os.PathLike, doc, *, indent: int | None = 1, sort_key
     write_text(path, dumps_json(doc, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii, where=path))
 
 
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """``fig.savefig`` (matplotlib) to ``path`` atomically; the format is ``path``'s
+    suffix (``.png``) unless ``format=`` is given. Returns ``path``."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yield an empty temporary directory beside ``path`` (``.NAME.tmpPID``); fill it, and
-    on a normal exit every file in it is fsynced and the directory renamed into place
-    whole, replacing a previous ``path`` (which is moved aside first, then deleted; only
-    between those two renames is ``path`` absent). On an exception the temporary is
-    removed and ``path`` is left as it was."""
+def atomic_dir(path: str | os.PathLike, merge: bool = False):
+    """Yield an empty temporary directory beside ``path`` (``.NAME.tmpPID``) to fill. On
+    an exception it is removed and ``path`` is left as it was. On a normal exit every
+    file in it is fsynced, then:
+
+    * ``merge=False`` (or ``path`` absent or empty): the directory is renamed into place
+      whole -- ``path`` is the previous directory or the complete new one. A previous
+      ``path`` is moved aside first and deleted after (only between those two renames
+      is ``path`` absent).
+    * ``merge=True`` and ``path`` a non-empty directory (e.g. ``--force`` onto a
+      directory that holds other files, which must survive): each file is renamed into
+      ``path`` on its own (each atomic, the set not: a crash between two renames leaves
+      some files new and some old), then the temporary is removed. Nothing is moved
+      before everything is written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a directory")
     tmp = temporary_name(path)
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
     _remove(tmp)
     tmp.mkdir()
     try:
@@ -169,9 +190,16 @@ def atomic_dir(path: str | os.PathLike):
             for name in files:
                 fsync_path(Path(root) / name)
             fsync_dir(root)
-        if path.exists():
-            if not path.is_dir():
-                raise NotADirectoryError(f"{path}: exists and is not a directory")
+        if merge and path.is_dir() and any(path.iterdir()):
+            for root, _dirs, files in os.walk(tmp):
+                dest = path / Path(root).relative_to(tmp)
+                dest.mkdir(exist_ok=True)
+                for name in files:
+                    os.replace(Path(root) / name, dest / name)
+                fsync_dir(dest)
+            _remove(tmp)
+        elif path.exists():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
             _remove(old)
             os.replace(path, old)
             try:

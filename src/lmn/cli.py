@@ -286,6 +286,7 @@ def _add_plot_parser(sub) -> None:
 
 
 def _cmd_plot(args) -> int:
+    from .atomic import save_figure
     from .trainer import read_metrics
 
     output = Path(args.output)
@@ -320,13 +321,9 @@ def _cmd_plot(args) -> int:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, output)
+        save_figure(fig, output, dpi=120)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     print(output)
     return 0

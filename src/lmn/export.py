@@ -37,7 +37,6 @@ logits for 200 tokens after a prompt).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import atomic_path, write_json
 from .config import LMNConfig
 from .model import LMN, sinusoidal_encoding
 from .summarizers import affine_form
@@ -309,22 +309,23 @@ def export_onnx(model: LMN, path: str | os.PathLike, max_tokens: int = DEFAULT_M
         program = torch.onnx.export(step, _example(step, batch_size), dynamo=True, input_names=list(INPUTS),
                                     output_names=list(OUTPUTS), opset_version=opset, verbose=False)
     quiet.setLevel(level)
-    program.save(str(path), external_data=False)
     import onnx  # drop the exporter's per-node metadata (source locations): ~60 % of the file
 
-    proto = onnx.load(str(path))
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del proto.graph.value_info[:]
-    onnx.save(proto, str(path))
+    with atomic_path(path) as tmp:  # lmn.atomic: the .onnx appears whole or not at all
+        program.save(str(tmp), external_data=False)
+        proto = onnx.load(str(tmp))
+        for node in proto.graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        del proto.graph.value_info[:]
+        onnx.save(proto, str(tmp))
     return path
 
 
 def write_description(step: StreamStep, path: str | os.PathLike, fmt: str, batch_size: int, extra: dict) -> Path:
     doc = {**step.describe(batch_size), "file_format": fmt, **extra}
     path = Path(path)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc, indent=2)
     return path
 
 
@@ -354,7 +355,8 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
     if fmt == "onnx":
         export_onnx(model, path, max_tokens, batch_size)
     else:
-        torch.export.save(export_program(model, max_tokens, batch_size), str(path))
+        with atomic_path(path) as tmp:
+            torch.export.save(export_program(model, max_tokens, batch_size), str(tmp))
     extra = {"chars": list(tokenizer.chars), "source_run": str(run_dir), "max_tokens": max_tokens}
     return path, write_description(step, meta, fmt, batch_size, extra)
 

@@ -29,7 +29,6 @@ Tested in ``tests/test_hf.py``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -48,6 +47,7 @@ if "cache" not in CausalLMOutputWithPast.__dataclass_fields__:  # pragma: no cov
     raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24 (its generation cache API): "
                       "pip install 'lmn[hf]'")
 
+from .atomic import atomic_dir, dumps_json
 from .config import LMNConfig
 from .data.tokenizer import CharTokenizer
 from .model import LMN
@@ -380,19 +380,22 @@ def convert_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, force: b
         raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; convert takes LMN runs")
     hf = LMNForCausalLM.from_lmn(model.eval())
     hf.generation_config.pad_token_id = tokenizer.vocab_size  # the tokenizer's <pad>
-    out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        hf.save_pretrained(out)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    LMNCharTokenizer.from_char_tokenizer(tokenizer).save_pretrained(out)
-    (out / "lmn_run.json").write_text(json.dumps({"converted_from": str(run_dir), "train": doc.get("train")},
-                                                 indent=2) + "\n")
+    # written whole into a temporary sibling directory, then renamed into place (lmn.atomic):
+    # a failure leaves no half-converted directory; --force onto a directory with other
+    # files moves the new files in one by one, after all of them are written
+    with atomic_dir(out, merge=True) as tmp:
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            hf.save_pretrained(tmp)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        LMNCharTokenizer.from_char_tokenizer(tokenizer).save_pretrained(tmp)
+        (tmp / "lmn_run.json").write_text(dumps_json({"converted_from": str(run_dir), "train": doc.get("train")},
+                                                     indent=2, where=out / "lmn_run.json"), encoding="utf-8")
     return out
 
 

@@ -39,12 +39,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import atomic
 from .config import LMNConfig
 from .state import LayerState, LMNState, state_nbytes
 from .summarizers import affine_form
@@ -90,24 +90,25 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL:
                 "lmn.native needs a C compiler to build its kernel (none of $CC, cc, gcc, clang "
                 "was found on the PATH); install one (e.g. `apt install gcc`) or use LMN.step"
             )
+        def unwritable(exc: OSError) -> RuntimeError:
+            return RuntimeError(f"cannot write the compiled kernel to {cache} ({exc}); point $LMN_KERNEL_CACHE at a "
+                                "writable directory")
+
         try:
             cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         except OSError as exc:
-            raise RuntimeError(
-                f"cannot write the compiled kernel to {cache} ({exc}); point $LMN_KERNEL_CACHE at a writable directory"
-            ) from exc
-        os.close(fd)
-        try:
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True)
+            raise unwritable(exc) from exc
+        # atomic (lmn.atomic): concurrent first uses never see half a file
+        with atomic.atomic_path(lib_path) as tmp:
+            try:
+                tmp.touch()
+            except OSError as exc:
+                raise unwritable(exc) from exc
+            proc = subprocess.run([cc, *flags, "-o", str(tmp), str(_SOURCE), "-lm"], capture_output=True, text=True)
             if proc.returncode != 0:
                 said = " | ".join(ln.strip() for ln in proc.stderr.splitlines() if ln.strip())[-1500:]
                 raise RuntimeError(f"compiling {_SOURCE} with {cc} failed (exit {proc.returncode}): "
                                    f"{said or 'no message'}")  # one line: the CLI shows an error's first line
-            os.replace(tmp, lib_path)  # atomic: concurrent first uses never see half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     lib = ctypes.CDLL(str(lib_path))
     p = ctypes.c_void_p
     lib.lmn_step.argtypes = [p, p, p, p, p, ctypes.c_int64, ctypes.c_int64, p, p, p, p]

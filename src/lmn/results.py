@@ -15,7 +15,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from .atomic import write_json, write_text
 from .kinds import REGISTRY, get_kind, kind_or_none
+from .records import cpu_name, gpu_name
 
 
 def paper_table1() -> dict:
@@ -163,9 +165,9 @@ TITLE = "Table 1 — Tiny Shakespeare (character level), paper protocol"
 def finished_on(row: dict) -> str:
     """Where a run's last segment ran: its GPU's name, else the CPU's and the thread count."""
     m = row.get("machine") or {}
-    if m.get("gpu") and str(row.get("device", "")).startswith("cuda"):
-        return m["gpu"]
-    return f"{m.get('cpu', 'CPU')}, {row.get('threads', '?')} thread(s)" if m else "–"
+    if gpu_name(m) and str(row.get("device", "")).startswith("cuda"):
+        return gpu_name(m)
+    return f"{cpu_name(m) or 'CPU'}, {row.get('threads', '?')} thread(s)" if m else "–"
 
 
 def render_markdown(table: dict) -> str:
@@ -280,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: notes file {args.notes} does not exist", file=sys.stderr)
             return 2
         table["notes"] = args.notes.read_text()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render_markdown(table))
+    write_json(args.out.with_suffix(".json"), table, indent=2)
+    write_text(args.out.with_suffix(".md"), render_markdown(table))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0
 

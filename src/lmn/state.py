@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write
 from .config import LMNConfig
 from .tree import READ_RULES
 
@@ -185,16 +186,10 @@ class LMNState:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state (tensors only) atomically to ``path``: a temporary file beside it,
-        then one rename; on any failure the temporary file is removed and ``path`` is
-        left as it was."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        then one rename (:func:`lmn.atomic.atomic_write`); on any failure the temporary
+        file is removed and ``path`` is left as it was."""
+        with atomic_write(path, "wb") as f:
+            torch.save(self.state_dict(), f)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: LMNConfig, map_location=None) -> "LMNState":

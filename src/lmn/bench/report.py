@@ -7,9 +7,9 @@ be checked against (and regenerated from) its JSON: ``lmn bench report DIR``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from lmn.atomic import save_figure
 from lmn.kinds import kind_or_none
 
 from .common import format_bytes, format_count, format_seconds, write_text
@@ -303,14 +303,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_outputs(doc: dict, out_dir: Path, name: str, plots: bool = True) -> list[Path]:

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_path
+
 DATA_DIR_ENV = "LMN_DATA_DIR"
 
 
@@ -127,9 +129,7 @@ def _verify(path: Path, corpus: NamedCorpus) -> None:
 def _download(corpus: NamedCorpus, dest: Path, timeout: float) -> None:
     """Fetch into a temporary file beside ``dest``, check the sha256, then rename, so a
     failed or partial download never leaves a file that looks like the corpus."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(dest) as tmp:
         with urllib.request.urlopen(corpus.url, timeout=timeout) as response, open(tmp, "wb") as f:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
@@ -139,9 +139,6 @@ def _download(corpus: NamedCorpus, dest: Path, timeout: float) -> None:
                 f"downloaded {corpus.url} but its sha256 {digest} != expected {corpus.sha256}; "
                 f"{_how_to_provide(corpus)}"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_text(path: str | os.PathLike) -> str:

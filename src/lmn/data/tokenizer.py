@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import write_json
+
 FORMAT = "lmn-char-tokenizer"
 
 
@@ -90,13 +92,7 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (a temporary ``.NAME.tmpPID`` renamed over ``path``)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=True) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import save_figure, write_json, write_text
 from ..trainer.loop import PROVENANCE
 
 # probes of trained run directories, each a module with main(argv)
@@ -249,10 +250,7 @@ def load_results(path: Path) -> dict | None:
 
 
 def save_results(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, doc, indent=1)
 
 
 def best_lrs(doc: dict) -> dict:
@@ -378,7 +376,7 @@ def render(doc: dict, out_dir: Path, name: str) -> Path:
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     md = out_dir / f"{name}.md"
-    md.write_text("\n".join(lines) + "\n")
+    write_text(md, "\n".join(lines) + "\n")
     return md
 
 
@@ -412,7 +410,7 @@ def _plots(rows: list[dict], out_dir: Path, name: str, doc: dict) -> list[str]:
     fig.suptitle(f"{doc['task']}: accuracy vs {xname}")
     fig.tight_layout()
     fname = f"{name}_vs_{xname}.png"
-    fig.savefig(out_dir / fname, dpi=110)
+    save_figure(fig, out_dir / fname, dpi=110)
     plt.close(fig)
     out.append(fname)
     if len(cells) > 1:
@@ -438,7 +436,7 @@ def _plots(rows: list[dict], out_dir: Path, name: str, doc: dict) -> list[str]:
             ax.legend(fontsize=7)
             ax.set_title(f"{doc['task']}: accuracy vs {'sequence length' if xkey == 'T' else 'state size'}")
             fig.tight_layout()
-            fig.savefig(out_dir / fname, dpi=110)
+            save_figure(fig, out_dir / fname, dpi=110)
             plt.close(fig)
             out.append(fname)
     else:  # one cell: accuracy vs state bytes as points
@@ -455,7 +453,7 @@ def _plots(rows: list[dict], out_dir: Path, name: str, doc: dict) -> list[str]:
         ax.set_title(f"{doc['task']} {cells[0]}: accuracy vs state size")
         fig.tight_layout()
         fname = f"{name}_vs_state.png"
-        fig.savefig(out_dir / fname, dpi=110)
+        save_figure(fig, out_dir / fname, dpi=110)
         plt.close(fig)
         out.append(fname)
     return out

@@ -37,7 +37,7 @@ from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_
 from .models import (build_model, check_model_config, check_positions, check_requirements,
                      enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
 from .optim import clip_gradients, make_optimizer, set_lr
-from ..bench.common import git_commit
+from ..records import git_commit
 from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
                      atomic_write_text, check_resume_compatible, clean_stale, discard_checkpoints_after, last_eval,

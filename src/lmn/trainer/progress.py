@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import platform
 import signal
 import sys
 import threading
-from pathlib import Path
 
-import torch
+from ..records import machine_info  # noqa: F401  (the run records' machine, re-exported)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -58,26 +55,6 @@ class Progress:
             self._open = False
         self.stream.write(text + "\n")
         self.stream.flush()
-
-
-def machine_info() -> dict:
-    """Platform, Python, CPU (and GPU) of this machine, for the run's records."""
-    info = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        info["cpu"] = platform.processor()
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 class DeferredStop:

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import atomic
 from ..data import CharTokenizer
 from ..data.corpus import sha256_file
 from .config import RESUMABLE_FIELDS, TrainConfig
@@ -107,28 +108,9 @@ def saved_config(run_dir: str | os.PathLike) -> dict:
     return doc
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers see the old file or the new
-    one, never a partial one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Write ``text`` (UTF-8) over ``path`` atomically (:func:`lmn.atomic.write_text`)."""
+    atomic.write_text(path, text)
 
 
 # ----------------------------------------------------------------------------- the run manifest
@@ -275,13 +257,13 @@ def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: di
         torch.save({**trainer_state, "format": CHECKPOINT_FORMAT}, tmp / STATE_FILE)
         manifest = {"format": CHECKPOINT_FORMAT, "step": step, "model": kind,
                     "files": {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
-        (tmp / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (tmp / CHECKPOINT_MANIFEST).write_text(atomic.dumps_json(manifest, indent=2, where=final), encoding="utf-8")
         for name in (MODEL_FILE, STATE_FILE, CHECKPOINT_MANIFEST):
-            _fsync(tmp / name)
+            atomic.fsync_path(tmp / name)
+        atomic.fsync_dir(tmp)
         if final.exists():  # a damaged checkpoint of this step, passed over when resuming
             _discard(final)
-        os.rename(tmp, final)  # the commit
-        _fsync(root)
+        atomic.rename(tmp, final)  # the commit (then the checkpoints directory is fsynced)
     except BaseException:
         _remove(tmp)
         raise
@@ -297,15 +279,15 @@ def save_best(run_dir: Path, weights: dict, kind: str, model_config: dict, step:
 
     metadata = {**weights_metadata(kind, model_config, step), "val_loss": repr(float(val_loss))}
     path = Path(run_dir) / BEST_FILE
-    _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp),
-                                              metadata=metadata))
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
     return path
 
 
 def _discard(path: Path) -> None:
     """Rename a checkpoint directory out of the way (atomic), then delete it."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    os.rename(path, trash)
+    atomic.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 
