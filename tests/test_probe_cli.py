@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lmn.cli import main
-from lmn.probes.run import PROBE_MODULES, best_lrs, headline
+from lmn.probes.run import best_lrs, headline
 
 TINY_LMN = "lmn:d_model=8,n_layers=1,n_heads=2"
 TINY_GPT2 = "gpt2:n_embd=8,n_layer=1,n_head=2,n_inner=16"
@@ -89,11 +89,11 @@ def test_probe_refusals_and_dispatch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         probe(tmp_path, "mqar")
     assert "at least one --model" in capsys.readouterr().err
-    # the probes of trained runs are reachable by name (their own --help)
-    assert set(PROBE_MODULES) >= {"context", "levels"}
-    with pytest.raises(SystemExit) as err:
-        main(["probe", "context", "--help"])
-    assert err.value.code == 0 and "lmn.probes.context" in capsys.readouterr().out
+    # the probes of trained runs are studies in research/: the error says where they went
+    for name in ("context", "levels", "sequential"):
+        with pytest.raises(SystemExit) as err:
+            probe(tmp_path, name, "--help")
+        assert err.value.code == 2 and f"python -m research.{name}" in capsys.readouterr().err
 
 
 def test_probe_lr_from_length_only_options_and_merge(tmp_path, capsys):

@@ -132,9 +132,7 @@ def test_no_kind_is_special_cased_outside_its_file():
     """Train, bench, results and the CLI compare no model name with a literal."""
     names = "|".join(re.escape(n) for n in REGISTRY)
     pattern = re.compile(rf"""(==|!=|\bin|startswith\()\s*\(?\s*["']({names})["']""")
-    # bench/gpu_session.py (issue 13) is a one-off script of named GPU comparisons, not a bench driver
-    bench = [p for p in SRC.glob("bench/*.py") if p.name != "gpu_session.py"]
-    files = [*SRC.glob("trainer/*.py"), *bench, SRC / "results.py", SRC / "cli.py", *SRC.glob("tasks/*.py")]
+    files = [*SRC.glob("trainer/*.py"), *SRC.glob("bench/*.py"), SRC / "results.py", SRC / "cli.py", *SRC.glob("tasks/*.py")]
     hits = [f"{p.name}:{n}: {line.strip()}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert not hits, hits

@@ -412,7 +412,7 @@ def _add_probe_parser(sub) -> None:
         help="recall probes: train models on a synthetic task (mqar, passkey, distance, selective-copy, listops) "
         "and plot accuracy vs distance / length / state bytes; or context|levels|sequential on trained runs",
         description="lmn probe TASK --model KIND [--model KIND:K=V,...] [...]: see `lmn probe TASK --help` "
-        "(lmn.probes.run). TASK context, levels or sequential runs that probe of trained runs (lmn.probes).",
+        "(lmn.probes.run). The probes of trained runs are studies in research/ (python -m research.context, ...).",
     )
     p.add_argument("task", metavar="TASK", help="mqar, passkey, distance, selective-copy, listops; context, levels, "
                    "sequential")

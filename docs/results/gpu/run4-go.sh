@@ -17,7 +17,7 @@ for r in $CODE; do
   timeout $LIM python3 -m lmn.cli train --out runs/code/$r --resume --max-iters 5000 --threads 1 > logs/code-$r.log 2>&1 & pids+=($!)
 done
 if [ -n "$DIST" ]; then
-  ( timeout 150 python3 -m lmn.bench.gpu_session all --out logs/parity.jsonl --parts env,parity > logs/parity.log 2>&1 ) & pids+=($!)
+  ( timeout 150 python3 -m research.gpu_session all --out logs/parity.jsonl --parts env,parity > logs/parity.log 2>&1 ) & pids+=($!)
 fi
 C="block_size=4160,distances=1;2;4;8;16;32;64;128;256;512;1024;2048;4096"
 for m in $DIST; do n=${m%%:*}

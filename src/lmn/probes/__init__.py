@@ -1,2 +1,3 @@
-"""Probes of what a trained model's memory does: use of distant context
-(:mod:`lmn.probes.context`) and the attention mass per tree level (:mod:`lmn.probes.levels`)."""
+"""``lmn probe TASK``: recall probes on the synthetic tasks (:mod:`lmn.probes.run`). The
+probes of trained runs (context use, attention mass per tree level) are studies in
+``research/`` (not installed)."""

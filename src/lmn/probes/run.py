@@ -26,8 +26,9 @@ row's seeds). ``--report-only`` re-renders the markdown and plots from the JSON.
 Model specs: ``KIND`` or ``KIND:KEY=VALUE,KEY=VALUE`` (fields of the kind's config on top of
 ``--model-size``, e.g. ``lmn:stride=3,read=digits``); ``--model-opt`` applies to all models.
 
-``lmn probe context|levels|sequential ...`` runs the probes of trained runs in
-:mod:`lmn.probes` (their own flags; ``PROBE_MODULES``).
+The probes of trained runs (context use, attention mass per tree level, sequential
+fine-tuning) are one-off studies, not installed: ``python -m research.context|levels|sequential``
+from a clone's root (``research/README.md``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ import torch
 from ..atomic import save_figure, write_json, write_text
 from ..trainer.loop import PROVENANCE
 
-# probes of trained run directories, each a module with main(argv)
-PROBE_MODULES = {"context": "lmn.probes.context", "levels": "lmn.probes.levels",
-                 "sequential": "lmn.probes.sequential"}
+# the probes of trained runs that moved to research/ (named in the error for ``lmn probe context``)
+RESEARCH_PROBES = ("context", "levels", "sequential")
 
 # default cells per task (the issue's full-size grids; CPU runs pass --cell)
 DEFAULT_CELLS = {
@@ -498,17 +498,15 @@ def build_parser(prog: str = "lmn probe") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PROBE_MODULES:
-        import importlib
-
-        return importlib.import_module(PROBE_MODULES[argv[0]]).main(argv[1:])
+    if argv and argv[0] in RESEARCH_PROBES:
+        raise ValueError(f"{argv[0]!r} is a probe of trained runs, a study outside the installed package: "
+                         f"run `python -m research.{argv[0]} ...` from the repository's root (research/README.md)")
     args = build_parser(prog).parse_args(argv)
     from ..tasks import task_class, task_names
 
     if args.task == "text" or args.task not in task_names():
         names = [n for n in task_names() if n != "text"]
-        raise ValueError(f"unknown probe {args.task!r}; choose a task ({', '.join(names)}) or a probe of trained "
-                         f"runs ({', '.join(PROBE_MODULES)})")
+        raise ValueError(f"unknown probe {args.task!r}; choose a task ({', '.join(names)})")
     task_class(args.task)
     name = args.name or args.task
     out_dir = Path(args.out)

@@ -19,7 +19,7 @@ limit (GPT-2's learned table) is measured only where it reaches, and the JSON sa
 it stops. LMN runs in its parallel form here (its streaming form computes the same
 function, ``tests/test_parity.py``).
 
-    python -m lmn.probes.context docs/results/runs/lmn-s1337 docs/results/runs/mamba-s1337 \\
+    python -m research.context docs/results/runs/lmn-s1337 docs/results/runs/mamba-s1337 \\
         --out docs/results/probes/context
 """
 
@@ -39,7 +39,7 @@ BUCKETS = ((1, 64), (65, 512), (513, 4096), (4097, 32768))
 
 
 def _val_ids(run_doc: dict, tokenizer) -> torch.Tensor:
-    from ..data import load_corpus, split_tokens
+    from lmn.data import load_corpus, split_tokens
 
     train_cfg = run_doc["train"]
     _, text = load_corpus(train_cfg["data"])
@@ -90,8 +90,8 @@ def _with_max_level(model, max_level: int):
 
 
 def probe_run(run_dir: str, contexts, block: int, n_blocks: int, window: int, max_level: int | None = None) -> dict:
-    from ..kinds import get_kind
-    from ..trainer import load_run
+    from lmn.kinds import get_kind
+    from lmn.trainer import load_run
 
     model, tokenizer, doc = load_run(run_dir)
     kind = doc["train"]["model"]
@@ -164,13 +164,15 @@ def plot_curves(series: list[tuple[str, dict]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from lmn.atomic import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def rerender(out: Path, notes: str | None, render, plot_fn) -> None:
     """Re-write OUT.md and OUT.png from OUT.json (adding the ``notes`` file to it first)."""
-    from ..bench.common import write_json, write_text
+    from lmn.atomic import write_json, write_text
 
     doc = json.loads(out.with_suffix(".json").read_text())
     if notes:
@@ -181,9 +183,10 @@ def rerender(out: Path, notes: str | None, render, plot_fn) -> None:
 
 
 def main(argv=None) -> int:
-    from ..bench.common import header, write_json, write_text
+    from lmn.atomic import write_json, write_text
+    from lmn.records import header
 
-    p = argparse.ArgumentParser(prog="python -m lmn.probes.context", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m research.context", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="trained run directories")
     p.add_argument("--out", required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")
     p.add_argument("--render", action="store_true",
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
     if not args.runs:
         p.error("give at least one run directory (or --render)")
     settings = {"block": args.block, "blocks": args.blocks, "window": args.window, "contexts": contexts}
-    doc = header("probe-context", "python -m lmn.probes.context " + " ".join(argv if argv is not None else
+    doc = header("probe-context", "python -m research.context " + " ".join(argv if argv is not None else
                                                                              __import__("sys").argv[1:]),
                  args.threads, ["cpu"], settings)
     doc["runs"] = []

@@ -1,6 +1,6 @@
 """LMN's design choices on Tiny Shakespeare at one budget (issue 11).
 
-    python -m lmn.experiments.ablations --steps 300 --seeds 1337,1338 --runs-dir runs/ablations \\
+    python -m research.ablations --steps 300 --seeds 1337,1338 --runs-dir runs/ablations \\
         --out docs/results/ablations
 
 Every arm is the paper's LMN (``LMNConfig()``: d 32, 4 layers, 4 heads, 2 banks, linear
@@ -20,9 +20,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..trainer import TrainConfig
-from ..trainer.loop import PROVENANCE
-from .common import command_line, read_run, run_arm
+from lmn.atomic import save_figure, write_json, write_text
+from lmn.trainer import TrainConfig
+from lmn.trainer.loop import PROVENANCE
+from research.arms import command_line, read_run, run_arm
 
 # (arm, group, what changes, model_config overrides); "baseline" is the paper's LMN and the
 # reference of every group.
@@ -119,8 +120,8 @@ def expander_cost(lengths: list[int], expands=(0, 1, 2), repeats: int = 3) -> li
 
     import torch
 
-    from ..config import LMNConfig
-    from ..model import LMN
+    from lmn.config import LMNConfig
+    from lmn.model import LMN
 
     out = []
     for k in expands:
@@ -211,22 +212,21 @@ def render_plot(doc: dict, path: Path) -> None:
     b = doc["budget"]
     fig.suptitle(f"LMN ablations, Tiny Shakespeare, {b['max_iters']} steps x {b['batch_size']} x {b['block_size']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def write_report(doc: dict, out: Path, notes_path: str | None = None) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), doc, indent=2)
     md = render_markdown(doc)
     if notes_path and Path(notes_path).is_file():
         md += "\n" + Path(notes_path).read_text().rstrip() + "\n"
-    out.with_suffix(".md").write_text(md)
+    write_text(out.with_suffix(".md"), md)
     render_plot(doc, out.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmn.experiments.ablations", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m research.ablations", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--block-size", type=int, default=256)
@@ -254,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     cost_path = Path(args.out).with_suffix(".cost.json")
     if args.cost_lengths and not args.report_only:
-        cost_path.parent.mkdir(parents=True, exist_ok=True)
-        cost_path.write_text(json.dumps(expander_cost([int(t) for t in args.cost_lengths.split(",")]), indent=2) + "\n")
+        write_json(cost_path, expander_cost([int(t) for t in args.cost_lengths.split(",")]), indent=2)
 
     def report():
         doc = collect(args, arms, seeds)

@@ -4,10 +4,10 @@ markdown/plot render from it; finished arms are skipped on a rerun."""
 
 import json
 
-from lmn.experiments.ablations import ARMS, main
-from lmn.experiments.common import command_line
 from lmn.trainer import TrainConfig
-from lmn_testdata import small_corpus
+from research.ablations import ARMS, main
+from research.arms import command_line
+from tests.lmn_testdata import small_corpus
 
 
 def test_runner_trains_arms_with_one_budget_and_reports(tmp_path, capsys):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..trainer import TrainConfig, train
-from ..trainer.config import cli_flags
+from lmn.trainer import TrainConfig, train
+from lmn.trainer.config import cli_flags
 
 FINAL, CONFIG, METRICS = "final.json", "config.json", "metrics.jsonl"
 

@@ -1,7 +1,7 @@
 """ETTh1 forecasting: LMN against a Transformer encoder, Mamba-2 and DLinear at one
 budget (issue 11).
 
-    python -m lmn.experiments.forecast --horizons 96 --steps 400 --batch-size 32 \\
+    python -m research.forecast --horizons 96 --steps 400 --batch-size 32 \\
         --runs-dir runs/etth1 --out docs/results/domains --notes docs/results/domains_notes.md
 
 Every model trains through the shared trainer on the ``etth1`` task (:mod:`lmn.tasks.etth1`:
@@ -19,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..kinds import get_kind
-from ..trainer import TrainConfig
-from ..trainer.loop import PROVENANCE
-from .common import command_line, read_run, run_arm
+from lmn.atomic import save_figure, write_json, write_text
+from lmn.kinds import get_kind
+from lmn.trainer import TrainConfig
+from lmn.trainer.loop import PROVENANCE
+from research.arms import command_line, read_run, run_arm
 
 # arm -> (kind, model_config overrides): every sequence model at its ``paper`` size
 ARMS: dict[str, tuple[str, dict]] = {
@@ -200,20 +201,19 @@ def render_plot(doc: dict, path: Path) -> None:
         ax.set_ylim(top=min(2.0, ax.get_ylim()[1]))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def write_report(doc: dict, out: Path, notes_path: str | None) -> None:
     notes = Path(notes_path).read_text() if notes_path and Path(notes_path).is_file() else ""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(doc, notes))
+    write_json(out.with_suffix(".json"), doc, indent=2)
+    write_text(out.with_suffix(".md"), render_markdown(doc, notes))
     render_plot(doc, out.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmn.experiments.forecast", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m research.forecast", description=__doc__.split("\n\n")[0])
     p.add_argument("--horizons", default="96", help="comma-separated (96,192,336,720)")
     p.add_argument("--models", default=",".join(ARMS), help="comma-separated: " + ", ".join(ARMS))
     p.add_argument("--steps", type=int, default=400)

@@ -1,4 +1,4 @@
-"""The probes of trained runs (lmn.probes.context, levels, sequential) on the committed
+"""The probes of trained runs (research.context, levels, sequential) on the committed
 Table 1 LMN, with tiny settings: what they measure is what they say."""
 
 import json
@@ -10,7 +10,7 @@ import torch
 
 from lmn.trainer import load_run
 
-RUN = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs" / "lmn-s1337"
+RUN = Path(__file__).resolve().parents[2] / "docs" / "results" / "runs" / "lmn-s1337"
 needs_data = pytest.mark.skipif(
     not (Path(os.environ.get("LMN_DATA_DIR", "")) / "tinyshakespeare.txt").exists(),
     reason="needs tinyshakespeare.txt under $LMN_DATA_DIR",
@@ -19,7 +19,7 @@ needs_data = pytest.mark.skipif(
 
 @needs_data
 def test_context_probe_scores_the_same_blocks_and_a_cap_changes_only_long_contexts(tmp_path):
-    from lmn.probes.context import main
+    from research.context import main
 
     out = tmp_path / "ctx"
     assert main([str(RUN), "--out", str(out), "--blocks", "2", "--contexts", "0,64,2048", "--window", "128",
@@ -36,7 +36,7 @@ def test_context_probe_scores_the_same_blocks_and_a_cap_changes_only_long_contex
 
 @needs_data
 def test_level_mass_is_a_distribution_over_levels():
-    from lmn.probes.levels import level_mass
+    from research.levels import level_mass
 
     model, tokenizer, _ = load_run(RUN)
     idx = torch.as_tensor(tokenizer.encode("ROMEO: " * 20))[None, :100]
@@ -48,7 +48,7 @@ def test_level_mass_is_a_distribution_over_levels():
 
 @needs_data
 def test_sequential_fine_tuning_carries_the_state(monkeypatch):
-    from lmn.probes import sequential
+    from research import sequential
 
     model, tokenizer, doc = load_run(RUN)
     ids = torch.arange(2000) % model.config.vocab_size
@@ -72,7 +72,7 @@ def test_sequential_fine_tuning_carries_the_state(monkeypatch):
 
 @needs_data
 def test_sequential_from_scratch_trains_a_fresh_model_of_the_run(tmp_path):
-    from lmn.probes import sequential
+    from research import sequential
 
     out = tmp_path / "scratch"
     assert sequential.main([str(RUN), "--from-scratch", "--modes", "mixed", "--steps", "2", "--block", "32",
@@ -89,7 +89,7 @@ def test_sequential_from_scratch_trains_a_fresh_model_of_the_run(tmp_path):
 
 
 def test_streams_restart_at_fresh_offsets_every_n_windows():
-    from lmn.probes.sequential import Streams
+    from research.sequential import Streams
 
     ids = torch.arange(10_000)
     plain = Streams(ids, 2, 16)
@@ -107,7 +107,7 @@ def test_streams_restart_at_fresh_offsets_every_n_windows():
 
 
 def test_long_mode_keeps_the_tokens_per_step_and_reads_longer_windows(monkeypatch):
-    from lmn.probes import sequential
+    from research import sequential
 
     assert sequential.long_lengths(512, 16, 8192) == [(1024, 8), (2048, 4), (4096, 2), (8192, 1)]
     with pytest.raises(ValueError, match="at least 2 x --block"):
@@ -131,7 +131,7 @@ def test_long_mode_keeps_the_tokens_per_step_and_reads_longer_windows(monkeypatc
 
 @needs_data
 def test_saved_arms_load_as_runs(tmp_path):
-    from lmn.probes import sequential
+    from research import sequential
 
     out, saved = tmp_path / "long", tmp_path / "arms"
     assert sequential.main([str(RUN), "--from-scratch", "--modes", "long", "--steps", "2", "--block", "32",
@@ -155,7 +155,7 @@ def test_saved_arms_load_as_runs(tmp_path):
 
 @needs_data
 def test_stream_profile_splits_the_mass_by_levels_seen_in_training(tmp_path):
-    from lmn.probes import levels
+    from research import levels
 
     out = tmp_path / "lv"
     assert levels.main([str(RUN), "--out", str(out), "--windows", "2", "--stream", "2048"]) == 0

@@ -7,7 +7,7 @@ and averages it over the positions of ``n_windows`` validation windows of the le
 model was trained on (positions that cannot read a level yet count zero mass for it, so
 the columns show what the trained model actually does on its training distribution).
 
-    python -m lmn.probes.levels docs/results/runs/lmn-s1337 --out docs/results/probes/levels
+    python -m research.levels docs/results/runs/lmn-s1337 --out docs/results/probes/levels
 
 With ``--stream N`` it reads instead one stream of the first ``N`` validation characters,
 longer than the training windows (item 4: why does the loss rise past them?), and reports
@@ -31,7 +31,7 @@ def _layers(model, idx: torch.Tensor):
     """Per block, for ``idx (B, T)``: its tree levels, the slots' attention probabilities
     ``(B, T, H, S)``, which slots each position reads ``(T, S)`` and each slot's level
     ``(S,)`` (-1: the token itself) -- the attention of the parallel form, materialised."""
-    from ..bench.materialized import gather_slots, slot_specs
+    from lmn.materialized import gather_slots, slot_specs
 
     cfg = model.config
     B, T = idx.shape
@@ -90,7 +90,7 @@ STREAM_BUCKETS = ((1, 512), (513, 4096), (4097, 32768), (32769, 1 << 40))
 def _stream_report(model, ids, n: int, T: int) -> tuple[dict, list[str]]:
     """Run :func:`stream_profile` on the first ``n`` ids and tabulate it (``T``: the
     longest training window)."""
-    from ..tree import Tree
+    from lmn.tree import Tree
 
     prof = stream_profile(model, ids[:n][None])
     trained = Tree.of(model.config).n_levels_in(T)  # levels a T-token window builds
@@ -127,11 +127,12 @@ def _stream_report(model, ids, n: int, T: int) -> tuple[dict, list[str]]:
 
 
 def main(argv=None) -> int:
-    from ..bench.common import header, write_json, write_text
-    from ..probes.context import _val_ids
-    from ..trainer import load_run
+    from lmn.atomic import write_json, write_text
+    from lmn.records import header
+    from research.context import _val_ids
+    from lmn.trainer import load_run
 
-    p = argparse.ArgumentParser(prog="python -m lmn.probes.levels", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m research.levels", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a trained LMN run directory")
     p.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--windows", type=int, default=64, help="validation windows (evenly spaced)")
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --stream {args.stream} is longer than the validation split ({len(ids)} characters)")
     stream, stream_lines = (_stream_report(model, ids, args.stream, args.train_window or T)
                             if args.stream else (None, []))
-    command = "python -m lmn.probes.levels " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m research.levels " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-levels", command, args.threads, ["cpu"], {"windows": args.windows, "window": T})
     doc.update(run=args.run, levels=names, mass=mass.tolist(), readable_fraction=readable.tolist())
     if stream is not None:
@@ -207,7 +208,9 @@ def _plot(mass, names, path: Path, title: str) -> None:
     ax.set_title(f"attention mass per tree level: {title}", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from lmn.atomic import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -25,11 +25,11 @@ training modes from step 0, the ``random`` arm then being the Table 1 protocol i
 times as often (contexts up to ``N`` windows long).
 
 Both are then measured the same way: the standard estimate (random validation windows
-from an empty state) and the same-tokens context curve of :mod:`lmn.probes.context`. The
+from an empty state) and the same-tokens context curve of :mod:`research.context`. The
 ``random`` arm is the control: it separates what carrying the state does from what more
 training does.
 
-    python -m lmn.probes.sequential docs/results/runs/lmn-s1337 --steps 400 \\
+    python -m research.sequential docs/results/runs/lmn-s1337 --steps 400 \\
         --out docs/results/probes/sequential
 """
 
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .context import CONTEXTS, plot_curves, rerender, same_tokens_curve
+from research.context import CONTEXTS, plot_curves, rerender, same_tokens_curve
 
 
 MODES = ("random", "sequential", "mixed", "long")
@@ -105,11 +105,16 @@ def long_lengths(block: int, batch: int, max_window: int) -> list[tuple[int, int
 
 def fine_tune(model, train_ids, mode: str, steps: int, batch: int, block: int, lr: float, seed: int,
               log_every: int = 10, restart: int = 0, max_window: int = 0) -> list[dict]:
-    """Fine-tune ``model`` in place; returns the training-loss log."""
+    """Fine-tune ``model`` in place; returns the training-loss log. The optimizer is the
+    trainer's (:func:`lmn.trainer.optim.make_optimizer`: AdamW, weight decay 0.01 on every
+    parameter, constant ``lr``); the loop is this study's own (research/README.md)."""
+    from lmn.trainer import TrainConfig
+    from lmn.trainer.optim import make_optimizer
+
     lengths = long_lengths(block, batch, max_window) if mode == "long" else []
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = make_optimizer(model, TrainConfig(model="lmn", lr=lr, weight_decay=0.01, decay="all"))
     streams = Streams(train_ids, batch, block, restart=restart, seed=seed)
     model.train()
     state, log, t0 = None, [], time.perf_counter()
@@ -148,13 +153,16 @@ def save_arm(model, run: str, run_doc: dict, dest: Path, steps: int) -> Path:
 
     from safetensors.torch import save_model
 
-    from ..trainer.rundir import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, weights_metadata
+    from lmn.atomic import atomic_path
+    from lmn.trainer.rundir import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, weights_metadata
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, TOKENIZER_FILE):
-        shutil.copyfile(Path(run) / name, dest / name)
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(Path(run) / name, tmp)
     train = run_doc["train"]
-    save_model(model, str(dest / MODEL_FILE), metadata=weights_metadata(train["model"], train["model_config"], steps))
+    with atomic_path(dest / MODEL_FILE) as tmp:
+        save_model(model, str(tmp), metadata=weights_metadata(train["model"], train["model_config"], steps))
     return dest
 
 
@@ -171,11 +179,12 @@ def estimate(model, ids: torch.Tensor, block: int, batches: int, batch: int, see
 
 
 def main(argv=None) -> int:
-    from ..bench.common import header, write_json, write_text
-    from ..data import load_corpus, split_tokens
-    from ..trainer import load_run
+    from lmn.atomic import write_json, write_text
+    from lmn.records import header
+    from lmn.data import load_corpus, split_tokens
+    from lmn.trainer import load_run
 
-    p = argparse.ArgumentParser(prog="python -m lmn.probes.sequential", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m research.sequential", description=__doc__.split("\n\n")[0])
     p.add_argument("run", nargs="?", help="a trained LMN run directory")
     p.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     p.add_argument("--render", action="store_true", help="only re-render OUT.md/OUT.png from OUT.json (with --notes)")
@@ -209,7 +218,7 @@ def main(argv=None) -> int:
     if not args.run:
         p.error("give the run directory (or --render)")
     contexts = [int(c) for c in args.contexts.split(",")]
-    command = "python -m lmn.probes.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m research.sequential " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = header("probe-sequential", command, args.threads, ["cpu"], {k: v for k, v in vars(args).items()})
     doc["arms"] = []
     if args.stream_windows < 0:
@@ -234,7 +243,7 @@ def main(argv=None) -> int:
         if run_doc["train"]["model"] != "lmn":
             raise SystemExit(f"error: {args.run} is not an LMN run")
         if args.from_scratch:
-            from ..trainer.models import build_model
+            from lmn.trainer.models import build_model
 
             torch.manual_seed(args.seed)
             model = build_model(run_doc["train"]["model"], run_doc["train"]["model_config"])

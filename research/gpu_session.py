@@ -1,6 +1,8 @@
 """All GPU measurements of issue 13 in one prepared run (a lent GPU, ~15 device-minutes).
 
-    PYTHONPATH=src python3 -m lmn.bench.gpu_session all --out $OUT --budget 420 --parts env,parity,train,...
+    PYTHONPATH=src python3 -m research.gpu_session all --out $OUT --budget 420 --parts env,parity,train,...
+
+(from the repository root; until the move to ``research/`` it was ``lmn.bench.gpu_session``).
 
 Each part runs in its own process with a timeout and appends one JSON line per
 measurement to ``OUT/results.jsonl`` (a part that dies leaves what it wrote), so a
@@ -13,14 +15,14 @@ killed or crashed part costs only itself. Parts, in order of priority:
   across the PyTorch path's chunk boundaries; bf16 autocast differences are reported.
 * ``train``: forward + cross-entropy + backward (no optimizer), CUDA-event timed, for HF
   GPT-2 with SDPA (no dropout), LMN's PyTorch path and LMN's fused path, float32 and bf16
-  autocast; ``paper`` 16 x 512 and ``large`` (LMN d 512, 8 layers, 8 heads, 2 banks vs
+  autocast; ``paper`` 16 x 512 and ``large512`` (LMN d 512, 8 layers, 8 heads, 2 banks vs
   GPT-2 n_embd 512, 8 layers, 8 heads, inner 3072: matched parameters) at 2K / 8K / 32K.
 * ``decode``: per-token step at context 32K, batch 1 and 64 (LMN.step vs GPT-2's
   DynamicCache).
-* ``profile``: the top CUDA kernels of one LMN fused step (large, 8K, bf16).
+* ``profile``: the top CUDA kernels of one LMN fused step (large512, 8K, bf16).
 * ``compile``: ``torch.compile`` of LMN's PyTorch path (default mode, and
   ``reduce-overhead`` = CUDA graphs) and of the fused path.
-* ``long``: large size, 1 x 256K, bf16: LMN fused vs GPT-2 (one timed step each).
+* ``long``: the large512 size, 1 x 256K, bf16: LMN fused vs GPT-2 (one timed step each).
 * ``ddp``: one real training step through DDP and FSDP2 on one GPU against the
   one-process step (``examples/parallel_step_check.py`` under ``torchrun``; issue 12).
 * ``nanogpt``: nanoGPT's Shakespeare-char setting (``lmn train --preset nanogpt-lmn`` and
@@ -42,13 +44,18 @@ import sys
 import time
 import traceback
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 PARTS = ("env", "parity", "train", "decode", "profile", "compile", "long")  # in order of priority
 TIMEOUTS = {"env": 30, "parity": 90, "train": 240, "decode": 120, "profile": 40, "compile": 170, "long": 90,
             "train2": 150, "compile2": 200, "ddp": 90, "nanogpt": 600}
 
-LMN_SIZES = {"paper": {}, "large": {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_banks": 2},
+# "large512" is this study's own size, not the registry's "large" (lmn.bench.models: LMN d 256):
+# d 512 with GPT-2 matched to it. The records of docs/results/gpu/ made before the move to
+# research/ call it "large".
+LMN_SIZES = {"paper": {}, "large512": {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_banks": 2},
              "tiny": {"d_model": 16, "n_layers": 2, "n_heads": 2}}
-GPT2_SIZES = {"paper": {}, "large": {"n_embd": 512, "n_layer": 8, "n_head": 8, "n_inner": 3072},
+GPT2_SIZES = {"paper": {}, "large512": {"n_embd": 512, "n_layer": 8, "n_head": 8, "n_inner": 3072},
               "tiny": {"n_embd": 16, "n_layer": 2, "n_head": 2, "n_inner": 64}}
 
 
@@ -82,16 +89,10 @@ def build(kind: str, size: str, T: int, device):
     return model.to(device), n
 
 
-def cuda_mem():
-    import torch
-
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-
-
 def time_steps(step, device, warmup: int, repeats: int, budget_s: float) -> dict:
     import torch
 
-    from .common import StepTimer, summarize, sync
+    from lmn.bench.common import StepTimer, summarize, sync
 
     for _ in range(warmup):
         step()
@@ -306,7 +307,7 @@ def _train_grid(size_arg: str):
         return [("tiny", 2, 64, "fp32")]
     grid = [("paper", 16, 512, "fp32"), ("paper", 16, 512, "bf16")]
     for T, B in ((2048, 8), (8192, 2), (32768, 1)):
-        grid += [("large", B, T, "bf16"), ("large", B, T, "fp32")]
+        grid += [("large512", B, T, "bf16"), ("large512", B, T, "fp32")]
     return grid
 
 
@@ -320,7 +321,7 @@ def part_train2(args) -> None:
     """The fused path again (after a kernel change) and with CUDA graphs, GPT-2 in the same run."""
     kinds = ("gpt2", "lmn-fused", "lmn-fused+graphs", "gpt2+graphs")
     for size, B, T, dtype in _train_grid(args.size):
-        for kind in kinds if size != "large" or T <= 8192 else kinds[:2]:
+        for kind in kinds if size != "large512" or T <= 8192 else kinds[:2]:
             emit(args.out, _train_point(args, size, kind, B, T, dtype))
 
 
@@ -333,7 +334,7 @@ def part_compile2(args) -> None:
 def part_compile(args) -> None:
     grid = [("paper", 16, 512, "fp32", "lmn", "default"), ("paper", 16, 512, "fp32", "lmn", "reduce-overhead"),
             ("paper", 16, 512, "fp32", "lmn-fused", "default"), ("paper", 16, 512, "bf16", "lmn", "default"),
-            ("large", 2, 8192, "bf16", "lmn", "default"), ("large", 2, 8192, "bf16", "lmn-fused", "default")]
+            ("large512", 2, 8192, "bf16", "lmn", "default"), ("large512", 2, 8192, "bf16", "lmn-fused", "default")]
     if args.size == "tiny":
         grid = [("tiny", 2, 64, "fp32", "lmn", "default")]
     for size, B, T, dtype, kind, mode in grid:
@@ -342,7 +343,7 @@ def part_compile(args) -> None:
 
 def part_long(args) -> None:
     T = 262144 if args.size != "tiny" else 128
-    size = "large" if args.size != "tiny" else "tiny"
+    size = "large512" if args.size != "tiny" else "tiny"
     saved = args.repeats
     args.repeats = 1
     for kind in ("lmn-fused", "gpt2"):
@@ -353,8 +354,8 @@ def part_long(args) -> None:
 def part_decode(args) -> None:
     import torch
 
-    from .common import StepTimer, summarize
-    from .models import make_decoder
+    from lmn.bench.common import StepTimer, summarize
+    from lmn.bench.models import make_decoder
 
     device = torch.device(args.device)
     P = 32768 if args.size != "tiny" else 100
@@ -404,7 +405,7 @@ def part_profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(args.device)
-    size, B, T = ("large", 2, 8192) if args.size != "tiny" else ("tiny", 2, 64)
+    size, B, T = ("large512", 2, 8192) if args.size != "tiny" else ("tiny", 2, 64)
     for kind in ("lmn-fused", "lmn") if not args.fused_only else ("lmn-fused",):
         model, _ = build(kind, size, T, device)
         idx = torch.randint(65, (B, T), device=device)
@@ -434,8 +435,7 @@ def part_profile(args) -> None:
 
 def part_ddp(args) -> None:
     """One DDP and one FSDP2 step on this device against the one-process step."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(here, "..", "..", "..", "examples", "parallel_step_check.py")
+    script = os.path.join(REPO, "examples", "parallel_step_check.py")
     out = os.path.join(args.out, "parallel_step.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", script,
            "--device", args.device, "--out", out]
@@ -487,13 +487,15 @@ def run_all(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     parts = [p for p in args.parts.split(",") if p]
+    # each part runs as ``python -m research.gpu_session part NAME``: the repository root on its path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (REPO, os.environ.get("PYTHONPATH"))))}
     for name in parts:
         left = args.budget - (time.perf_counter() - start)
         if left < 15:
             emit(args.out, {"part": name, "status": "skipped", "reason": "session budget spent"})
             continue
         limit = min(TIMEOUTS[name], left)
-        cmd = [sys.executable, "-m", "lmn.bench.gpu_session", "part", name, "--out", args.out, "--device", args.device,
+        cmd = [sys.executable, "-m", "research.gpu_session", "part", name, "--out", args.out, "--device", args.device,
                "--size", args.size, "--repeats", str(args.repeats), "--point-budget", str(args.point_budget)]
         cmd += ["--fused-only"] if args.fused_only else []
         cmd += ["--nanogpt-s", str(args.nanogpt_s)] + (["--data", args.data] if args.data else [])
@@ -503,7 +505,7 @@ def run_all(args) -> int:
             log.write(f"== {name} (limit {limit:.0f} s)\n")
             log.flush()
             try:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit, env=env).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         emit(args.out, {"part": name, "status": "done" if rc == 0 else f"exit {rc}",
@@ -512,7 +514,7 @@ def run_all(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmn.bench.gpu_session", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m research.gpu_session", description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("all", "part"))
     p.add_argument("name", nargs="?", help="the part (mode 'part')")
     p.add_argument("--out", required=True)
