@@ -229,7 +229,7 @@ def test_chunked_feed_forward_backward_equals_autograd(monkeypatch):
 
 def _chunk_inputs(T, tree, chunk, n_levels, c0=0, prefix_levels=0, B=1, H=2, dh=3, G=2):
     """Random float64 inputs of the attention kernels for a T-token piece, and their meta."""
-    from lmn.attention import SlotGroup, _chunk_plan, _slot_specs
+    from lmn.attention import SlotGroup, _chunk_plan, _Plan, _slot_specs
 
     T1 = T + 1
     g = torch.Generator().manual_seed(0)
@@ -246,7 +246,7 @@ def _chunk_inputs(T, tree, chunk, n_levels, c0=0, prefix_levels=0, B=1, H=2, dh=
     k_t = torch.randn(B, H, dh, Tp, generator=g, dtype=torch.float64)
     v_t = torch.randn(B, H, dh, T1, generator=g, dtype=torch.float64)
     s_self = torch.randn(B, H, T1, generator=g, dtype=torch.float64)
-    meta = (chunk, c0, T1, tree, blocks, *_slot_specs(groups, "cpu"), 0)
+    meta = _Plan(chunk, c0, T1, tree, blocks, *_slot_specs(groups, "cpu"), 0)
     return meta, [k_t, v_t, s_self, *[grp.entries for grp in groups]]
 
 

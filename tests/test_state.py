@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmn import LMN, LMNConfig, LMNState, reference_forward, state_nbytes
-from lmn.attention import SingleVectorAttention
+from lmn.attention import ParallelRead, SingleVectorAttention
 from tests.conftest import max_abs_diff
 from tests.test_parity import small_model
 
@@ -111,7 +111,7 @@ def test_zero_vectors_and_zero_scores_do_not_change_the_attended_slots():
         x = torch.randn(1, 12, 8)
         x[0, 3] = 0.0  # and a genuine zero vector
         levels = model.blocks[0].memory.build(x)
-        out = attn(x, levels, cfg.tree)
+        out = attn(x, ParallelRead(levels, cfg.tree))
         for t in range(12):
             slots = [x[0, t]]
             for i in range(1, (t + 1).bit_length()):

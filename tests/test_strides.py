@@ -286,7 +286,7 @@ def test_pinned_memory_keeps_the_highest_write_scores():
     with torch.no_grad():
         _, state = model(idx, return_state=True)
         x = model.blocks[0].norm1(model._embed(idx, 0))
-        w = model.blocks[0].memory.write(x)[..., 0]
+        w = model.blocks[0].pinned.write(x)[..., 0]
     for b in range(2):
         want = sorted(range(40), key=lambda j: (w[b, j].item(), j), reverse=True)[:3]
         got = state.layers[0].pinned.j[b].tolist()

@@ -21,6 +21,7 @@ triton = pytest.importorskip("triton")
 
 from lmn import LMN, LMNConfig, reference_forward  # noqa: E402
 from lmn.kernels import triton_sva  # noqa: E402
+from lmn.attention import ParallelRead  # noqa: E402
 from tests.test_parity import randomize_  # noqa: E402
 
 TOL = 1e-5
@@ -147,7 +148,7 @@ def test_kernel_directly_on_random_tables():
     outs = []
     for fused in (False, True):
         block.attn.fused_kernels = fused
-        out = block.attn(x, levels, block.memory.tree, chunk=16)
+        out = block.attn(x, ParallelRead(levels, block.memory.tree, chunk=16))
         (gx,) = torch.autograd.grad(out.square().sum(), [x], retain_graph=True)
         outs.append((out.detach(), gx))
     _check("layer output", outs[1][0], outs[0][0])

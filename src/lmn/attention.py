@@ -96,46 +96,47 @@ class SingleVectorAttention(nn.Module):
         """
         B, T, _ = x.shape
         k = tree.stride
-        c0, cached = prefix if prefix is not None else (0, [])
+        c0, cached = prefix if prefix is not None else StreamPrefix(0, [])
         local = len(levels) if prefix is None else min(len(levels), ceil_log(T, k) - 1)
         groups = []
         for level, r in tree.read_groups(local):
-            if tree.read == "latest":  # entry 0: the stream's node before the piece (or nothing)
-                _, nb, n, e, _ = levels[level - 1].shape
-                qv = self._project(levels[level - 1]).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
-                padded = qv.new_zeros(2, B, self.n_heads, nb * e, self.d_head, n + 1)
-                padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
-                del qv
-                if level < len(cached):
-                    padded[0, ..., 0], padded[1, ..., 0] = cached[level]
-            else:  # block q reads node q*k + r (zeros where no such node: never present)
-                if level == 0:  # the tokens themselves, one slot each
-                    qv = self._project(x[:, None, :, None, :]).permute(4, 0, 5, 1, 3, 6, 2)
-                else:
-                    qv = self._project(levels[level - 1]).permute(4, 0, 5, 1, 3, 6, 2)
-                n = qv.shape[-1]
-                n_blocks = T // tree.block_length(level) + 1
-                full = qv.new_zeros(*qv.shape[:-1], n_blocks * k)
-                full[..., :n] = qv
-                del qv
-                picked = full.unflatten(-1, (n_blocks, k))[..., r]  # (2, B, H, nb, E, dh, n_blocks)
-                padded = picked.flatten(3, 4).contiguous()
-            groups.append(SlotGroup(padded, tree.block_length(level), level, r))
+            nodes = x[:, None, :, None, :] if level == 0 else levels[level - 1]  # level 0: tokens, one slot each
+            qv = self._project(nodes).permute(4, 0, 5, 1, 3, 6, 2)  # (2, B, H, nb, E, dh, n)
+            before = cached[level] if level < len(cached) else None
+            n_blocks = T // tree.block_length(level) + 1
+            entries = tree.rule.group_entries(qv, r, n_blocks, k, before)
+            del qv
+            groups.append(SlotGroup(entries, tree.block_length(level), level, r))
         # levels above the piece's own tree: the stream's cached slots, one entry for all
         for level in range(local + 1, len(cached)):
             q, v = cached[level]
             if q.shape[2] == 0:
                 continue
-            if tree.read == "latest":
-                entries = [(q, v)]
-            else:  # one group per pending node
-                per = tree.node_slots(level)
-                entries = [(q[:, :, s : s + per], v[:, :, s : s + per]) for s in range(0, q.shape[2], per)]
-            for r, (qn, vn) in enumerate(entries):
+            for r, (qn, vn) in enumerate(tree.rule.stream_entries(q, v, tree.node_slots(level))):
                 groups.append(SlotGroup(torch.stack([qn, vn])[..., None], None, level, r))
         return groups
 
-    def forward(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None, pin=None) -> Tensor:
+    def forward(self, x: Tensor, read: "ParallelRead | CachedRead") -> Tensor:
+        """The one call of both forms: what ``read`` holds decides which runs.
+
+        * :class:`ParallelRead` -- ``x (B, T, d)``: every position of a sequence (or of a
+          piece continuing a stream) over the tree levels built from it, in parallel.
+        * :class:`CachedRead` -- ``x (B, d)``: one position over a stream's cached slots.
+
+        Returns ``(B, T, d)`` or ``(B, d)``.
+        """
+        if type(read) is CachedRead:
+            return self._one(x, read.slot_q, read.slot_v, read.pinned)
+        return self._parallel(x, read.levels, read.tree, read.chunk, read.prefix, read.pinned)
+
+    def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W_q and W_v of tokens ``(B, n, d)`` as slots: ``(B, H, n, d_head)`` each."""
+        B, n, _ = x.shape
+        q = F.linear(x, self.q.weight, self.q.bias).view(B, n, self.n_heads, self.d_head).transpose(1, 2)
+        v = F.linear(x, self.v.weight, self.v.bias).view(B, n, self.n_heads, self.d_head).transpose(1, 2)
+        return q, v
+
+    def _parallel(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None, pin=None) -> Tensor:
         """Parallel form.
 
         Args:
@@ -145,11 +146,7 @@ class SingleVectorAttention(nn.Module):
             chunk: positions processed at once (a power of the stride); bounds the
                 temporaries.
             prefix: continue a stream (see :meth:`read_groups`).
-            pin: the pinned memory, ``(index (B, T, m), pool_w (B, N), pre_q, pre_v)``:
-                position t also reads the pool tokens ``index[:, t]`` (``-1``: none), each
-                with ``log sigmoid(pool_w)`` added to its score; the pool is the stream's
-                pinned tokens (projections ``pre_q``/``pre_v (B, H, m_p, d_head)``, or
-                ``None``) followed by the tokens of ``x`` (see :mod:`lmn.memory`).
+            pin: the pinned memory (:class:`lmn.pinned.PinnedRead`) or ``None``.
         Returns:
             ``out (B, T, d)``.
 
@@ -184,7 +181,7 @@ class SingleVectorAttention(nn.Module):
         del k
         c0 = 0 if prefix is None else prefix[0]
         slot_level, slot_r = _slot_specs(groups, x.device)
-        meta = (chunk, c0, T1, tree, blocks, slot_level, slot_r, len(pins))
+        meta = _Plan(chunk, c0, T1, tree, blocks, slot_level, slot_r, len(pins))
         nodes_qv = [*pins, *(g.entries for g in groups)]
 
         # With several chunks under autograd, no chunk's scores or probabilities are kept:
@@ -214,21 +211,21 @@ class SingleVectorAttention(nn.Module):
         return [F.pad(pq, (1, 0)), F.pad(pv, (1, 0)), F.pad(bias, (1, 0), value=float("-inf"))]
 
     # ------------------------------------------------------------------ streaming form
-    def step(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None) -> Tensor:
+    def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None) -> Tensor:
         """One position. ``x: (B, d)``; ``slot_q``/``slot_v``: cached projections of the
-        memory nodes ``(B, H, S, d_head)``; ``pin``: the pinned slots ``(q, v, bias)``,
-        ``(B, H, n, d_head)`` twice and ``(B, n)`` (score bias ``log sigmoid(w)``), or None.
+        memory nodes ``(B, H, S, d_head)``; ``pin``: the pinned slots
+        (:class:`lmn.pinned.PinnedSlots`: score bias ``log sigmoid(w)``) or None.
         Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
         w, b = self._fused("qkv")
         q, k, v = F.linear(x, w, b).view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
         if pin is not None:  # the pinned slots follow the tree's, with their score bias
-            slot_q, slot_v = torch.cat([slot_q, pin[0]], dim=2), torch.cat([slot_v, pin[1]], dim=2)
+            slot_q, slot_v = torch.cat([slot_q, pin.q], dim=2), torch.cat([slot_v, pin.v], dim=2)
         # slot 0 (the token itself) joins the cached slots: one matmul for all scores
         scores = torch.matmul(torch.cat([q, slot_q], dim=2), k.transpose(-1, -2))  # (B, H, 1+S, 1)
         if pin is not None:
-            bias = F.pad(pin[2], (scores.shape[2] - pin[2].shape[1], 0))  # (B, 1+S)
+            bias = F.pad(pin.bias, (scores.shape[2] - pin.bias.shape[1], 0))  # (B, 1+S)
             probs = torch.softmax(scores * self.scale + bias[:, None, :, None], dim=2)
         else:
             probs = torch.softmax(scores * self.scale, dim=2)
@@ -240,6 +237,51 @@ class SingleVectorAttention(nn.Module):
 # Shapes (time-last): k_t (B, H, dh, Tp) with column u holding k_{u-1}; v_t (B, H, dh, T+1);
 # s_self (B, H, T+1); per slot group a tensor (2, B, H, G, dh, n_entries) of projected
 # nodes whose entry q is the node read by block q of the group (see SlotGroup).
+
+
+class StreamPrefix(NamedTuple):
+    """What a piece continuing a stream reads from before it: ``pos`` tokens came first,
+    ``cached[i]`` are the q/v projections ``(B, H, n, d_head)`` of level ``i``'s slots in
+    the stream's slot cache."""
+
+    pos: int
+    cached: list
+
+
+class ParallelRead(NamedTuple):
+    """What every position of a sequence reads (the parallel form): the tree ``levels``
+    ``[N_1, ..., N_L]`` (:meth:`lmn.memory.LogMemory.build`) of ``tree``; ``chunk``
+    positions at a time (a power of the stride); ``prefix`` when the sequence continues a
+    stream; ``pinned`` the pinned memory (:class:`lmn.pinned.PinnedRead`) or ``None``."""
+
+    levels: list
+    tree: object
+    chunk: int = 4096
+    prefix: StreamPrefix | None = None
+    pinned: object = None
+
+
+class CachedRead(NamedTuple):
+    """What one position of a stream reads: the projections of its memory slots,
+    ``slot_q``/``slot_v (B, H, S, d_head)`` (the state's slot cache), and the pinned slots
+    (:class:`lmn.pinned.PinnedSlots`) or ``None``."""
+
+    slot_q: Tensor
+    slot_v: Tensor
+    pinned: object = None
+
+
+class _Plan(NamedTuple):
+    """The fixed arguments of the parallel attention's chunk kernels."""
+
+    chunk: int
+    c0: int  # tokens of the stream before the sequence
+    T1: int  # shifted positions u = 0 .. T
+    tree: object
+    blocks: list  # per slot group its block length (None: one entry for every position)
+    slot_level: Tensor
+    slot_r: Tensor
+    n_pin: int  # pinned-slot tensors at the head of the node inputs
 
 
 class SlotGroup(NamedTuple):
@@ -287,7 +329,7 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
     per group ``qv_loc (2, B, H, G, dh, nblk)``; ``u_start`` is the chunk's first shifted
     position counted from the start of the stream (for the presence mask)."""
     B, H, dh, width = v_loc.shape
-    tree, slot_level, slot_r = meta[3], meta[5], meta[6]
+    tree, slot_level, slot_r = meta.tree, meta.slot_level, meta.slot_r
     scores, blocks = [s_loc], []
     for qv, (_, nblk, r_c) in zip(qv_loc, plan):
         cols = nblk * r_c
@@ -332,10 +374,10 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
 
 
 def _chunk_slices(u0: int, u1: int, meta, k_t, v_t, s_self, nodes_qv):
-    """A chunk's slices of the inputs; ``nodes_qv`` starts with the ``meta[7]`` pinned-slot
+    """A chunk's slices of the inputs; ``nodes_qv`` starts with the ``meta.n_pin`` pinned-slot
     tensors (per column, like ``v_t``), then the slot groups' entries."""
-    n_pin = meta[7]
-    cols, plan = _chunk_plan(u0, u1, meta[0], meta[4])
+    n_pin = meta.n_pin
+    cols, plan = _chunk_plan(u0, u1, meta.chunk, meta.blocks)
     pin_loc = [t[..., u0:u1] for t in nodes_qv[:n_pin]]
     qv_loc = [qv[..., first : first + nblk] for qv, (first, nblk, _) in zip(nodes_qv[n_pin:], plan)]
     return (k_t[..., u0 : u0 + cols], v_t[..., u0:u1], s_self[..., u0:u1], pin_loc + qv_loc), plan
@@ -344,12 +386,12 @@ def _chunk_slices(u0: int, u1: int, meta, k_t, v_t, s_self, nodes_qv):
 def _attend_all(meta, k_t, v_t, s_self, nodes_qv) -> Tensor:
     """Output ``(B, H, dh, T1)`` for the shifted positions ``0 <= u < T1``, chunk by chunk
     (differentiable by plain autograd, which then keeps every chunk's probabilities)."""
-    chunk, c0, T1 = meta[:3]
+    chunk, c0, T1 = meta.chunk, meta.c0, meta.T1
     outs = []
     for u0 in range(0, T1, chunk):
         u1 = min(u0 + chunk, T1)
         (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
-        n_pin = meta[7]
+        n_pin = meta.n_pin
         outs.append(_attend_local(k_loc, v_loc, s_loc, qv_loc[n_pin:], plan, c0 + u0, meta, qv_loc[:n_pin]))
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
@@ -385,7 +427,7 @@ class _RecomputedChunks(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         meta = ctx.meta
-        chunk, c0, T1 = meta[:3]
+        chunk, c0, T1 = meta.chunk, meta.c0, meta.T1
         k_t, v_t, s_self, *nodes_qv = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
         full = [torch.zeros_like(t) if need else None for t, need in zip((k_t, v_t, s_self, *nodes_qv), needs)]
@@ -393,7 +435,7 @@ class _RecomputedChunks(torch.autograd.Function):
             u1 = min(u0 + chunk, T1)
             (k_loc, v_loc, s_loc, qv_loc), plan = _chunk_slices(u0, u1, meta, k_t, v_t, s_self, nodes_qv)
             leaves = [t.detach().requires_grad_(need) for t, need in zip((k_loc, v_loc, s_loc, *qv_loc), needs)]
-            n_pin = meta[7]
+            n_pin = meta.n_pin
             with torch.enable_grad():
                 out = _attend_local(leaves[0], leaves[1], leaves[2], leaves[3 + n_pin :], plan, c0 + u0, meta,
                                     leaves[3 : 3 + n_pin])

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path, write_json
 from .config import LMNConfig
+from .layout import fill_fixed
 from .model import LMN, sinusoidal_encoding
 from .summarizers import affine_form
 from .tree import n_levels
@@ -140,16 +141,8 @@ class StreamStep(nn.Module):
         B, c = state.batch_size, self.config
         out = self.initial_state(B, dtype=state.dtype, device=state.device)
         out["pos"].fill_(state.pos)
-        for l, layer in enumerate(state.layers):
-            attn = self.model.blocks[l].attn
-            for i, node in enumerate(layer.nodes):  # (B, nb, r, 1, d) -> (B, r, nb*d)
-                r = node.shape[2]
-                if r == 0:
-                    continue
-                vec = node[:, :, :, 0].transpose(1, 2).reshape(B, r, -1)
-                out["nodes"][l, :, i, :r] = vec
-                q, v = self._project(attn, vec)
-                out["slot_q"][l, :, i, :r], out["slot_v"][l, :, i, :r] = q, v
+        views = [(out["nodes"][l], out["slot_q"][l], out["slot_v"][l]) for l in range(c.n_layers)]
+        fill_fixed(state, views, lambda l, vec: self._project(self.model.blocks[l].attn, vec))  # lmn.layout
         return out
 
     def _project(self, attn, vec: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,7 +158,7 @@ class StreamStep(nn.Module):
         k, KC, Lc, nb, d = c.stride, c.stride - 1, self.levels + 1, c.n_banks, c.d_model
         H, dh = c.n_heads, c.d_head
         B = token.shape[0]
-        latest = c.read == "latest"
+        rule = self.model.blocks[0].memory.tree.rule
 
         # the counter after this token: base-k digits, carry height, levels present
         count = pos + 1
@@ -177,17 +170,10 @@ class StreamStep(nn.Module):
         below = level < top[:, None]
         # where each level's new node goes: merged-away nodes stay as their level's latest ("latest")
         at = torch.where(below, 0, dig - 1)
-        written = (level == top[:, None]) | (below & latest)
+        written = (level == top[:, None]) | (below & rule.keeps_merged)
         write = written[..., None] & (slot == at[..., None])  # (B, Lc, KC)
         # what this position reads besides itself
-        if latest:
-            present = (powers[None, :Lc] <= count[:, None]) & (level >= 1)
-            read = present[..., None] & (slot == (dig.clamp(min=1) - 1)[..., None])  # (B, Lc, KC)
-            read = read[..., None].expand(B, Lc, KC, nb)
-        else:
-            read_lv = slot < torch.where(level == 0, dig - 1, dig)[..., None]
-            bank0 = torch.arange(nb, device=token.device) == 0
-            read = read_lv[..., None] & ((level >= 1)[..., None, None] | bank0)  # level 0: one slot
+        read = rule.step_read_mask(count, dig, powers, level, slot, nb)  # (B, Lc, KC, nb)
         absent = ~read.reshape(B, 1, Lc * KC * nb)
 
         h = F.embedding(token, model.tok_emb.weight)
@@ -240,7 +226,7 @@ class StreamStep(nn.Module):
             out = probs[..., :1] * v + torch.einsum("bhs,bshe->bhe", probs[..., 1:], slots_v)
             h = h + F.linear(out.reshape(B, d), attn.o.weight, attn.o.bias)
             y = F.rms_norm(h, block.norm2.normalized_shape, block.norm2.weight, block.norm2.eps)
-            h = h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+            h = h + ff.plain(y)
         h = F.layer_norm(h, model.ln_f.normalized_shape, model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
         logits = F.linear(h, model.head.weight, model.head.bias)
         return logits, count, torch.stack(new_nodes), torch.stack(new_q), torch.stack(new_v)

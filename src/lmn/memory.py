@@ -34,8 +34,6 @@ class LogMemory(nn.Module):
         self.expand = config.expand
         self.summarizer = build_summarizer(config)
         self.expander = Expander(config.d_model, config.expand) if config.expand > 0 else None
-        self.pinned = config.pinned
-        self.write = nn.Linear(config.d_model, 1) if config.pinned else None  # the pinned memory's write score
         self.fused_kernels = "auto"  # build() through the fused Triton kernel (set by LMN.fused_kernels)
 
     def merge(self, children: Tensor) -> Tensor:
@@ -103,13 +101,13 @@ class LogMemory(nn.Module):
         Returns:
             ``(level, node)`` of every node completed, the given one first.
         """
-        k, latest, cap = self.tree.stride, self.tree.read == "latest", self.tree.max_level
+        k, latest, cap = self.tree.stride, self.tree.rule.keeps_merged, self.tree.max_level
         completed = [(level, node)]
         top = carry_height(count, k)
         for i in range(level, top if cap is None else min(top, cap)):
             siblings = nodes[i]  # k - 1 pending siblings + this one -> a node of level i+1
             node_ = node[:, :, None]
-            nodes[i] = node_ if latest else node_[:, :, :0]  # "latest" keeps the latest node
+            nodes[i] = node_ if latest else node_[:, :, :0]  # (a rule may keep the latest node)
             node = self.merge(torch.cat([siblings, node_], dim=2))
             completed.append((i + 1, node))
         new = node[:, :, None]
@@ -122,37 +120,3 @@ class LogMemory(nn.Module):
         else:
             nodes[top] = torch.cat([nodes[top], new], dim=2)
         return completed
-
-
-# ----------------------------------------------------------------------------- pinned memory
-def top_order(w: Tensor, j: Tensor, m: int) -> Tensor:
-    """Indices of the (at most) ``m`` largest keys ``(w, j)`` along the last axis, sorted
-    descending: by score, ties to the larger position ``j``."""
-    by_j = torch.sort(j, dim=-1, descending=True, stable=True).indices
-    by_w = torch.sort(w.gather(-1, by_j), dim=-1, descending=True, stable=True).indices[..., :m]
-    return by_j.gather(-1, by_w)
-
-
-def running_top(w: Tensor, m: int) -> Tensor:
-    """Indices ``(B, N, m)`` of the pinned set after each of ``N`` tokens: for every ``i`` the
-    ``m`` tokens ``j <= i`` of largest key ``(w[j], j)``, sorted descending (``-1`` pads).
-
-    A Hillis-Steele scan (log2 N steps, each merging disjoint top-m lists), equal to taking
-    the top ``m`` of every prefix (:func:`top_keys`)."""
-    B, N = w.shape
-    vals = torch.cat([w[..., None], w.new_full((B, N, m - 1), float("-inf"))], dim=-1)
-    idx = torch.cat([torch.arange(N, device=w.device).expand(B, N)[..., None],
-                     torch.full((B, N, m - 1), -1, dtype=torch.long, device=w.device)], dim=-1)
-    s = 1
-    while s < N:
-        prev_v = torch.cat([vals.new_full((B, s, m), float("-inf")), vals[:, :-s]], dim=1)
-        prev_i = torch.cat([idx.new_full((B, s, m), -1), idx[:, :-s]], dim=1)
-        both_v, both_i = torch.cat([vals, prev_v], dim=-1), torch.cat([idx, prev_i], dim=-1)
-        # order by (value, index) descending: by index first, then stably by value
-        by_i = torch.sort(both_i, dim=-1, descending=True, stable=True).indices
-        both_v, both_i = both_v.gather(-1, by_i), both_i.gather(-1, by_i)
-        by_v = torch.sort(both_v, dim=-1, descending=True, stable=True).indices[..., :m]
-        vals, idx = both_v.gather(-1, by_v), both_i.gather(-1, by_v)
-        idx = torch.where(vals > float("-inf"), idx, -1)
-        s *= 2
-    return idx

@@ -14,17 +14,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import SingleVectorAttention, vjp
+from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, vjp
 from .config import LMNConfig
-from .memory import LogMemory, running_top, top_order
-from .state import LayerState, LMNState, PinnedSet
-from .tree import carry_height, ceil_log, piece_lengths
+from .memory import LogMemory
+from .pinned import PinnedMemory
+from .state import LayerState, LMNState
+from .tree import ceil_log, piece_lengths
 
 
 def sinusoidal_encoding(positions: Tensor, d_model: int, dtype: torch.dtype) -> Tensor:
@@ -99,6 +99,11 @@ class FeedForward(nn.Module):
         # in place when nothing is recorded for backward: saves a (T, ff_mult*d) buffer
         return self.down(F.silu(self.up(x), inplace=not torch.is_grad_enabled()))
 
+    def plain(self, y: Tensor) -> Tensor:
+        """The feed-forward as one formula of functional calls (no module calls): what the
+        streaming step, the exported step and the reference compute."""
+        return F.linear(F.silu(F.linear(y, self.up.weight, self.up.bias)), self.down.weight, self.down.bias)
+
 
 class _CheckpointedBlock(torch.autograd.Function):
     """Run a block without recording it; in backward, run it again under autograd from its
@@ -114,7 +119,7 @@ class _CheckpointedBlock(torch.autograd.Function):
         ctx.rng = _rng_state(h.device) if block.training and block.config.dropout > 0 else None
         ctx.save_for_backward(h)
         with torch.no_grad():
-            out, _ = block(h, return_state=False, chunk=chunk)
+            out, _ = block(h, chunk=chunk)
         return out
 
     @staticmethod
@@ -123,7 +128,7 @@ class _CheckpointedBlock(torch.autograd.Function):
         (h,) = ctx.saved_tensors
         inputs = [h.detach().requires_grad_(ctx.needs_input_grad[2]), *ctx.block.parameters()]
         with torch.enable_grad(), _replayed_rng(h.device, ctx.rng):
-            out, _ = ctx.block(inputs[0], return_state=False, chunk=ctx.chunk)
+            out, _ = ctx.block(inputs[0], chunk=ctx.chunk)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
         grads = vjp(out, [inputs[i] for i in wanted], grad_out)
         result = [None] * len(inputs)
@@ -151,91 +156,149 @@ def _replayed_rng(device: torch.device, saved):
 
 
 class LMNBlock(nn.Module):
+    """One layer: ``h += SVA(memory(RMSNorm(h)))``, then ``h += FF(RMSNorm(h))``.
+
+    Components: ``memory`` (the tree: :class:`lmn.memory.LogMemory`, its read rule
+    ``memory.tree.rule``), ``pinned`` (the pinned memory, :class:`lmn.pinned.PinnedMemory`,
+    or ``None``), ``attn`` (:class:`lmn.attention.SingleVectorAttention`), ``ff``.
+    """
+
     def __init__(self, config: LMNConfig):
         super().__init__()
         self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.memory = LogMemory(config)
+        # (made before the attention, as it always was: the same seed gives the same weights)
+        self.pinned = PinnedMemory(config.d_model, config.pinned) if config.pinned else None
         self.attn = SingleVectorAttention(config)
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.ff = FeedForward(config)
         self.config = config  # the model's own object: a later change of ``dropout`` reaches every block
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before the pinned memory became its own component kept its write
+        # score under the tree memory: read them from there
+        old, new = f"{prefix}memory.write.", f"{prefix}pinned.write."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[new + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _drop(self, branch: Tensor) -> Tensor:
         """Dropout of a residual branch (``config.dropout``; in training mode only)."""
         p = self.config.dropout
         return F.dropout(branch, p, training=True) if p > 0 and self.training else branch
 
-    def forward(self, h: Tensor, return_state: bool = False, chunk: int = 4096):
-        """``h: (B, T, d)`` -> ``(h, layer_state or None)``."""
+    def forward(self, h: Tensor, state: LayerState | None = None, pos: int = 0, return_state: bool = False,
+                chunk: int | None = None):
+        """The one call of every form.
+
+        Args:
+            h: ``(B, T, d)``, the residual stream of tokens ``pos .. pos + T - 1``.
+            state: the layer's streaming state after ``pos`` tokens, or ``None`` for a new
+                stream (then ``pos`` is 0). It is consumed: the returned state may be the
+                same object, updated in place (``LMNState.clone()`` to branch).
+            pos: tokens the stream has seen before ``h``.
+            return_state: also return the state after the last token (implied by ``state``).
+            chunk: positions the parallel attention processes at once (a power of the stride;
+                default: the model's ``config.chunk_size`` rounded down to one).
+        Returns:
+            ``(h, new_state or None)``.
+
+        Which form runs follows from the arguments: a new stream (``pos = 0``) runs the
+        parallel form, one token continuing a stream the streaming step, several tokens
+        continuing a stream a chunked prefill (``pos`` a multiple of ``k**p``, ``p`` the
+        smallest with ``T <= k**p``: :func:`lmn.tree.piece_lengths`). All compute the same
+        function (``tests/test_parity.py``).
+        """
+        if pos > 0 and h.shape[1] == 1 and state is not None:  # one token continuing a stream
+            return self._step(h[:, 0], state, pos)[:, None], state
+        chunk = self.memory.tree.chunk(self.config.chunk_size) if chunk is None else chunk
+        if pos == 0:  # a new stream
+            return self._parallel(h, return_state or state is not None, chunk)
+        if state is None:
+            raise ValueError(f"continuing a stream at pos={pos} needs its state (state=None is a new stream)")
+        return self._extend(h, state, pos, chunk), state  # several tokens continuing a stream
+
+    # ------------------------------------------------------------------ the three forms
+    def _parallel(self, h: Tensor, return_state: bool, chunk: int):
         x = self.norm1(h)
         tree = self.memory.tree
         levels = self.memory.build(x)
-        pin = pool = None
-        if self.memory.pinned:  # the pinned memory: the top-m earlier tokens by write score
-            pool = self._pool(x, None, 0)
-            pin = (pool.sets[:, : x.shape[1]], pool.w, None, None)
-        h = h + self._drop(self.attn(x, levels, tree, chunk=chunk, pin=pin))
+        pool = self.pinned.pool(x, None, 0) if self.pinned is not None else None
+        read = ParallelRead(levels, tree, chunk, None, None if pool is None else PinnedMemory.read(pool))
+        h = h + self._drop(self.attn(x, read))
         h = h + self._drop(self.ff(self.norm2(h)))
-        layer_state = None
-        if return_state:
-            T = x.shape[1]
-            nodes = [_tail(_tokens(x, self.memory.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
-                     for i, r in enumerate(tree.kept(T))]
-            layer_state = LayerState(nodes, *self.slot_cache(nodes, T))
-            if pool is not None:
-                layer_state.pinned = self._pinned_after(pool, T)
-        return h, layer_state
+        if not return_state:
+            return h, None
+        T = x.shape[1]
+        nodes = [_tail(_tokens(x, self.memory.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
+                 for i, r in enumerate(tree.kept(T))]
+        state = LayerState(nodes, *self._slot_cache(nodes, T))
+        if pool is not None:
+            state.pinned = self.pinned.after(pool, T, self.attn.project_tokens)
+        return h, state
 
-    # ------------------------------------------------------------------ pinned memory
-    def _pool(self, x: Tensor, prev: PinnedSet | None, c0: int) -> "_Pool":
-        """The candidates of the pinned memory for a piece ``x (B, C, d)`` after ``c0``
-        tokens: the stream's pinned tokens (``prev``, in position order) then the piece's,
-        and the pinned set before each position, ``sets (B, C + 1, m)`` of pool indices
-        (row t: the set that position t reads; row C: the set after the piece)."""
-        B, C, _ = x.shape
-        m = self.memory.pinned
-        w = self.memory.write(x)[..., 0]  # (B, C)
-        j = torch.arange(c0, c0 + C, device=x.device).expand(B, C)
-        if prev is not None and prev.w.shape[1]:
-            order = prev.j.argsort(dim=1)  # the pool in position order: index order == position order
-            take = lambda t: t.gather(1, order if t.dim() == 2 else order[..., None].expand_as(t))  # noqa: E731
-            pre_x, pre_w, pre_j = take(prev.x), take(prev.w), take(prev.j)
-            hq = order[:, None, :, None].expand_as(prev.q)
-            pre_q, pre_v = prev.q.gather(2, hq), prev.v.gather(2, hq)
-            x, w, j = torch.cat([pre_x, x], 1), torch.cat([pre_w, w], 1), torch.cat([pre_j, j], 1)
+    def _extend(self, h: Tensor, layer: LayerState, c0: int, chunk: int) -> Tensor:
+        """Continue a stream of ``c0`` tokens with ``h: (B, C, d)``, ``C >= 2``, in one
+        parallel pass whose tree is aligned with the stream's; updates ``layer`` in place."""
+        x = self.norm1(h)
+        C = x.shape[1]
+        tree, mem = self.memory.tree, self.memory
+        p = ceil_log(C, tree.stride)
+        if c0 % tree.stride**p:
+            raise ValueError(f"a piece of {C} tokens continues a stream only at a multiple of "
+                             f"{tree.stride**p}, not at pos={c0} (lmn.tree.piece_lengths splits a prompt)")
+        levels = mem.build(x)
+        bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
+        cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        pool = self.pinned.pool(x, layer.pinned, c0) if self.pinned is not None else None
+        read = ParallelRead(levels, tree, chunk, StreamPrefix(c0, cached), None if pool is None else PinnedMemory.read(pool))
+        a = self.attn(x, read)
+
+        # the new state: levels below p from the piece's own tree; from p up the stream's,
+        # plus the piece's level-p node carried in when the piece fills a whole block
+        count = c0 + C
+        kept = tree.kept(count)
+        nodes = list(layer.nodes)
+        for i in range(min(p, len(kept))):
+            if i == 0:
+                nodes[0] = _tail(_tokens(x, mem.n_banks), kept[0])
+            elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
+                nodes[i] = _tail(levels[i - 1], kept[i])
+        if C == tree.stride**p and p <= len(levels):  # (a level above max_level is not kept)
+            mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
+        layer.nodes[:] = nodes
+        layer.slot_q, layer.slot_v = self._slot_cache(nodes, count)
+        last_pin = None
+        if pool is not None:
+            last_pin = self.pinned.slots_at(pool, C - 1, self.attn.project_tokens)
+            layer.pinned = self.pinned.after(pool, count, self.attn.project_tokens)
+
+        # the last position may read nodes completed by itself: redo it as a streaming step
+        a_last = self.attn.forward(x[:, -1], CachedRead(layer.slot_q, layer.slot_v, last_pin))
+        h = h + self._drop(torch.cat([a[:, :-1], a_last[:, None]], dim=1))
+        return h + self._drop(self.ff(self.norm2(h)))
+
+    def _step(self, h: Tensor, layer: LayerState, pos: int) -> Tensor:
+        """``h: (B, d)``, token ``pos`` (0-based); updates ``layer`` in place.
+
+        Functional calls throughout: nn.Module.__call__ costs more than these tiny ops."""
+        x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
+        B, d = x.shape
+        mem, count = self.memory, pos + 1
+        token = x[:, None, None, :].expand(B, mem.n_banks, 1, d).contiguous()
+        before = mem.tree.cached_slots(pos)
+        completed = mem.carry(layer.nodes, token, 0, count)
+        mem.tree.rule.update_cache(mem.tree, layer, completed, count, before, self.attn.project_nodes)
+        if self.pinned is not None:
+            pin = layer.pinned
+            h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, PinnedMemory.slots(pin))))
+            layer.pinned = self.pinned.add_token(pin, x, pos, self.attn.project_tokens)
         else:
-            pre_q = pre_v = None
-        n_p = x.shape[1] - C
-        running = running_top(w, m)  # (B, N, m): after each pool token
-        sets = torch.cat([running.new_full((B, 1, m), -1), running], dim=1)[:, n_p:]  # (B, C + 1, m)
-        return _Pool(x, w, j, pre_q, pre_v, sets)
+            h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, None)))
+        y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
+        return h + self._drop(self.ff.plain(y))
 
-    def _pinned_after(self, pool: "_Pool", count: int) -> PinnedSet:
-        """The pinned set after the piece, as a state's :class:`PinnedSet`."""
-        n = min(count, self.memory.pinned)
-        sel = pool.sets[:, -1, :n]  # (B, n), sorted by key
-        x = pool.x.gather(1, sel[..., None].expand(-1, -1, pool.x.shape[-1]))
-        q, v = self._project_tokens(x)
-        return PinnedSet(x, pool.w.gather(1, sel), pool.j.gather(1, sel), q, v)
-
-    def _project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """W_q and W_v of tokens ``(B, n, d)`` as slots: ``(B, H, n, d_head)`` each."""
-        B, n, _ = x.shape
-        a = self.attn
-        q = F.linear(x, a.q.weight, a.q.bias).view(B, n, a.n_heads, a.d_head).transpose(1, 2)
-        v = F.linear(x, a.v.weight, a.v.bias).view(B, n, a.n_heads, a.d_head).transpose(1, 2)
-        return q, v
-
-    def _pinned_slots_of(self, pool: "_Pool", row: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(q, v, bias)`` of the pinned slots of the pool's set ``row`` (for a step)."""
-        sel = pool.sets[:, row]
-        n = int((sel[0] >= 0).sum())
-        sel = sel[:, :n]
-        x = pool.x.gather(1, sel[..., None].expand(-1, -1, pool.x.shape[-1]))
-        q, v = self._project_tokens(x)
-        return q, v, F.logsigmoid(pool.w.gather(1, sel))
-
-    def slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
+    def _slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
         """q/v ``(B, H, S, d_head)`` of the slots that position ``pos - 1`` read, projected
         from the kept ``nodes`` of a state after ``pos`` tokens."""
         qs, vs = [], []
@@ -251,125 +314,14 @@ class LMNBlock(nn.Module):
             return empty, empty.clone()
         return torch.cat(qs, dim=2), torch.cat(vs, dim=2)
 
-    def extend(self, h: Tensor, layer: LayerState, c0: int, chunk: int = 4096) -> Tensor:
-        """Continue a stream of ``c0`` tokens with ``h: (B, C, d)``, ``C >= 2``, in one
-        parallel pass (chunked prefill). Requires ``c0`` to be a multiple of ``k**p``, ``p``
-        the smallest with ``C <= k**p`` (:func:`lmn.tree.piece_lengths`), so that the new
-        tokens' tree is aligned; updates ``layer`` in place and returns the new ``h``."""
-        x = self.norm1(h)
-        C = x.shape[1]
-        tree, mem = self.memory.tree, self.memory
-        levels = mem.build(x)
-        bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
-        cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-        pin = pool = None
-        if mem.pinned:
-            pool = self._pool(x, layer.pinned, c0)
-            pin = (pool.sets[:, :C], pool.w, pool.pre_q, pool.pre_v)
-        a = self.attn(x, levels, tree, chunk=chunk, prefix=(c0, cached), pin=pin)
-
-        # the new state: levels below p from the piece's own tree; from p up the stream's,
-        # plus the piece's level-p node carried in when the piece fills a whole block
-        count, p = c0 + C, ceil_log(C, tree.stride)
-        kept = tree.kept(count)
-        nodes = list(layer.nodes)
-        for i in range(min(p, len(kept))):
-            if i == 0:
-                nodes[0] = _tail(_tokens(x, mem.n_banks), kept[0])
-            elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
-                nodes[i] = _tail(levels[i - 1], kept[i])
-        if C == tree.stride**p and p <= len(levels):  # (a level above max_level is not kept)
-            mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
-        layer.nodes[:] = nodes
-        layer.slot_q, layer.slot_v = self.slot_cache(nodes, count)
-        last_pin = None
-        if pool is not None:
-            last_pin = self._pinned_slots_of(pool, C - 1)
-            layer.pinned = self._pinned_after(pool, count)
-
-        # the last position may read nodes completed by itself: redo it as a streaming step
-        a_last = self.attn.step(x[:, -1], layer.slot_q, layer.slot_v, pin=last_pin)
-        h = h + self._drop(torch.cat([a[:, :-1], a_last[:, None]], dim=1))
-        return h + self._drop(self.ff(self.norm2(h)))
-
-    def step(self, h: Tensor, layer: LayerState, count: int, cached_before: list[int]) -> Tensor:
-        """``h: (B, d)``, the ``count``-th token (1-based); updates ``layer`` in place.
-        ``cached_before``: :meth:`lmn.tree.Tree.cached_slots` of ``count - 1``."""
-        x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
-        B, d = x.shape
-        token = x[:, None, None, :].expand(B, self.memory.n_banks, 1, d).contiguous()
-        completed = self.memory.carry(layer.nodes, token, 0, count)
-        self._update_cache(layer, completed, count, cached_before)
-        if self.memory.pinned:
-            pin = layer.pinned
-            pin_slots = (pin.q, pin.v, F.logsigmoid(pin.w))
-            h = h + self._drop(self.attn.step(x, layer.slot_q, layer.slot_v, pin=pin_slots))
-            layer.pinned = self._pin_token(pin, x, count - 1)
-        else:
-            h = h + self._drop(self.attn.step(x, layer.slot_q, layer.slot_v))
-        # functional calls: nn.Module.__call__ costs more than these tiny ops themselves
-        y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
-        ff = self.ff
-        return h + self._drop(F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias))
-
-    def _pin_token(self, pin: PinnedSet, x: Tensor, position: int) -> PinnedSet:
-        """The pinned set after token ``position`` (``x: (B, d)``) was read: the top m of
-        the set and the token, by (write score, position)."""
-        B = x.shape[0]
-        w = torch.cat([pin.w, self.memory.write(x)], dim=1)  # (B, n + 1)
-        j = torch.cat([pin.j, torch.full((B, 1), position, dtype=torch.long, device=x.device)], dim=1)
-        q_t, v_t = self._project_tokens(x[:, None])
-        xs, q, v = torch.cat([pin.x, x[:, None]], 1), torch.cat([pin.q, q_t], 2), torch.cat([pin.v, v_t], 2)
-        order = top_order(w, j, self.memory.pinned)  # (B, n')
-        hq = order[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
-        return PinnedSet(xs.gather(1, order[..., None].expand(-1, -1, xs.shape[2])), w.gather(1, order),
-                         j.gather(1, order), q.gather(2, hq), v.gather(2, hq))
-
-    def _update_cache(self, layer: LayerState, completed, count: int, before: list[int]) -> None:
-        """Bring the slot cache from the read set of position ``count - 2`` to that of
-        ``count - 1``, projecting only the nodes that have just become readable."""
-        tree = self.memory.tree
-        if tree.read == "latest":  # each completed level's slot range is overwritten (or appended)
-            for level, node in completed[1:]:
-                q, v = self.attn.project_nodes(node[:, :, None])  # (B, H, 1, G, dh)
-                q, v = q[:, :, 0], v[:, :, 0]  # (B, H, G, dh)
-                if level < len(before):
-                    start = sum(before[:level])
-                    layer.slot_q[:, :, start : start + q.shape[2]] = q
-                    layer.slot_v[:, :, start : start + v.shape[2]] = v
-                else:  # first node of a new level (count is a power of k): grow the cache
-                    layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
-                    layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
-            return
-        # "digits": the levels below the top of the carry are emptied, the top gains a node
-        top, node = completed[-1]
-        if tree.max_level is not None and carry_height(count, tree.stride) > tree.max_level:
-            # carried past a capped tree's top level: every level it reads is emptied
-            keep = sum(before)
-            layer.slot_q, layer.slot_v = layer.slot_q[:, :, keep:], layer.slot_v[:, :, keep:]
-            return
-        if top == 0:
-            if (count - 1) % tree.stride == 0:  # the previous token was merged: nothing new to read
-                return
-            node, top = layer.nodes[0][:, :1, -2], 0  # the previous token joins the level-0 slots
-        start = sum(before[:top])
-        end = start + (before[top] if top < len(before) else 0)
-        q, v = self.attn.project_nodes(node[:, :, None])
-        q, v = q.flatten(2, 3), v.flatten(2, 3)
-        keep_from = 0 if top == 0 else start
-        layer.slot_q = torch.cat([layer.slot_q[:, :, keep_from:end], q, layer.slot_q[:, :, end:]], dim=2)
-        layer.slot_v = torch.cat([layer.slot_v[:, :, keep_from:end], v, layer.slot_v[:, :, end:]], dim=2)
-
-
-class _Pool(NamedTuple):
-    """Candidates of the pinned memory (see :meth:`LMNBlock._pool`)."""
-
-    x: Tensor  # (B, N, d)
-    w: Tensor  # (B, N) write scores
-    j: Tensor  # (B, N) positions
-    pre_q: Tensor | None  # (B, H, n_p, d_head): the stream's pinned tokens, projected
-    pre_v: Tensor | None
-    sets: Tensor  # (B, C + 1, m) pool indices, -1 pads
+    def init_state(self, batch_size: int, device, dtype) -> LayerState:
+        """The layer's state of ``batch_size`` new streams."""
+        c = self.config
+        empty = torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype)
+        pin = None
+        if self.pinned is not None:
+            pin = self.pinned.empty(batch_size, c.d_model, c.n_heads, c.d_head, device, dtype)
+        return LayerState([], empty, empty.clone(), pin)
 
 
 def _tokens(x: Tensor, n_banks: int) -> Tensor:
@@ -538,7 +490,7 @@ class LMN(nn.Module):
                 h = _CheckpointedBlock.apply(block, self._chunk, h, *block.parameters())
                 layer_state = None
             else:
-                h, layer_state = block(h, return_state=return_state, chunk=self._chunk)
+                h, layer_state = block(h, None, 0, return_state, chunk=self._chunk)
             layers.append(layer_state)
         logits = self.head(self.ln_f(h))
         if not return_state:
@@ -581,8 +533,8 @@ class LMN(nn.Module):
         if C == 1:  # one token: the streaming step is the parallel form of one position
             return self.step(piece[:, 0], state)[0][:, None]
         h = self._embed(piece, c0)
-        for block, layer in zip(self.blocks, state.layers):
-            h = block.extend(h, layer, c0, chunk=self._chunk)
+        for l, block in enumerate(self.blocks):
+            h, state.layers[l] = block(h, state.layers[l], c0, chunk=self._chunk)
         state.pos = c0 + C
         return self.head(self.ln_f(h))
 
@@ -594,18 +546,7 @@ class LMN(nn.Module):
         ref = self.head.weight
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
-        c = self.config
-        def empty(*shape, dt=dtype):
-            return torch.zeros(batch_size, *shape, device=device, dtype=dt)
-
-        layers = []
-        for _ in range(c.n_layers):
-            pin = None
-            if c.pinned:
-                pin = PinnedSet(empty(0, c.d_model), empty(0), empty(0, dt=torch.long), empty(c.n_heads, 0, c.d_head),
-                                empty(c.n_heads, 0, c.d_head))
-            layers.append(LayerState([], empty(c.n_heads, 0, c.d_head), empty(c.n_heads, 0, c.d_head), pin))
-        return LMNState(c, batch_size, 0, layers)
+        return LMNState(self.config, batch_size, 0, [block.init_state(batch_size, device, dtype) for block in self.blocks])
 
     def step(self, tokens: Tensor, state: LMNState):
         """Streaming form: consume one token per sequence.
@@ -626,13 +567,13 @@ class LMN(nn.Module):
             )
         self._check_tokens(tokens, "tokens")
         self._check_state(state, tokens.shape[0], tokens.device)
-        count = state.pos + 1
-        before = self.config.tree.cached_slots(state.pos)
-        h = self._embed(tokens, state.pos)
-        for block, layer in zip(self.blocks, state.layers):
-            h = block.step(h, layer, count, before)
-        state.pos = count
-        h = F.layer_norm(h, self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        pos = state.pos
+        h = self._embed(tokens, pos)[:, None]  # (B, 1, d)
+        layers = state.layers
+        for l, block in enumerate(self.blocks):
+            h, layers[l] = block(h, layers[l], pos)  # one token: the streaming step (pos 0: the parallel form)
+        state.pos = pos + 1
+        h = F.layer_norm(h[:, 0], self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
         return F.linear(h, self.head.weight, self.head.bias), state
 
     # ------------------------------------------------------------------ generation

@@ -46,7 +46,8 @@ from torch import Tensor
 
 from . import atomic
 from .config import LMNConfig
-from .state import LayerState, LMNState, state_nbytes
+from .layout import fill_fixed, state_from_fixed
+from .state import LMNState, state_nbytes
 from .summarizers import affine_form
 from .tree import Counter
 
@@ -200,7 +201,7 @@ class NativeStepper:
         self._eps = torch.tensor(eps, dtype=torch.float64)
         self._dims = torch.tensor(
             [cfg.vocab_size, d, cfg.n_layers, cfg.n_heads, nb, cfg.ff_mult * d, max_levels,
-             int(cfg.pos_encoding == "sinusoidal"), cfg.stride, int(cfg.read == "digits")],
+             int(cfg.pos_encoding == "sinusoidal"), cfg.stride, self.tree.rule.code],
             dtype=torch.int64,
         )
         # per stream and layer: kept nodes, their W_q and W_v projections; (levels + 1, k - 1, C) each
@@ -264,14 +265,14 @@ class NativeStepper:
         shape = (self.batch_size, self.max_levels + 1, self.config.stride - 1, self._C)
         return self._state[:, layer].view(self.batch_size, 3, *shape[1:]).unbind(1)
 
-    def _cache_walk(self, pos: int):
-        """``(level, position, slots, offset)`` of each node in an LMNState's slot cache."""
-        offset = 0
-        for i, (lo, hi) in enumerate(self.tree.cached_ranges(pos)):
-            per = self.tree.node_slots(i)
-            for j in range(lo, hi):
-                yield i, j, per, offset
-                offset += per
+    def _project(self, layer: int, vec: Tensor) -> tuple[Tensor, Tensor]:
+        """W_q / W_v (of the weights copied at creation) of node vectors ``(B, r, n_banks*d)``."""
+        d = self.config.d_model
+        w, b = self._qkv[layer]
+        x = vec.unflatten(-1, (-1, d))
+        q = torch.nn.functional.linear(x, w[:d], b[:d]).flatten(-2)
+        v = torch.nn.functional.linear(x, w[2 * d :], b[2 * d :]).flatten(-2)
+        return q, v
 
     def load_state(self, state: LMNState) -> "NativeStepper":
         """Continue the stream held by ``state`` (e.g. after ``model.prefill``); copies it."""
@@ -283,43 +284,16 @@ class NativeStepper:
             raise ValueError(f"state has batch size {state.batch_size}, this stepper {self.batch_size}")
         if state.pos > self.capacity:
             raise ValueError(f"state holds {state.pos} tokens, more than max_levels={self.max_levels} allows")
-        B, d, pos = self.batch_size, self.config.d_model, state.pos
-        kept = self.tree.kept(pos)
         with torch.no_grad():
             self._state.zero_()
-            for l, layer in enumerate(state.layers):
-                nodes, sq, sv = self._views(l)
-                for i, r in enumerate(kept):  # (B, nb, r, 1, d) -> (B, r, nb*d)
-                    nodes[:, i, :r] = layer.nodes[i][:, :, :, 0].transpose(1, 2).reshape(B, r, self._C).to(self.dtype)
-                for i, j, per, off in self._cache_walk(pos):  # (B, H, per, dh) -> (B, per*d)
-                    sq[:, i, j, : per * d] = layer.slot_q[:, :, off : off + per].transpose(1, 2).reshape(B, -1)
-                    sv[:, i, j, : per * d] = layer.slot_v[:, :, off : off + per].transpose(1, 2).reshape(B, -1)
-                if self.config.read == "digits" and kept and kept[0] > 0:
-                    # the last token is not read yet, but will be: the kernel keeps its projection
-                    w, b = self._qkv[l]
-                    tok = nodes[:, 0, kept[0] - 1, :d]
-                    sq[:, 0, kept[0] - 1, :d] = torch.nn.functional.linear(tok, w[:d], b[:d])
-                    sv[:, 0, kept[0] - 1, :d] = torch.nn.functional.linear(tok, w[2 * d :], b[2 * d :])
-        self._counter.set(pos)
+            fill_fixed(state, [self._views(l) for l in range(self.config.n_layers)], self._project)
+        self._counter.set(state.pos)
         return self
 
     def to_state(self) -> LMNState:
         """The current stream as an :class:`lmn.LMNState` (a copy)."""
-        cfg, B, pos = self.config, self.batch_size, self.pos
-        H, dh, d, nb = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.n_banks
-        layers = []
-        for l in range(cfg.n_layers):
-            nodes, sq, sv = self._views(l)
-            node_list = [nodes[:, i, :r].reshape(B, r, nb, 1, d).transpose(1, 2).contiguous()
-                         for i, r in enumerate(self.tree.kept(pos))]
-            qs, vs = [], []
-            for i, j, per, _ in self._cache_walk(pos):
-                qs.append(sq[:, i, j, : per * d].reshape(B, per, H, dh))
-                vs.append(sv[:, i, j, : per * d].reshape(B, per, H, dh))
-            q = torch.cat(qs, dim=1) if qs else sq.new_zeros(B, 0, H, dh)
-            v = torch.cat(vs, dim=1) if vs else sv.new_zeros(B, 0, H, dh)
-            layers.append(LayerState(node_list, q.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()))
-        return LMNState(cfg, B, pos, layers)
+        views = [self._views(l) for l in range(self.config.n_layers)]
+        return state_from_fixed(self.config, self.batch_size, self.pos, views)
 
     def reset(self) -> None:
         """Start new, empty streams."""

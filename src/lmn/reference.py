@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .model import LMN, sinusoidal_encoding
 from .state import LayerState, LMNState, PinnedSet
+from .pinned import reference_sets
 from .tree import kept, read_nodes
 
 
@@ -63,11 +64,11 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
         attn = block.attn
         m = cfg.pinned
         if m:  # the pinned memory's write scores (B, T)
-            write = F.linear(x, block.memory.write.weight, block.memory.write.bias)[..., 0]
+            write = F.linear(x, block.pinned.write.weight, block.pinned.write.bias)[..., 0]
 
         def pinned_before(t: int) -> list[list[int]]:
             """Per batch row, the m positions j < t of largest (write score, j), largest first."""
-            return [sorted(range(t), key=lambda j: (write[b, j].item(), j), reverse=True)[:m] for b in range(B)]
+            return reference_sets(write, t, m)
 
         outs = []
         for t in range(T):
@@ -108,8 +109,7 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
             layers.append(layer)
 
         y = _rms_norm(h, block.norm2.weight, cfg.norm_eps)
-        ff = block.ff
-        h = h + F.linear(F.silu(F.linear(y, ff.up.weight, ff.up.bias)), ff.down.weight, ff.down.bias)
+        h = h + block.ff.plain(y)  # (the feed-forward's one definition)
 
     h = F.layer_norm(h, (cfg.d_model,), model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
     logits = F.linear(h, model.head.weight, model.head.bias)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .atomic import atomic_write
 from .config import LMNConfig
-from .tree import READ_RULES
+from .tree import read_rule
 
 
 def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int = 4) -> int:
@@ -68,7 +68,7 @@ _SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read, pinne
 
 def _shape(c: LMNConfig) -> list[int]:
     """The config fields a state's tensors depend on, as integers (read: its index)."""
-    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, READ_RULES.index(c.read), c.pinned]
+    return [c.n_layers, c.n_banks, c.d_model, c.n_heads, c.expand, c.stride, read_rule(c.read).code, c.pinned]
 
 
 class LMNState:

@@ -56,7 +56,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-READ_RULES = ("latest", "digits")
 
 
 def check_stride(stride) -> None:
@@ -131,45 +130,302 @@ def _capped(values: list, max_level: int | None) -> list:
     return values if max_level is None else values[: max_level + 1]
 
 
-def read_nodes(t: int, k: int, read: str, max_level: int | None = None) -> list[tuple[int, int]]:
-    """*Plain.* ``(level, index)`` of every node position ``t`` reads besides itself, in
-    slot order (levels ascending, then index); only levels ``<= max_level`` if given."""
-    u = t + 1
-    out = []
-    if read == "latest":
-        i = 1
+# ----------------------------------------------------------------------------- read rules
+class ReadRule:
+    """Which completed nodes a position reads: one component, registered by name.
+
+    A rule states its *plain* definition (:meth:`read_nodes`, :meth:`kept`,
+    :meth:`read_counts`: the oracle's view), the *fast helpers* the parallel and streaming
+    forms use (slot groups, presence masks, the slot cache's update), and the *plan* the
+    native and fused kernels read (:attr:`code`, :meth:`triton_slots`). Nothing outside
+    this module asks which rule a model has; it asks the rule. To add one: subclass,
+    implement every method, and :func:`register_read_rule` it (``tests/test_tree.py``
+    checks a rule's fast helpers against its plain definition; the C kernel and the fused
+    Triton kernel know the built-in codes only and refuse others).
+    """
+
+    name: str = ""
+    code: int = -1  # the integer saved states and the C / Triton kernels know the rule by
+    keeps_merged: bool = False  # a level keeps its latest node after merging it upwards
+    reads_tokens: bool = False  # some positions read earlier tokens (level-0 slots)
+
+    # ---------------------------------------------------------------- plain definition
+    def read_nodes(self, t: int, k: int, max_level: int | None) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def kept(self, pos: int, k: int, max_level: int | None) -> list[int]:
+        raise NotImplementedError
+
+    def read_counts(self, pos: int, k: int, max_level: int | None) -> list[int]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- parallel form
+    def read_groups(self, k: int, n_local_levels: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def block_length(self, level: int, k: int) -> int:
+        raise NotImplementedError
+
+    def block_node(self, q: int, level: int, r: int, k: int) -> int:
+        raise NotImplementedError
+
+    def absent(self, u: Tensor, slot_level: Tensor, slot_r: Tensor, k: int) -> Tensor:
+        raise NotImplementedError
+
+    def group_entries(self, qv: Tensor, r: int, n_blocks: int, k: int, before) -> Tensor:
+        """The entries of slot group ``(level, r)``: ``qv (2, B, H, nb, E, dh, n)`` are the
+        projected nodes of the level (time-last), ``before`` the stream's cached ``(q, v)``
+        ``(B, H, G, dh)`` of the level before the piece (or ``None``). Returns
+        ``(2, B, H, nb*E, dh, n_entries)``: entry ``q`` is the node block ``q`` reads."""
+        raise NotImplementedError
+
+    def stream_entries(self, q: Tensor, v: Tensor, per_node: int) -> list[tuple[Tensor, Tensor]]:
+        """A level's cached slots ``(B, H, S, dh)`` read by a whole piece, as groups."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- streaming form
+    def cached_range(self, kept: int, read: int) -> tuple[int, int]:
+        """Which of a level's ``kept`` nodes are the ``read`` ones the slot cache holds."""
+        raise NotImplementedError
+
+    def cached_slots(self, tree: "Tree", pos: int) -> list[int]:
+        """:meth:`Tree.cached_slots` (a rule may answer faster than from its counts)."""
+        return [n * tree.node_slots(i) for i, n in enumerate(self.read_counts(pos, tree.stride, tree.max_level))]
+
+    def update_cache(self, tree: "Tree", layer, completed, count: int, before: list[int], project) -> None:
+        """Bring ``layer.slot_q``/``slot_v`` from the read set of position ``count - 2`` to
+        that of ``count - 1``; ``completed``: the ``(level, node)`` the token completed
+        (:meth:`lmn.memory.LogMemory.carry`), ``before``: :meth:`Tree.cached_slots` of
+        ``count - 1``, ``project``: nodes ``(B, nb, n, E, d)`` -> q, v ``(B, H, n, G, dh)``."""
+        raise NotImplementedError
+
+    def step_read_mask(self, count: Tensor, dig: Tensor, powers: Tensor, level: Tensor, slot: Tensor,
+                       n_banks: int) -> Tensor:
+        """The fixed layout's read mask of one position (:mod:`lmn.export`): ``(B, Lc, k-1, nb)``
+        bool, True where the slot at (level, index, bank) is read; tensors only (no Python
+        branch on the position)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- the fused kernel's plan
+    def triton_slots(self, level: int, r: int, k: int, base: int, n: int, L: int) -> tuple:
+        """The eight integers of one slot of group ``(level, r)`` for
+        :mod:`lmn.kernels.triton_sva` (its docstring defines them)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<read rule {self.name!r}>"
+
+
+class LatestRule(ReadRule):
+    """``"latest"`` (the paper's): at each level the latest completed node."""
+
+    name, code, keeps_merged, reads_tokens = "latest", 0, True, False
+
+    def read_nodes(self, t, k, max_level):
+        u, out, i = t + 1, [], 1
         while k**i <= u and (max_level is None or i <= max_level):
             out.append((i, u // k**i - 1))
             i += 1
         return out
-    for i, d in enumerate(_capped(digits(u, k), max_level)):
-        first = (u // k ** (i + 1)) * k
-        n = d - 1 if i == 0 else d  # level 0: the token itself is slot 0
-        out.extend((i, first + r) for r in range(n))
-    return out
+
+    def kept(self, pos, k, max_level):
+        return [max(d, 1) for d in _capped(digits(pos, k), max_level)] if pos else []
+
+    def read_counts(self, pos, k, max_level):
+        return _capped([0] + [1] * n_levels(pos, k), max_level) if pos else []
+
+    def read_groups(self, k, n_local_levels):
+        return [(i, 0) for i in range(1, n_local_levels + 1)]
+
+    def block_length(self, level, k):
+        return k**level
+
+    def block_node(self, q, level, r, k):
+        return q - 1
+
+    def absent(self, u, slot_level, slot_r, k):
+        lv = slot_level[:, None]
+        need = torch.where(lv < 0, 0, k ** lv.clamp(min=0))
+        return u[None, :] < need
+
+    def group_entries(self, qv, r, n_blocks, k, before):
+        # entry 0: the stream's node before the piece (or nothing), then the level's nodes
+        _, B, H, nb, e, dh, n = qv.shape
+        padded = qv.new_zeros(2, B, H, nb * e, dh, n + 1)
+        padded[..., 1:].unflatten(3, (nb, e)).copy_(qv)
+        if before is not None:
+            padded[0, ..., 0], padded[1, ..., 0] = before
+        return padded
+
+    def stream_entries(self, q, v, per_node):
+        return [(q, v)]
+
+    def cached_range(self, kept, read):
+        return kept - read, kept
+
+    def cached_slots(self, tree, pos):
+        # depends on the number of levels only
+        return _level_slots(tree, tree.n_levels(pos)) if pos > 0 else []
+
+    def update_cache(self, tree, layer, completed, count, before, project):
+        # each completed level's slot range is overwritten (or appended)
+        for level, node in completed[1:]:
+            q, v = project(node[:, :, None])  # (B, H, 1, G, dh)
+            q, v = q[:, :, 0], v[:, :, 0]  # (B, H, G, dh)
+            if level < len(before):
+                start = sum(before[:level])
+                layer.slot_q[:, :, start : start + q.shape[2]] = q
+                layer.slot_v[:, :, start : start + v.shape[2]] = v
+            else:  # first node of a new level (count is a power of k): grow the cache
+                layer.slot_q = torch.cat([layer.slot_q, q], dim=2)
+                layer.slot_v = torch.cat([layer.slot_v, v], dim=2)
+
+    def step_read_mask(self, count, dig, powers, level, slot, n_banks):
+        B, Lc = dig.shape
+        present = (powers[None, :Lc] <= count[:, None]) & (level >= 1)
+        read = present[..., None] & (slot == (dig.clamp(min=1) - 1)[..., None])  # (B, Lc, KC)
+        return read[..., None].expand(B, Lc, slot.shape[0], n_banks)
+
+    def triton_slots(self, level, r, k, base, n, L):
+        return (base, L, 1, -1, 1, _BIG, k**level - 1, n)  # node u // k**i - 1, present for u >= k**i
+
+
+class DigitsRule(ReadRule):
+    """``"digits"`` (a disjoint cover, as in a Fenwick tree): the unmerged nodes of every level."""
+
+    name, code, keeps_merged, reads_tokens = "digits", 1, False, True
+
+    def read_nodes(self, t, k, max_level):
+        u, out = t + 1, []
+        for i, d in enumerate(_capped(digits(u, k), max_level)):
+            first = (u // k ** (i + 1)) * k
+            n = d - 1 if i == 0 else d  # level 0: the token itself is slot 0
+            out.extend((i, first + r) for r in range(n))
+        return out
+
+    def kept(self, pos, k, max_level):
+        return _capped(digits(pos, k), max_level) if pos else []
+
+    def read_counts(self, pos, k, max_level):
+        if pos == 0:
+            return []
+        ds = _capped(digits(pos, k), max_level)
+        return [max(ds[0] - 1, 0)] + ds[1:]
+
+    def read_groups(self, k, n_local_levels):
+        groups = [(0, r) for r in range(k - 2)]
+        return groups + [(i, r) for i in range(1, n_local_levels + 1) for r in range(k - 1)]
+
+    def block_length(self, level, k):
+        return k ** (level + 1)
+
+    def block_node(self, q, level, r, k):
+        return q * k + r
+
+    def absent(self, u, slot_level, slot_r, k):
+        lv = slot_level[:, None]
+        digit = (u[None, :] // k ** lv.clamp(min=0)) % k
+        thr = torch.where(lv == 0, slot_r[:, None] + 1, slot_r[:, None])
+        return (digit <= thr) & (lv >= 0)
+
+    def group_entries(self, qv, r, n_blocks, k, before):
+        # block q reads node q*k + r (zeros where no such node: never present)
+        n = qv.shape[-1]
+        full = qv.new_zeros(*qv.shape[:-1], n_blocks * k)
+        full[..., :n] = qv
+        picked = full.unflatten(-1, (n_blocks, k))[..., r]  # (2, B, H, nb, E, dh, n_blocks)
+        return picked.flatten(3, 4).contiguous()
+
+    def stream_entries(self, q, v, per_node):
+        return [(q[:, :, s : s + per_node], v[:, :, s : s + per_node]) for s in range(0, q.shape[2], per_node)]
+
+    def cached_range(self, kept, read):
+        return 0, read
+
+    def update_cache(self, tree, layer, completed, count, before, project):
+        # the levels below the top of the carry are emptied, the top gains a node
+        top, node = completed[-1]
+        if tree.max_level is not None and carry_height(count, tree.stride) > tree.max_level:
+            # carried past a capped tree's top level: every level it reads is emptied
+            keep = sum(before)
+            layer.slot_q, layer.slot_v = layer.slot_q[:, :, keep:], layer.slot_v[:, :, keep:]
+            return
+        if top == 0:
+            if (count - 1) % tree.stride == 0:  # the previous token was merged: nothing new to read
+                return
+            node, top = layer.nodes[0][:, :1, -2], 0  # the previous token joins the level-0 slots
+        start = sum(before[:top])
+        end = start + (before[top] if top < len(before) else 0)
+        q, v = project(node[:, :, None])
+        q, v = q.flatten(2, 3), v.flatten(2, 3)
+        keep_from = 0 if top == 0 else start
+        layer.slot_q = torch.cat([layer.slot_q[:, :, keep_from:end], q, layer.slot_q[:, :, end:]], dim=2)
+        layer.slot_v = torch.cat([layer.slot_v[:, :, keep_from:end], v, layer.slot_v[:, :, end:]], dim=2)
+
+    def step_read_mask(self, count, dig, powers, level, slot, n_banks):
+        read_lv = slot < torch.where(level == 0, dig - 1, dig)[..., None]
+        bank0 = torch.arange(n_banks, device=dig.device) == 0
+        return read_lv[..., None] & ((level >= 1)[..., None, None] | bank0)  # level 0: one slot
+
+    def triton_slots(self, level, r, k, base, n, L):
+        if level == 0:  # token (u // k) * k + r, present when digit 0 > r + 1
+            return (0, L, k, r, 1, k, r + 1, n)
+        return (base, L, k, r, k**level, k, r, n)  # node (u // k**(i+1)) * k + r, present when digit i > r
+
+
+_BIG = 2**30  # the fused kernel's "never" (lmn.kernels.triton_sva, int32): a modulus larger than any position
+
+
+@functools.lru_cache(maxsize=128)
+def _level_slots(tree: "Tree", levels: int) -> list[int]:
+    return [0] + [tree.node_slots(i) for i in range(1, levels + 1)]
+_READ_RULES: dict[str, ReadRule] = {}
+
+
+def register_read_rule(rule: ReadRule) -> ReadRule:
+    """Make ``rule`` available as ``LMNConfig(read=rule.name)``."""
+    if not isinstance(rule, ReadRule) or not rule.name:
+        raise TypeError(f"register_read_rule takes a named ReadRule instance, got {rule!r}")
+    if rule.name in _READ_RULES:
+        raise ValueError(f"a read rule named {rule.name!r} is registered already")
+    _READ_RULES[rule.name] = rule
+    return rule
+
+
+def read_rule_names() -> tuple[str, ...]:
+    return tuple(_READ_RULES)
+
+
+def read_rule(name) -> ReadRule:
+    """The registered rule called ``name``; a clear error naming the choices otherwise."""
+    rule = _READ_RULES.get(name) if isinstance(name, str) else None
+    if rule is None:
+        raise ValueError(f"read must be one of {read_rule_names()}, got {name!r}")
+    return rule
+
+
+register_read_rule(LatestRule())
+register_read_rule(DigitsRule())
+READ_RULES = read_rule_names()  # the built-in rules, in code order
+
+
+def read_nodes(t: int, k: int, read: str, max_level: int | None = None) -> list[tuple[int, int]]:
+    """*Plain.* ``(level, index)`` of every node position ``t`` reads besides itself, in
+    slot order (levels ascending, then index); only levels ``<= max_level`` if given."""
+    return read_rule(read).read_nodes(t, k, max_level)
 
 
 def kept(pos: int, k: int, read: str, max_level: int | None = None) -> list[int]:
     """Nodes per level ``0 .. n_levels(pos)`` (at most ``max_level``) that the streaming
     state keeps after ``pos`` tokens (the last completed ones of each level); ``[]`` for
     ``pos = 0``."""
-    if pos == 0:
-        return []
-    ds = _capped(digits(pos, k), max_level)
-    if read == "digits":
-        return ds
-    return [max(d, 1) for d in ds]
+    return read_rule(read).kept(pos, k, max_level)
 
 
 def read_counts(pos: int, k: int, read: str, max_level: int | None = None) -> list[int]:
     """Nodes per level ``0 .. n_levels(pos)`` (at most ``max_level``) read by position
     ``pos - 1`` besides itself (the slots the streaming state caches); ``[]`` for ``pos = 0``."""
-    if pos == 0:
-        return []
-    if read == "latest":
-        return _capped([0] + [1] * n_levels(pos, k), max_level)
-    ds = _capped(digits(pos, k), max_level)
-    return [max(ds[0] - 1, 0)] + ds[1:]
+    return read_rule(read).read_counts(pos, k, max_level)
 
 
 # ----------------------------------------------------------------------------- the tree of a model
@@ -185,8 +441,7 @@ class Tree:
 
     def __post_init__(self) -> None:
         check_stride(self.stride)
-        if self.read not in READ_RULES:
-            raise ValueError(f"read must be one of {READ_RULES}, got {self.read!r}")
+        object.__setattr__(self, "rule", read_rule(self.read))  # the read rule component
         check_max_level(self.max_level)
 
     @classmethod
@@ -222,36 +477,23 @@ class Tree:
         return 1 + sum(self.node_slots(i) for i, _ in self.read_nodes(t))
 
     def read_nodes(self, t: int) -> list[tuple[int, int]]:
-        return read_nodes(t, self.stride, self.read, self.max_level)
-
-    def max_slots(self, T: int) -> int:
-        """The most slots any position of a length-``T`` sequence attends over."""
-        return max(self.n_slots(t) for t in range(T)) if self.read == "digits" else self.n_slots(T - 1)
+        return self.rule.read_nodes(t, self.stride, self.max_level)
 
     def kept(self, pos: int) -> list[int]:
-        return kept(pos, self.stride, self.read, self.max_level)
+        return self.rule.kept(pos, self.stride, self.max_level)
 
     def read_counts(self, pos: int) -> list[int]:
-        return read_counts(pos, self.stride, self.read, self.max_level)
+        return self.rule.read_counts(pos, self.stride, self.max_level)
 
     def cached_ranges(self, pos: int) -> list[tuple[int, int]]:
         """Per level ``0 .. n_levels(pos)``, the range ``(lo, hi)`` of the kept nodes
         (:meth:`kept`) whose slots the state caches: the nodes position ``pos - 1`` read."""
-        out = []
-        for i, (r, n) in enumerate(zip(self.kept(pos), self.read_counts(pos))):
-            out.append((r - n, r) if self.read == "latest" else (0, n))
-        return out
+        return [self.rule.cached_range(r, n) for r, n in zip(self.kept(pos), self.read_counts(pos))]
 
     def cached_slots(self, pos: int) -> list[int]:
         """Slots per level ``0 .. n_levels(pos)`` in the state's slot cache after ``pos``
         tokens (the memory slots position ``pos - 1`` read), in cache order."""
-        if self.read == "latest" and pos > 0:  # depends on the number of levels only
-            return self._latest_slots(self.n_levels(pos))
-        return [n * self.node_slots(i) for i, n in enumerate(self.read_counts(pos))]
-
-    @functools.lru_cache(maxsize=128)
-    def _latest_slots(self, levels: int) -> list[int]:
-        return [0] + [self.node_slots(i) for i in range(1, levels + 1)]
+        return self.rule.cached_slots(self, pos)
 
     def state_vectors(self, pos: int) -> tuple[int, int]:
         """``(node vectors, cached slots)`` of one layer of one stream after ``pos`` tokens."""
@@ -271,33 +513,22 @@ class Tree:
         aligned block of :meth:`block_length` positions on the ``u`` axis; block ``q``
         reads node :meth:`block_node` ``(q, ...)``. ``"latest"``: one group per level
         (``r = 0``); ``"digits"``: ``k - 1`` groups per level >= 1 and ``k - 2`` of tokens."""
-        k = self.stride
-        if self.read == "latest":
-            return [(i, 0) for i in range(1, n_local_levels + 1)]
-        groups = [(0, r) for r in range(k - 2)]
-        return groups + [(i, r) for i in range(1, n_local_levels + 1) for r in range(k - 1)]
+        return self.rule.read_groups(self.stride, n_local_levels)
 
     def block_length(self, level: int) -> int:
         """Positions (on the ``u = t + 1`` axis) over which one node of ``level`` is read."""
-        return self.stride**level if self.read == "latest" else self.stride ** (level + 1)
+        return self.rule.block_length(level, self.stride)
 
     def block_node(self, q: int, level: int, r: int) -> int:
         """Index of the level-``level`` node read by block ``q`` of group ``(level, r)``
         (``-1``: the node before the sequence, for ``"latest"``)."""
-        return q - 1 if self.read == "latest" else q * self.stride + r
+        return self.rule.block_node(q, level, r, self.stride)
 
     def absent(self, u: Tensor, slot_level: Tensor, slot_r: Tensor) -> Tensor:
         """``(S, width)`` bool: slot ``s`` (of level ``slot_level[s]``, group index
         ``slot_r[s]``; level ``-1`` is the token itself) is not read at ``u = t + 1``.
         A slot is absent only because of its position, never because of its value."""
-        k = self.stride
-        lv = slot_level[:, None]
-        if self.read == "latest":
-            need = torch.where(lv < 0, 0, k ** lv.clamp(min=0))
-            return u[None, :] < need
-        digit = (u[None, :] // k ** lv.clamp(min=0)) % k
-        thr = torch.where(lv == 0, slot_r[:, None] + 1, slot_r[:, None])
-        return (digit <= thr) & (lv >= 0)
+        return self.rule.absent(u, slot_level, slot_r, self.stride)
 
     def chunk(self, chunk_size: int) -> int:
         """The parallel form's chunk for a requested ``chunk_size``: the largest power of

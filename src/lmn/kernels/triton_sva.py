@@ -198,16 +198,13 @@ def slot_meta(tree, T: int, level_shapes: list[tuple[int, int]]) -> list[tuple[i
     meta = [(0, 1, 1, -1, 1, _BIG, -1, T)]  # the token itself: row t, always present
     for level, r in tree.read_groups(len(level_shapes)):
         L = tree.block_length(level)
-        if level == 0:  # "digits" only: token (u // k) * k + r, present when digit 0 > r + 1
-            meta.append((0, L, k, r, 1, k, r + 1, T))
+        if level == 0:  # a rule that reads earlier tokens: rows 0 .. T-1 of the table
+            meta.append(tree.rule.triton_slots(level, r, k, 0, T, L))
             continue
         n, e = level_shapes[level - 1]
         for g in range(nb * e):
             base = offsets[level - 1] + g * n
-            if tree.read == "latest":  # node u // k**i - 1, present for u >= k**i
-                meta.append((base, L, 1, -1, 1, _BIG, k**level - 1, n))
-            else:  # node (u // k**(i+1)) * k + r, present when digit i > r
-                meta.append((base, L, k, r, k**level, k, r, n))
+            meta.append(tree.rule.triton_slots(level, r, k, base, n, L))
     return meta
 
 
