@@ -51,6 +51,8 @@ from .state import LMNState, state_nbytes
 from .summarizers import affine_form
 from .tree import Counter
 
+# the read rules the C kernel implements, by their code (lmn.tree.ReadRule.code): its plan flag D_DIGITS
+KERNEL_RULES = {0: "latest", 1: "digits"}
 _SOURCE = Path(__file__).with_name("kernels") / "lmn_step.c"
 _CFLAGS = ["-O3", "-std=c99", "-fPIC", "-shared"]
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -157,6 +159,9 @@ class NativeStepper:
         if getattr(cfg, "pinned", 0):
             raise ValueError(f"NativeStepper does not run the pinned memory (this model has pinned = {cfg.pinned}); "
                              "use LMN.step")
+        if KERNEL_RULES.get(cfg.tree.rule.code) != cfg.read:  # (a rule of its own refused, never approximated)
+            raise ValueError(f"NativeStepper's kernel knows the read rules {sorted(KERNEL_RULES.values())}, not "
+                             f"{cfg.read!r}; use LMN.step for this model")
         if cfg.expand != 0:
             raise ValueError(f"NativeStepper supports expand = 0 only (this model has expand = {cfg.expand}); use LMN.step")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
