@@ -17,7 +17,7 @@ Two measurements on the validation text of a character corpus, read as one long 
 Models are trained run directories (:func:`lmn.trainer.load_run`); a model with a position
 limit (GPT-2's learned table) is measured only where it reaches, and the JSON says where
 it stops. LMN runs in its parallel form here (its streaming form computes the same
-function, ``tests/test_parity.py``).
+function, ``tests/core/test_parity.py``).
 
     python -m research.context docs/results/runs/lmn-s1337 docs/results/runs/mamba-s1337 \\
         --out docs/results/probes/context

@@ -4,7 +4,7 @@ published figures and replayable commands."""
 import json
 
 from research.forecast import main
-from tests.test_etth1 import fake_csv
+from tests.tasks.test_etth1 import fake_csv
 
 
 def test_forecast_runner_reports_equal_budgets(tmp_path):

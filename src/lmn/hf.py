@@ -24,7 +24,7 @@ and greedy decoding equals ``LMN.generate(..., temperature=0)`` token for token.
 Right padding cannot be continued (the pads would sit between prompt and continuation):
 it is refused when a cache is built (without a cache it is harmless, the model is causal).
 
-Tested in ``tests/test_hf.py``.
+Tested in ``tests/runtime/test_hf.py``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ comes from :class:`lmn.tree.Counter`, which hands the kernel each step's plan. A
 owns one scratch buffer: use one stepper per thread.
 
 Tested against :meth:`lmn.LMN.step` and :func:`lmn.reference_forward` in
-``tests/test_native.py``.
+``tests/runtime/test_native.py``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ seen, stride ``k``, levels ``i``):
   stream's.
 
 The functions below marked *plain* state the definition directly; the others are the
-fast helpers the model uses, tested against the plain ones in ``tests/test_tree.py``.
+fast helpers the model uses, tested against the plain ones in ``tests/core/test_tree.py``.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class ReadRule:
     forms use (slot groups, presence masks, the slot cache's update), and the *plan* the
     native and fused kernels read (:attr:`code`, :meth:`triton_slots`). Nothing outside
     this module asks which rule a model has; it asks the rule. To add one: subclass,
-    implement every method, and :func:`register_read_rule` it (``tests/test_tree.py``
+    implement every method, and :func:`register_read_rule` it (``tests/core/test_tree.py``
     checks a rule's fast helpers against its plain definition; the C kernel and the fused
     Triton kernel know the built-in codes only and refuse others).
     """

@@ -5,7 +5,7 @@ Parameters, gradients and optimizer state are sharded across the processes with
 largest ``nn.ModuleList``, whatever the kind: LMN's ``blocks``, GPT-2's ``h``, Mamba's
 ``layers``), then the root. Each process still takes its ``batch_size / N`` rows of the
 same global batch and gradients are averaged (reduce-scatter), so a step equals the
-single-process step as with DDP (``tests/test_fsdp.py``); what changes is that no process
+single-process step as with DDP (``tests/trainer/test_fsdp.py``); what changes is that no process
 holds more than one block's full parameters at a time, for models larger than one device.
 
 Checkpoints stay in the single-process format: the full weights and a full optimizer

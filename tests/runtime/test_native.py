@@ -12,7 +12,7 @@ import torch
 
 from lmn import LMN, LMNConfig, reference_forward
 from lmn.native import NativeStepper, find_compiler
-from tests.test_parity import randomize_, small_model
+from tests.core.test_parity import randomize_, small_model
 
 pytestmark = pytest.mark.skipif(find_compiler() is None, reason="no C compiler on this machine")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmn.trainer import build_model
-from lmn_testdata import small_corpus
+from tests.lmn_testdata import small_corpus
 
 ARGS = ["--preset", "smoke", "--max-iters", "1", "--eval-interval", "1", "--eval-iters", "2", "--log-interval", "1",
         "--block-size", "16", "--batch-size", "4", "--no-whole-val", "--threads", "1",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from setuptools import find_packages
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESEARCH = {"lmn.probes.context", "lmn.probes.levels", "lmn.probes.sequential", "lmn.probes.strides",
             "lmn.experiments", "lmn.bench.gpu_session"}
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from lmn_testdata import small_corpus
+from tests.lmn_testdata import small_corpus
 
 ARGS = ["--preset", "smoke", "--eval-interval", "1", "--eval-iters", "2", "--log-interval", "1",
         "--block-size", "16", "--batch-size", "4", "--threads", "1",

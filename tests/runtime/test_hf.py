@@ -14,7 +14,7 @@ pytest.importorskip("transformers", minversion="5.24")  # lmn.hf needs transform
 
 from lmn import LMN, LMNConfig, state_nbytes  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
 CHARS = sorted(set("\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))
 

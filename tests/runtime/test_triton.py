@@ -22,7 +22,7 @@ triton = pytest.importorskip("triton")
 from lmn import LMN, LMNConfig, reference_forward  # noqa: E402
 from lmn.kernels import triton_sva  # noqa: E402
 from lmn.attention import ParallelRead  # noqa: E402
-from tests.test_parity import randomize_  # noqa: E402
+from tests.core.test_parity import randomize_  # noqa: E402
 
 TOL = 1e-5
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

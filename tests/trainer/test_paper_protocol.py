@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lmn.trainer import preset_config, train
-from lmn_testdata import REPO, require_shakespeare
+from tests.lmn_testdata import REPO, require_shakespeare
 
 RUN = REPO / "docs" / "results" / "runs" / "lmn-s1337"
 STEPS = int(os.environ.get("LMN_PAPER_STEPS", "50"))

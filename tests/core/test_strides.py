@@ -12,7 +12,7 @@ from torch import nn
 
 from lmn import LMN, LMNConfig, reference_forward, state_nbytes
 from lmn.native import NativeStepper, find_compiler
-from tests.test_parity import _check, randomize_
+from tests.core.test_parity import _check, randomize_
 
 TOL = 1e-5
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler on this machine")

@@ -12,7 +12,7 @@ import torch
 
 from lmn.cli import main
 from lmn.trainer import CheckpointError, TrainConfig, preset_config, train
-from lmn_testdata import require_shakespeare, small_corpus
+from tests.lmn_testdata import require_shakespeare, small_corpus
 
 TINY = ["--model-opt", "d_model=8", "--model-opt", "n_layers=1", "--model-opt", "n_heads=2",
         "--block-size", "16", "--batch-size", "4", "--eval-iters", "2", "--no-whole-val"]
@@ -465,7 +465,7 @@ def test_runs_written_before_the_task_fields_still_resume(tmp_path, capsys):
 
 
 def test_generate_loads_the_committed_run(capsys):
-    from lmn_testdata import REPO
+    from tests.lmn_testdata import REPO
 
     run = REPO / "docs" / "results" / "runs" / "lmn-s1337"
     status, out, err = run_cli("generate", "--checkpoint", run, "--prompt", "ROMEO:", "--tokens", 20, "--seed", 0,
@@ -478,7 +478,7 @@ def test_generate_loads_the_committed_run(capsys):
 
 
 def test_generate_max_level_caps_the_tree_at_the_trained_levels(capsys):
-    from lmn_testdata import REPO
+    from tests.lmn_testdata import REPO
 
     run = REPO / "docs" / "results" / "runs" / "lmn-s1337"  # trained on 512-character windows: levels 1-9
     args = ("generate", "--checkpoint", run, "--prompt", "ROMEO:", "--tokens", 1100, "--temperature", 0)

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from lmn.trainer import TrainConfig, preset_config, train
-from lmn_testdata import small_corpus
-from tests.test_train import run_cli, weights
+from tests.lmn_testdata import small_corpus
+from tests.trainer.test_train import run_cli, weights
 
 # the validation estimate by step: best at step 2, then no improvement (a tie at step 4)
 SCRIPT = {0: 5.0, 1: 4.5, 2: 4.0, 3: 4.2, 4: 4.0, 5: 4.1, 6: 3.0, 7: 2.0}

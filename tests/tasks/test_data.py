@@ -18,7 +18,7 @@ from lmn.data import (
     sequential_windows,
     split_tokens,
 )
-from lmn_testdata import require_shakespeare
+from tests.lmn_testdata import require_shakespeare
 
 TS = CORPORA["tinyshakespeare"]
 

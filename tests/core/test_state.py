@@ -6,7 +6,7 @@ import torch
 from lmn import LMN, LMNConfig, LMNState, reference_forward, state_nbytes
 from lmn.attention import ParallelRead, SingleVectorAttention
 from tests.conftest import max_abs_diff
-from tests.test_parity import small_model
+from tests.core.test_parity import small_model
 
 
 def _stream(model, idx, state=None):

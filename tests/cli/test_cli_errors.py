@@ -12,7 +12,7 @@ import torch
 
 from lmn.cli import main
 from lmn.trainer import preset_config, train
-from lmn_testdata import REPO
+from tests.lmn_testdata import REPO
 
 TINY = dict(max_iters=2, eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
             model_config={"d_model": 8, "n_layers": 1})

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import max_abs_diff
+from tests.conftest import max_abs_diff
 from lmn import LMN, LMNConfig, state_nbytes
 from lmn.bench.common import parse_bytes, parse_count, parse_counts, run_point, summarize
 from lmn.materialized import gather_slots, materialized_forward, slots_count

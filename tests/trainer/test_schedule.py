@@ -12,8 +12,8 @@ import torch
 from lmn import LMN, LMNConfig, reference_forward
 from lmn.trainer import TrainConfig, build_model, preset_config
 from lmn.trainer.optim import clip_gradients, make_optimizer, param_groups
-from lmn_testdata import small_corpus
-from tests.test_train import TINY, records, run_cli, weights, without_timing
+from tests.lmn_testdata import small_corpus
+from tests.trainer.test_train import TINY, records, run_cli, weights, without_timing
 
 
 def nanogpt_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
