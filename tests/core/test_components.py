@@ -10,7 +10,7 @@ import torch
 from lmn import LMN, LMNConfig, reference_forward
 from lmn.tree import DigitsRule, LatestRule, ReadRule, read_rule, read_rule_names, register_read_rule
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "lmn"
+SRC = Path(__file__).resolve().parents[2] / "src" / "lmn"
 
 # a comparison with a rule's name, or of the config's read field with anything
 _BRANCH = re.compile(r"""(==|!=)\s*["'](latest|digits)["']|["'](latest|digits)["']\s*(==|!=)|\.read\s*(==|!=|in\b)""")
