@@ -2,6 +2,10 @@
 
 * Nothing in the library below ``bench/`` imports ``lmn.bench``: the benchmarks may import
   the library, never the reverse (``cli.py`` dispatches ``lmn bench`` and is exempt).
+* The core and the runtime forms (model, attention, memory, tree, state, native, export,
+  graphs, generation, reference, kernels, ...) import none of ``lmn.kinds``, ``lmn.trainer``,
+  ``lmn.bench``: the registry, the trainer and the benchmarks are built on them. A kind of
+  a runtime form is defined in ``kinds/`` (``lmn.kinds.lmn_runtimes``), not beside it.
 * Every rename of a written file goes through :mod:`lmn.atomic` (temporary in the same
   directory, fsync, rename): no ``os.replace`` / ``os.rename`` elsewhere.
 """
@@ -111,3 +115,52 @@ def test_the_oracle_and_the_records_live_beside_the_core():
             if isinstance(node, ast.FunctionDef) and node.name in ("machine_info", "git_commit"):
                 defs.setdefault(node.name, []).append(str(rel))
     assert defs == {"machine_info": ["records.py"], "git_commit": ["records.py"]}
+
+
+# the modules above the core (relative to src/lmn; a folder covers what is in it) -> why they
+# may import the registry, the trainer or the benchmarks. Everything else is core or runtime.
+ABOVE_THE_CORE: dict[str, str] = {
+    "kinds": "the registry itself, and the kinds of the runtime forms (lmn_runtimes.py)",
+    "baselines": "peer models, each registered as a kind in its own file",
+    "timeseries": "the forecasting kinds, registered like the others",
+    "trainer": "the training loop: builds models through the registry",
+    "bench": "the benchmarks: time every registered kind",
+    "tasks": "the probe tasks, run by the trainer and `lmn probe`",
+    "probes": "`lmn probe`: trains and scores registered kinds",
+    "cli.py": "dispatches every command",
+    "hf.py": "`lmn convert`: reads an `lmn train` run (lmn.trainer.load_run)",
+    "demo.py": "the demo command, above the library",
+    "results.py": "renders result tables of every registered kind and preset",
+    "train.py": "the trainer's former module name: re-exports lmn.trainer",
+}
+FORBIDDEN_BELOW = ("lmn.kinds", "lmn.trainer", "lmn.bench")
+
+
+def _above_the_core(rel: Path) -> bool:
+    return rel.parts[0] in ABOVE_THE_CORE
+
+
+def test_the_core_and_the_runtime_forms_import_no_registry_trainer_or_bench():
+    core = {str(rel) for rel, _ in _modules() if not _above_the_core(rel)}
+    must_be_core = {"model.py", "attention.py", "memory.py", "tree.py", "state.py", "pinned.py", "layout.py",
+                    "native.py", "export.py", "graphs.py", "generation.py", "reference.py", "kernels/__init__.py"}
+    assert must_be_core <= core, must_be_core - core
+    assert all((SRC / name).exists() for name in ABOVE_THE_CORE), "a stale entry in ABOVE_THE_CORE"
+    offenders = []
+    for rel, tree in _modules():
+        if _above_the_core(rel):
+            continue
+        for line, mod in _imported(rel, tree):
+            if any(mod == top or mod.startswith(top + ".") for top in FORBIDDEN_BELOW):
+                offenders.append(f"src/lmn/{rel}:{line} imports {mod}")
+    assert not offenders, "core/runtime modules import the registry, the trainer or the benchmarks (define the " \
+        "kind in lmn/kinds/, load runs in the caller):\n" + "\n".join(sorted(set(offenders)))
+
+
+def test_the_runtime_kinds_are_defined_in_the_kinds_layer():
+    tree = ast.parse((SRC / "kinds" / "__init__.py").read_text(encoding="utf-8"))
+    REGISTRY = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                    if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "REGISTRY")
+    assert REGISTRY["lmn-onnx"] == REGISTRY["lmn-graph"] == "lmn.kinds.lmn_runtimes"
+    assert all(value.startswith(("lmn.kinds.", "lmn.baselines.", "lmn.timeseries."))
+               for value in REGISTRY.values()), REGISTRY

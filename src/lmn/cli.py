@@ -390,8 +390,30 @@ def _add_export_parser(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_tokens: int | None = None,
+               batch_size: int = 1, force: bool = False):
+    """Export the model of an ``lmn train`` run (``lmn export``): ``(model file, its JSON
+    description)``, by :func:`lmn.export.export_model`. ``out`` defaults to
+    ``RUN/lmn_step.FMT``; the tokenizer's characters go into the JSON (``"chars"``), so that
+    a runtime needs nothing else."""
+    from .export import DEFAULT_MAX_TOKENS, export_model
+    from .model import LMN
+    from .trainer import load_run
+
+    if fmt not in ("onnx", "pt2"):
+        raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    model, tokenizer, doc = load_run(run_dir)
+    if not isinstance(model, LMN):
+        raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; export takes LMN runs")
+    path = Path(out) if out is not None else Path(run_dir) / f"lmn_step.{fmt}"
+    return export_model(model, path, fmt, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, batch_size,
+                        force, extra={"chars": list(tokenizer.chars), "source_run": str(run_dir)})
+
+
 def _cmd_export(args) -> int:
-    from .export import DEFAULT_MAX_TOKENS, export_run
+    from .export import DEFAULT_MAX_TOKENS
 
     max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
     if max_tokens < 1:

@@ -315,21 +315,18 @@ def write_description(step: StreamStep, path: str | os.PathLike, fmt: str, batch
     return path
 
 
-def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
-               batch_size: int = 1, force: bool = False) -> tuple[Path, Path]:
-    """Export the model of an ``lmn train`` run: ``(model file, its JSON description)``.
-    ``fmt``: ``"onnx"`` or ``"pt2"`` (``torch.export.save``). The tokenizer's characters go
-    into the JSON (``"chars"``), so that a runtime needs nothing else."""
-    from .trainer import load_run
-
+def export_model(model: LMN, path: str | os.PathLike, fmt: str, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 batch_size: int = 1, force: bool = False, extra: dict | None = None) -> tuple[Path, Path]:
+    """Export ``model``'s streaming step to ``path``: ``(model file, its JSON description)``.
+    ``fmt``: ``"onnx"`` or ``"pt2"`` (``torch.export.save``); ``path`` must end in ``.fmt``,
+    the JSON goes beside it (``extra`` is added to it). Existing files are kept unless
+    ``force``. Loading a training run is the caller's part (``lmn export``:
+    :func:`lmn.cli.export_run`), so that this module sits below the trainer."""
     if fmt not in ("onnx", "pt2"):
         raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    model, tokenizer, doc = load_run(run_dir)
-    if not isinstance(model, LMN):
-        raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; export takes LMN runs")
-    path = Path(out) if out is not None else Path(run_dir) / f"lmn_step.{fmt}"
+    path = Path(path)
     if path.suffix != f".{fmt}":
         raise ValueError(f"the output file must end in .{fmt}, got {str(path)!r}")
     meta = path.with_suffix(".json")
@@ -343,8 +340,7 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
     else:
         with atomic_path(path) as tmp:
             torch.export.save(export_program(model, max_tokens, batch_size), str(tmp))
-    extra = {"chars": list(tokenizer.chars), "source_run": str(run_dir), "max_tokens": max_tokens}
-    return path, write_description(step, meta, fmt, batch_size, extra)
+    return path, write_description(step, meta, fmt, batch_size, {**(extra or {}), "max_tokens": max_tokens})
 
 
 # ----------------------------------------------------------------------------- runtimes
@@ -385,66 +381,5 @@ class OrtStepper:
         return sum(v.nbytes for v in self.state.values())
 
 
-__all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "export_onnx", "export_program", "export_run",
+__all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "export_model", "export_onnx", "export_program",
            "levels_for"]
-
-
-# ----------------------------------------------------------------------------- bench: the lmn-onnx kind
-def _onnx_unavailable() -> str | None:
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
-    return f"needs {', '.join(missing)} (pip install 'lmn[export]')" if missing else None
-
-
-class OnnxDecoder:
-    """``lmn bench decode`` adapter: PyTorch prefill (``LMN.prefill``), then every step through
-    the exported ONNX step in onnxruntime (exported when the decoder is made, before timing).
-    Its state is the fixed-capacity one of :class:`StreamStep` for ``max_tokens``."""
-
-    def __init__(self, model: LMN, max_chunk: int = 1024, max_tokens: int = DEFAULT_MAX_TOKENS):
-        import tempfile
-
-        self.model, self.max_chunk, self.state = model, max_chunk, None
-        self.step_fn = StreamStep(model, max_tokens)
-        self._dir = tempfile.TemporaryDirectory(prefix="lmn-onnx-")
-        path = export_onnx(model, Path(self._dir.name) / "step.onnx", max_tokens)
-        self.ort = OrtStepper(path, threads=torch.get_num_threads())
-        self.handed_over = False
-
-    def prefill(self, chunk: Tensor) -> None:
-        if self.handed_over:
-            raise RuntimeError("prefill after onnxruntime decode steps is not supported by this benchmark")
-        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
-
-    def step(self, token: Tensor) -> Tensor:
-        if not self.handed_over:
-            if self.state is not None:
-                self.ort.load(self.step_fn.state_from(self.state))
-            self.state, self.handed_over = None, True
-        return torch.from_numpy(self.ort.step(token.reshape(-1).cpu().numpy()))
-
-    def state_bytes(self) -> int:
-        return self.ort.nbytes  # the fixed-capacity buffers: what a deployed stream holds
-
-
-def _onnx_state_bytes(config: dict, positions: int) -> int:
-    cfg = LMNConfig.from_dict(config)
-    levels = levels_for(DEFAULT_MAX_TOKENS, cfg.stride)
-    cap = getattr(cfg, "max_level", None)
-    levels = min(levels, cap) if cap is not None else levels
-    return 3 * cfg.n_layers * (levels + 1) * (cfg.stride - 1) * cfg.n_banks * cfg.d_model * 4 + 8
-
-
-def _onnx_kind():
-    from .kinds.lmn import lmn_variant
-
-    return lmn_variant(
-        "lmn-onnx", {"decode"}, cpu_only=True, unavailable=_onnx_unavailable, state_bytes=_onnx_state_bytes,
-        decoder=lambda model, max_chunk: OnnxDecoder(model, max_chunk),
-        describe={"decode": "the exported ONNX step (`lmn export`, fixed-capacity state for 2**31 - 1 tokens) in "
-                            "onnxruntime, one thread, after the same PyTorch prefill",
-                  "state": "the exported step's fixed-capacity state tensors"})
-
-
-KINDS = {"lmn-onnx": _onnx_kind()}

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from .export import DEFAULT_MAX_TOKENS, StreamStep
-from .kinds.lmn import LMNDecoder
 
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (CUDA's allocator and lazy inits settle)
 
@@ -125,36 +124,3 @@ class GraphStepper:
     def nbytes(self) -> int:
         """Bytes of the state buffers (what the streams hold)."""
         return sum(t.numel() * t.element_size() for t in self.buffers.values())
-
-
-class GraphDecoder(LMNDecoder):
-    """``lmn bench decode`` adapter: PyTorch prefill (``LMN.prefill``), then every step a
-    replay of the captured step (captured at the first step, i.e. in the warm-up)."""
-
-    def __init__(self, model, max_chunk: int = 1024):
-        if model.head.weight.device.type != "cuda":
-            raise ValueError("lmn-graph decodes on a CUDA device only (CUDA graphs); use --device cuda")
-        super().__init__(model, max_chunk)
-        self.hands_over = True
-
-    def _take_over(self, token: Tensor) -> None:
-        self.stepper = GraphStepper(self.model, batch_size=token.reshape(-1).shape[0]).load(self.state)
-
-
-def _graph_unavailable() -> str | None:
-    return None if torch.cuda.is_available() else "needs a CUDA device (CUDA graphs)"
-
-
-def _graph_kind():
-    from .export import _onnx_state_bytes
-    from .kinds.lmn import lmn_variant
-
-    return lmn_variant(
-        "lmn-graph", {"decode"}, unavailable=_graph_unavailable, state_bytes=_onnx_state_bytes,
-        decoder=lambda model, max_chunk: GraphDecoder(model, max_chunk),
-        describe={"decode": "the fixed-shape streaming step (`lmn.export.StreamStep`) captured as one CUDA graph "
-                            "(`lmn.graphs`), after the same PyTorch prefill",
-                  "state": "the fixed-capacity state tensors of the captured step"})
-
-
-KINDS = {"lmn-graph": _graph_kind()}

@@ -35,7 +35,7 @@ SIZES = {"paper": {}, "large": {"d_model": 256, "n_layers": 8, "n_heads": 8, "n_
 class LMNDecoder(Decoder):
     """Chunked ``model.prefill`` then ``model.step``; with ``native`` the steps run through
     the C stepper, which takes over the prefilled state at the first step. Subclasses hand
-    over to another stepper by overriding :meth:`_take_over` (``lmn.graphs.GraphDecoder``)."""
+    over to another stepper by overriding :meth:`_take_over` (``lmn.kinds.lmn_runtimes.GraphDecoder``)."""
 
     def __init__(self, model, max_chunk: int = 1024, native: bool = False):
         self.model, self.max_chunk, self.state = model, max_chunk, None
@@ -136,7 +136,7 @@ _BENCH_FIELDS = frozenset(f.name for f in fields(BenchSpec))
 
 def lmn_variant(name: str, uses: set, describe: dict, **changes) -> ModelKind:
     """A bench variant of the ``lmn`` kind: same model and sizes, no preset, no Table 1
-    (here and in the modules that register one: ``lmn.export``, ``lmn.graphs``). ``describe``
+    (here and in ``lmn.kinds.lmn_runtimes``: ``lmn-onnx``, ``lmn-graph``). ``describe``
     and the ``changes`` named after :class:`BenchSpec` fields change its ``bench`` record, the
     others the kind itself."""
     bench = {k: changes.pop(k) for k in list(changes) if k in _BENCH_FIELDS}
