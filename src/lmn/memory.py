@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from .config import LMNConfig
 from .kernels import use_fused
 from .summarizers import Expander, LinearSummarizer, build_summarizer
-from .tree import Tree, carry_height
+from .tree import Tree, carry_height, ceil_log
 
 
 class LogMemory(nn.Module):
-    """Summarizer (+ optional expander) of one layer and the two ways of running it."""
+    """The tree memory of one layer: its summarizer (+ optional expander), the parallel
+    build of a sequence's tree and the counter that grows a stream's, behind one call."""
 
     def __init__(self, config: LMNConfig):
         super().__init__()
@@ -35,6 +36,50 @@ class LogMemory(nn.Module):
         self.summarizer = build_summarizer(config)
         self.expander = Expander(config.d_model, config.expand) if config.expand > 0 else None
         self.fused_kernels = "auto"  # build() through the fused Triton kernel (set by LMN.fused_kernels)
+
+    def forward(self, x: Tensor, nodes: list[Tensor] | None = None, pos: int = 0, return_state: bool = False):
+        """The one call of every form, as the block's: ``x (B, T, d)`` (normalised inputs of
+        tokens ``pos .. pos + T - 1``), ``nodes`` the kept nodes of the stream after ``pos``
+        tokens (``None``: a new stream) -> ``(read, nodes after the input or None)``.
+
+        ``read`` is what the attention reads from the tree: for a sequence or a piece, its
+        own levels ``[N_1, ..., N_L]`` (:meth:`build`); for one token continuing a stream, the
+        ``(level, node)`` it completed (:meth:`carry`, the token first). The given ``nodes``
+        list is updated in place and returned."""
+        if pos > 0 and x.shape[1] == 1 and nodes is not None:  # one token: the counter carries
+            B, _, d = x.shape
+            token = x[:, None].expand(B, self.n_banks, 1, d).contiguous()  # (B, nb, 1, d): a level-0 node
+            return self.carry(nodes, token, 0, pos + 1), nodes
+        levels = self.build(x)
+        if pos == 0:
+            if not (return_state or nodes is not None):
+                return levels, None
+            kept = [_tail(_tokens(x, self.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
+                    for i, r in enumerate(self.tree.kept(x.shape[1]))]
+            if nodes is None:
+                return levels, kept
+            nodes[:] = kept
+            return levels, nodes
+        return levels, self._continued(nodes, x, levels, pos)
+
+    def _continued(self, nodes: list[Tensor], x: Tensor, levels: list[Tensor], c0: int) -> list[Tensor]:
+        """The kept nodes after a piece ``x (B, C, d)`` (levels ``levels``) continues a stream
+        of ``c0`` tokens: levels below ``p`` (``C <= k**p``) from the piece's own tree; from
+        ``p`` up the stream's, plus the piece's level-``p`` node carried in when the piece
+        fills a whole block."""
+        tree, C = self.tree, x.shape[1]
+        count, p = c0 + C, ceil_log(C, tree.stride)
+        kept = tree.kept(count)
+        new = list(nodes)
+        for i in range(min(p, len(kept))):
+            if i == 0:
+                new[0] = _tail(_tokens(x, self.n_banks), kept[0])
+            elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
+                new[i] = _tail(levels[i - 1], kept[i])
+        if C == tree.stride**p and p <= len(levels):  # (a level above max_level is not kept)
+            self.carry(new, levels[p - 1][:, :, -1], p, count)
+        nodes[:] = new
+        return nodes
 
     def merge(self, children: Tensor) -> Tensor:
         """Merge the children ``(..., n_banks, k, E, d)`` of nodes into the nodes
@@ -120,3 +165,14 @@ class LogMemory(nn.Module):
         else:
             nodes[top] = torch.cat([nodes[top], new], dim=2)
         return completed
+
+
+def _tokens(x: Tensor, n_banks: int) -> Tensor:
+    """Tokens ``(B, T, d)`` as level-0 nodes ``(B, n_banks, T, 1, d)`` (a view)."""
+    B, T, d = x.shape
+    return x[:, None, :, None, :].expand(B, n_banks, T, 1, d)
+
+
+def _tail(level: Tensor, r: int) -> Tensor:
+    """The last ``r`` nodes of ``level (B, n_banks, n, E, d)``, as a new tensor."""
+    return level[:, :, level.shape[2] - r :].contiguous()

@@ -207,7 +207,7 @@ class LMNBlock(nn.Module):
         parallel form, one token continuing a stream the streaming step, several tokens
         continuing a stream a chunked prefill (``pos`` a multiple of ``k**p``, ``p`` the
         smallest with ``T <= k**p``: :func:`lmn.tree.piece_lengths`). All compute the same
-        function (``tests/test_parity.py``).
+        function (``tests/core/test_parity.py``).
         """
         if pos > 0 and h.shape[1] == 1 and state is not None:  # one token continuing a stream
             return self._step(h[:, 0], state, pos)[:, None], state
@@ -222,7 +222,7 @@ class LMNBlock(nn.Module):
     def _parallel(self, h: Tensor, return_state: bool, chunk: int):
         x = self.norm1(h)
         tree = self.memory.tree
-        levels = self.memory.build(x)
+        levels, nodes = self.memory(x, None, 0, return_state)
         pool = self.pinned.pool(x, None, 0) if self.pinned is not None else None
         read = ParallelRead(levels, tree, chunk, None, None if pool is None else PinnedMemory.read(pool))
         h = h + self._drop(self.attn(x, read))
@@ -230,8 +230,6 @@ class LMNBlock(nn.Module):
         if not return_state:
             return h, None
         T = x.shape[1]
-        nodes = [_tail(_tokens(x, self.memory.n_banks), r) if i == 0 else _tail(levels[i - 1], r)
-                 for i, r in enumerate(tree.kept(T))]
         state = LayerState(nodes, *self._slot_cache(nodes, T))
         if pool is not None:
             state.pinned = self.pinned.after(pool, T, self.attn.project_tokens)
@@ -242,32 +240,19 @@ class LMNBlock(nn.Module):
         parallel pass whose tree is aligned with the stream's; updates ``layer`` in place."""
         x = self.norm1(h)
         C = x.shape[1]
-        tree, mem = self.memory.tree, self.memory
+        tree = self.memory.tree
         p = ceil_log(C, tree.stride)
         if c0 % tree.stride**p:
             raise ValueError(f"a piece of {C} tokens continues a stream only at a multiple of "
                              f"{tree.stride**p}, not at pos={c0} (lmn.tree.piece_lengths splits a prompt)")
-        levels = mem.build(x)
         bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
         cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        levels, _ = self.memory(x, layer.nodes, c0)  # the piece's tree; the stream's nodes move on
         pool = self.pinned.pool(x, layer.pinned, c0) if self.pinned is not None else None
         read = ParallelRead(levels, tree, chunk, StreamPrefix(c0, cached), None if pool is None else PinnedMemory.read(pool))
         a = self.attn(x, read)
-
-        # the new state: levels below p from the piece's own tree; from p up the stream's,
-        # plus the piece's level-p node carried in when the piece fills a whole block
         count = c0 + C
-        kept = tree.kept(count)
-        nodes = list(layer.nodes)
-        for i in range(min(p, len(kept))):
-            if i == 0:
-                nodes[0] = _tail(_tokens(x, mem.n_banks), kept[0])
-            elif i <= len(levels):  # (else the stream's kept nodes of level i stand)
-                nodes[i] = _tail(levels[i - 1], kept[i])
-        if C == tree.stride**p and p <= len(levels):  # (a level above max_level is not kept)
-            mem.carry(nodes, levels[p - 1][:, :, -1], p, count)
-        layer.nodes[:] = nodes
-        layer.slot_q, layer.slot_v = self._slot_cache(nodes, count)
+        layer.slot_q, layer.slot_v = self._slot_cache(layer.nodes, count)
         last_pin = None
         if pool is not None:
             last_pin = self.pinned.slots_at(pool, C - 1, self.attn.project_tokens)
@@ -283,12 +268,10 @@ class LMNBlock(nn.Module):
 
         Functional calls throughout: nn.Module.__call__ costs more than these tiny ops."""
         x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
-        B, d = x.shape
-        mem, count = self.memory, pos + 1
-        token = x[:, None, None, :].expand(B, mem.n_banks, 1, d).contiguous()
+        mem = self.memory
         before = mem.tree.cached_slots(pos)
-        completed = mem.carry(layer.nodes, token, 0, count)
-        mem.tree.rule.update_cache(mem.tree, layer, completed, count, before, self.attn.project_nodes)
+        completed, _ = mem.forward(x[:, None], layer.nodes, pos)  # the token carries through the counter
+        mem.tree.rule.update_cache(mem.tree, layer, completed, pos + 1, before, self.attn.project_nodes)
         if self.pinned is not None:
             pin = layer.pinned
             h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, PinnedMemory.slots(pin))))
@@ -322,17 +305,6 @@ class LMNBlock(nn.Module):
         if self.pinned is not None:
             pin = self.pinned.empty(batch_size, c.d_model, c.n_heads, c.d_head, device, dtype)
         return LayerState([], empty, empty.clone(), pin)
-
-
-def _tokens(x: Tensor, n_banks: int) -> Tensor:
-    """Tokens ``(B, T, d)`` as level-0 nodes ``(B, n_banks, T, 1, d)`` (a view)."""
-    B, T, d = x.shape
-    return x[:, None, :, None, :].expand(B, n_banks, T, 1, d)
-
-
-def _tail(level: Tensor, r: int) -> Tensor:
-    """The last ``r`` nodes of ``level (B, n_banks, n, E, d)``, as a new tensor."""
-    return level[:, :, level.shape[2] - r :].contiguous()
 
 
 class LMN(nn.Module):
