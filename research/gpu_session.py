@@ -155,7 +155,7 @@ def part_parity(args) -> None:
         cfg = LMNConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, ff_mult=2, n_banks=nb, expand=expand,
                         stride=k, read=read, chunk_size=64)
         model = LMN(cfg).to(device)
-        with torch.no_grad():  # well-conditioned weights, every parameter non-trivial (as tests/test_parity)
+        with torch.no_grad():  # well-conditioned weights, every parameter non-trivial (as tests/core/test_parity)
             for name, p in model.named_parameters():
                 if "memory" in name and p.dim() >= 2:
                     p.normal_(0.0, 0.8 / (p[0].numel() if "summarizer.weight" not in name else p.shape[1]) ** 0.5)

@@ -8,7 +8,7 @@ each estimate from a generator seeded by ``(seed, step)`` alone, so fewer evalua
 batches, no whole-split pass and fewer steps change nothing before step ``STEPS``.
 
 The full 200-step check (under a minute on one core) is
-``LMN_PAPER_STEPS=200 OMP_NUM_THREADS=1 python -m pytest -q tests/test_paper_protocol.py``.
+``LMN_PAPER_STEPS=200 OMP_NUM_THREADS=1 python -m pytest -q tests/trainer/test_paper_protocol.py``.
 """
 
 import json

@@ -11,7 +11,7 @@ kind                what it is
 ==================  =========================================================================
 
 The runtime modules (:mod:`lmn.export`, :mod:`lmn.graphs`) sit below the registry and know
-nothing of it: the kinds are defined here, from them (``tests/test_layers.py``).
+nothing of it: the kinds are defined here, from them (``tests/project/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 from lmn import LMN, LMNConfig
 from lmn.graphs import GraphStepper
 from lmn.kinds import get_kind
-from tests.test_parity import randomize_
+from tests.core.test_parity import randomize_
 
 
 def _model(**kw):

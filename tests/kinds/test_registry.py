@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from lmn.kinds import REGISTRY, get_kind, kind_names
-from lmn.timeseries import TS_KINDS  # forecasting kinds: values in, not token ids (tests/test_etth1.py)
+from lmn.timeseries import TS_KINDS  # forecasting kinds: values in, not token ids (tests/tasks/test_etth1.py)
 
 pytest.importorskip("transformers")
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "lmn"
+SRC = Path(__file__).resolve().parents[2] / "src" / "lmn"
 TINY = {
     "lmn": {"d_model": 8, "n_layers": 1, "n_heads": 2},
     "gpt2": {"n_embd": 8, "n_layer": 1, "n_head": 2, "n_inner": 16, "n_positions": 32},
@@ -86,7 +86,7 @@ def test_decoder_continues_the_parallel_forward(name):
 def test_smoke_preset_trains_every_kind(tmp_path, capsys, name):
     """`lmn train --preset smoke --model NAME`: each kind's own tiny size."""
     from lmn.cli import main
-    from lmn_testdata import small_corpus
+    from tests.lmn_testdata import small_corpus
 
     argv = ["train", "--preset", "smoke", "--model", name, "--data", str(small_corpus(tmp_path)),
             "--out", str(tmp_path / name), "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
@@ -100,7 +100,7 @@ def test_smoke_preset_trains_every_kind(tmp_path, capsys, name):
 def test_paper_presets_of_the_recurrent_peers(tmp_path, capsys):
     from lmn.cli import main
     from lmn.trainer import PRESETS
-    from lmn_testdata import small_corpus
+    from tests.lmn_testdata import small_corpus
 
     assert {"paper-mamba2", "paper-rwkv"} <= set(PRESETS)
     data = small_corpus(tmp_path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "lmn"
+SRC = Path(__file__).resolve().parents[2] / "src" / "lmn"
 
 # module (relative to src/lmn) -> why it may call os.replace / os.rename itself
 RENAME_EXCEPTIONS: dict[str, str] = {}

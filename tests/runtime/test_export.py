@@ -13,7 +13,7 @@ import torch
 from lmn import LMN, LMNConfig
 from lmn.export import StreamStep, export_onnx, export_program
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
 PROMPT, NEW = 37, 200
 
