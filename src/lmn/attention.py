@@ -146,7 +146,8 @@ class SingleVectorAttention(nn.Module):
             chunk: positions processed at once (a power of the stride); bounds the
                 temporaries.
             prefix: continue a stream (see :meth:`read_groups`).
-            pin: the pinned memory (:class:`lmn.pinned.PinnedRead`) or ``None``.
+            pin: the memory mechanisms' slots of every position
+                (:class:`lmn.mechanisms.ExtraSlots`) or ``None``.
         Returns:
             ``out (B, T, d)``.
 
@@ -170,7 +171,9 @@ class SingleVectorAttention(nn.Module):
         k = self.k(x).view(B, T, H, dh) * self.scale  # fold 1/sqrt(d_head) into the key
         s_self = F.pad((q * k).sum(-1).transpose(1, 2), (1, 0))  # slot 0 scores, (B, H, T+1)
         v = self.v(x).view(B, T, H, dh)
-        pins = [] if pin is None else self._pinned_slots(q, v, *pin)
+        # extra slots of the memory mechanisms (lmn.mechanisms.ExtraSlots), shifted like v
+        pins = [] if pin is None else [F.pad(pin.q, (1, 0)), F.pad(pin.v, (1, 0)),
+                                       F.pad(pin.bias, (1, 0), value=float("-inf"))]
         del q  # (the dels keep no-grad inference memory low; autograd keeps what it needs)
         v_t = F.pad(v.permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
         del v
@@ -195,26 +198,11 @@ class SingleVectorAttention(nn.Module):
         out = out[..., 1:]  # (B, H, dh, T)
         return self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
 
-    def _pinned_slots(self, q, v, index, pool_w, pre_q, pre_v) -> list[Tensor]:
-        """Per position t (time-last, column u = t + 1) the q, v and score bias of its pinned
-        slots: ``(B, H, m, dh, T+1)`` twice and ``(B, m, T+1)``."""
-        B, T, m = index.shape
-        H, dh = self.n_heads, self.d_head
-        pool_q, pool_v = q.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, dh)
-        if pre_q is not None:
-            pool_q, pool_v = torch.cat([pre_q, pool_q], dim=2), torch.cat([pre_v, pool_v], dim=2)
-        flat = index.clamp(min=0).reshape(B, 1, T * m, 1).expand(B, H, T * m, dh)
-        pq = pool_q.gather(2, flat).view(B, H, T, m, dh).permute(0, 1, 3, 4, 2)
-        pv = pool_v.gather(2, flat).view(B, H, T, m, dh).permute(0, 1, 3, 4, 2)
-        bias = F.logsigmoid(pool_w).gather(1, index.clamp(min=0).view(B, T * m)).view(B, T, m)
-        bias = bias.masked_fill(index < 0, float("-inf")).transpose(1, 2)  # (B, m, T)
-        return [F.pad(pq, (1, 0)), F.pad(pv, (1, 0)), F.pad(bias, (1, 0), value=float("-inf"))]
-
     # ------------------------------------------------------------------ streaming form
     def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None) -> Tensor:
         """One position. ``x: (B, d)``; ``slot_q``/``slot_v``: cached projections of the
-        memory nodes ``(B, H, S, d_head)``; ``pin``: the pinned slots
-        (:class:`lmn.pinned.PinnedSlots`: score bias ``log sigmoid(w)``) or None.
+        memory nodes ``(B, H, S, d_head)``; ``pin``: the memory mechanisms' slots
+        (:class:`lmn.mechanisms.Slots`, with their score bias) or None.
         Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
@@ -252,7 +240,7 @@ class ParallelRead(NamedTuple):
     """What every position of a sequence reads (the parallel form): the tree ``levels``
     ``[N_1, ..., N_L]`` (:meth:`lmn.memory.LogMemory.build`) of ``tree``; ``chunk``
     positions at a time (a power of the stride); ``prefix`` when the sequence continues a
-    stream; ``pinned`` the pinned memory (:class:`lmn.pinned.PinnedRead`) or ``None``."""
+    stream; ``pinned`` the memory mechanisms' slots (:class:`lmn.mechanisms.ExtraSlots`) or ``None``."""
 
     levels: list
     tree: object
@@ -263,8 +251,8 @@ class ParallelRead(NamedTuple):
 
 class CachedRead(NamedTuple):
     """What one position of a stream reads: the projections of its memory slots,
-    ``slot_q``/``slot_v (B, H, S, d_head)`` (the state's slot cache), and the pinned slots
-    (:class:`lmn.pinned.PinnedSlots`) or ``None``."""
+    ``slot_q``/``slot_v (B, H, S, d_head)`` (the state's slot cache), and the memory
+    mechanisms' slots (:class:`lmn.mechanisms.Slots`) or ``None``."""
 
     slot_q: Tensor
     slot_v: Tensor

@@ -31,7 +31,7 @@ layer instead of one amortised; the state's size is ``3 * n_layers * (levels + 1
 (k - 1) * C`` numbers per stream. Any stride and read rule; ``expand = 0`` only (a
 node's size would otherwise depend on its level).
 
-Tested in ``tests/test_export.py`` (onnxruntime and the exported program against eager
+Tested in ``tests/runtime/test_export.py`` (onnxruntime and the exported program against eager
 logits for 200 tokens after a prompt).
 """
 
@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from .atomic import atomic_path, write_json
 from .config import LMNConfig
 from .layout import fill_fixed
+from .mechanisms import refuse
 from .model import LMN, sinusoidal_encoding
 from .summarizers import affine_form
 from .tree import n_levels
@@ -82,8 +83,7 @@ class StreamStep(nn.Module):
         cfg = getattr(model, "config", None)
         if not isinstance(cfg, LMNConfig) or not hasattr(model, "blocks"):
             raise TypeError(f"StreamStep takes an lmn.LMN, got {type(model).__name__}")
-        if getattr(cfg, "pinned", 0):
-            raise ValueError(f"export does not cover the pinned memory (this model has pinned = {cfg.pinned})")
+        refuse(cfg, "export", "use LMN.step")  # a memory mechanism beside the tree (lmn.mechanisms)
         if cfg.expand != 0:
             raise ValueError(f"export supports expand = 0 only (this model has expand = {cfg.expand}): "
                              "a node's size would depend on its level")

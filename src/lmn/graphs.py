@@ -16,7 +16,7 @@ its own position), so it is captured here once -- the step and the copy of the n
 into the graph's own input buffers -- and each token then costs one graph launch.
 
 Without a CUDA device (or with ``capture=False``) the stepper runs the same buffers and
-the same function eagerly: that is how it is tested on a CPU (``tests/test_graphs.py``,
+the same function eagerly: that is how it is tested on a CPU (``tests/runtime/test_graphs.py``,
 against ``LMN.step``); the captured graph replays exactly these kernels. It covers what
 :class:`~lmn.export.StreamStep` covers (any stride and read rule; no expander, no pinned
 memory) and refuses the rest, and streams of at most ``max_tokens`` tokens (its
@@ -48,7 +48,7 @@ class GraphStepper:
     def __init__(self, model, batch_size: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, capture: bool | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.fn = StreamStep(model, max_tokens)  # refuses what it cannot run (expander, pinned memory)
+        self.fn = StreamStep(model, max_tokens)  # refuses what it cannot run (expander, memory mechanisms)
         device = model.head.weight.device
         if capture is None:
             capture = device.type == "cuda"

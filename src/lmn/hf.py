@@ -133,10 +133,8 @@ class LMNCache:
         for g, (new_rows, idx) in sorted(picks.items()):
             state = self.groups[g][1]
             sel = torch.tensor(idx, dtype=torch.long, device=state.device)
-            layers = [LayerState([n.index_select(0, sel) for n in layer.nodes], layer.slot_q.index_select(0, sel),
-                                 layer.slot_v.index_select(0, sel)) for layer in state.layers]
             rows = torch.tensor(new_rows, dtype=torch.long, device=self.groups[g][0].device)
-            groups.append((rows, LMNState(state.config, len(new_rows), state.pos, layers)))
+            groups.append((rows, state.select(sel)))  # every tensor of the state, mechanisms' included
         self.groups, self.batch_size = groups, len(beam_idx)
 
     def __repr__(self) -> str:

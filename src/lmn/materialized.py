@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmn.model import LMN, sinusoidal_encoding
+from lmn.mechanisms import refuse
 from lmn.tree import Tree
 
 
@@ -63,8 +64,7 @@ def slot_specs(tree: Tree, levels: list[Tensor]) -> tuple[list[int], list[int]]:
 def materialized_forward(model: LMN, idx: Tensor) -> Tensor:
     """Logits ``(B, T, vocab)`` of ``model`` on ``idx (B, T)``, slots materialised."""
     cfg = model.config
-    if cfg.pinned:
-        raise ValueError("the materialised benchmark form does not cover the pinned memory (pinned > 0)")
+    refuse(cfg, "the materialised benchmark form", "use the model's parallel form")
     B, T = idx.shape
     H, dh = cfg.n_heads, cfg.d_head
     h = F.embedding(idx, model.tok_emb.weight)  # (B, T, d)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, vjp
 from .config import LMNConfig
 from .memory import LogMemory
-from .pinned import PinnedMemory
+from .mechanisms import ExtraSlots, Slots, mechanism_names, mechanisms_for
 from .state import LayerState, LMNState
 from .tree import ceil_log, piece_lengths
 
@@ -159,16 +159,22 @@ class LMNBlock(nn.Module):
     """One layer: ``h += SVA(memory(RMSNorm(h)))``, then ``h += FF(RMSNorm(h))``.
 
     Components: ``memory`` (the tree: :class:`lmn.memory.LogMemory`, its read rule
-    ``memory.tree.rule``), ``pinned`` (the pinned memory, :class:`lmn.pinned.PinnedMemory`,
-    or ``None``), ``attn`` (:class:`lmn.attention.SingleVectorAttention`), ``ff``.
+    ``memory.tree.rule``), the memory mechanisms the config enables (:mod:`lmn.mechanisms`),
+    each an attribute by its name (``block.pinned``: :class:`lmn.pinned.PinnedMemory`, or
+    ``None``), ``attn`` (:class:`lmn.attention.SingleVectorAttention`), ``ff``.
     """
 
     def __init__(self, config: LMNConfig):
         super().__init__()
         self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.memory = LogMemory(config)
-        # (made before the attention, as it always was: the same seed gives the same weights)
-        self.pinned = PinnedMemory(config.d_model, config.pinned) if config.pinned else None
+        # the mechanisms beside the tree, each under its name (None where not enabled); made
+        # before the attention, as the pinned memory always was: the same seed, the same weights
+        for name in mechanism_names():
+            setattr(self, name, None)
+        self.mechanisms = tuple(m.name for m in mechanisms_for(config))
+        for m in mechanisms_for(config):
+            setattr(self, m.name, m.build(config))
         self.attn = SingleVectorAttention(config)
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.ff = FeedForward(config)
@@ -223,17 +229,15 @@ class LMNBlock(nn.Module):
         x = self.norm1(h)
         tree = self.memory.tree
         levels, nodes = self.memory(x, None, 0, return_state)
-        pool = self.pinned.pool(x, None, 0) if self.pinned is not None else None
-        read = ParallelRead(levels, tree, chunk, None, None if pool is None else PinnedMemory.read(pool))
+        reads = [getattr(self, n).read_piece(x, None, 0, self.attn.project_tokens, return_state) for n in self.mechanisms]
+        read = ParallelRead(levels, tree, chunk, None, _join_extra([r.slots for r in reads]))
         h = h + self._drop(self.attn(x, read))
         h = h + self._drop(self.ff(self.norm2(h)))
         if not return_state:
             return h, None
         T = x.shape[1]
-        state = LayerState(nodes, *self._slot_cache(nodes, T))
-        if pool is not None:
-            state.pinned = self.pinned.after(pool, T, self.attn.project_tokens)
-        return h, state
+        extra = {n: r.state for n, r in zip(self.mechanisms, reads)}
+        return h, LayerState(nodes, *self._slot_cache(nodes, T), extra)
 
     def _extend(self, h: Tensor, layer: LayerState, c0: int, chunk: int) -> Tensor:
         """Continue a stream of ``c0`` tokens with ``h: (B, C, d)``, ``C >= 2``, in one
@@ -248,18 +252,17 @@ class LMNBlock(nn.Module):
         bounds = list(itertools.accumulate(tree.cached_slots(c0), initial=0))
         cached = [(layer.slot_q[:, :, lo:hi], layer.slot_v[:, :, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
         levels, _ = self.memory(x, layer.nodes, c0)  # the piece's tree; the stream's nodes move on
-        pool = self.pinned.pool(x, layer.pinned, c0) if self.pinned is not None else None
-        read = ParallelRead(levels, tree, chunk, StreamPrefix(c0, cached), None if pool is None else PinnedMemory.read(pool))
+        reads = [getattr(self, n).read_piece(x, layer.extra[n], c0, self.attn.project_tokens, True)
+                 for n in self.mechanisms]
+        read = ParallelRead(levels, tree, chunk, StreamPrefix(c0, cached), _join_extra([r.slots for r in reads]))
         a = self.attn(x, read)
-        count = c0 + C
-        layer.slot_q, layer.slot_v = self._slot_cache(layer.nodes, count)
-        last_pin = None
-        if pool is not None:
-            last_pin = self.pinned.slots_at(pool, C - 1, self.attn.project_tokens)
-            layer.pinned = self.pinned.after(pool, count, self.attn.project_tokens)
+        layer.slot_q, layer.slot_v = self._slot_cache(layer.nodes, c0 + C)
+        for n, r in zip(self.mechanisms, reads):
+            layer.extra[n] = r.state
 
         # the last position may read nodes completed by itself: redo it as a streaming step
-        a_last = self.attn.forward(x[:, -1], CachedRead(layer.slot_q, layer.slot_v, last_pin))
+        last = _join_one([r.last for r in reads])
+        a_last = self.attn.forward(x[:, -1], CachedRead(layer.slot_q, layer.slot_v, last))
         h = h + self._drop(torch.cat([a[:, :-1], a_last[:, None]], dim=1))
         return h + self._drop(self.ff(self.norm2(h)))
 
@@ -272,12 +275,14 @@ class LMNBlock(nn.Module):
         before = mem.tree.cached_slots(pos)
         completed, _ = mem.forward(x[:, None], layer.nodes, pos)  # the token carries through the counter
         mem.tree.rule.update_cache(mem.tree, layer, completed, pos + 1, before, self.attn.project_nodes)
-        if self.pinned is not None:
-            pin = layer.pinned
-            h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, PinnedMemory.slots(pin))))
-            layer.pinned = self.pinned.add_token(pin, x, pos, self.attn.project_tokens)
-        else:
-            h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, None)))
+        extra = None
+        if self.mechanisms:  # each gives this position's slots and moves its state on
+            slots = []
+            for n in self.mechanisms:
+                s, layer.extra[n] = getattr(self, n).read_one(x, layer.extra[n], pos, self.attn.project_tokens)
+                slots.append(s)
+            extra = _join_one(slots)
+        h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, extra)))
         y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
         return h + self._drop(self.ff.plain(y))
 
@@ -301,10 +306,25 @@ class LMNBlock(nn.Module):
         """The layer's state of ``batch_size`` new streams."""
         c = self.config
         empty = torch.zeros(batch_size, c.n_heads, 0, c.d_head, device=device, dtype=dtype)
-        pin = None
-        if self.pinned is not None:
-            pin = self.pinned.empty(batch_size, c.d_model, c.n_heads, c.d_head, device, dtype)
-        return LayerState([], empty, empty.clone(), pin)
+        extra = {n: getattr(self, n).empty(batch_size, device, dtype) for n in self.mechanisms}
+        return LayerState([], empty, empty.clone(), extra)
+
+
+def _join_extra(parts: list[ExtraSlots]) -> ExtraSlots | None:
+    """The mechanisms' slots of every position as one set (``None``: no mechanism)."""
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return ExtraSlots(torch.cat([p.q for p in parts], 2), torch.cat([p.v for p in parts], 2),
+                      torch.cat([p.bias for p in parts], 1))
+
+
+def _join_one(parts: list[Slots | None]) -> Slots | None:
+    """The mechanisms' slots of one position as one set."""
+    parts = [p for p in parts if p is not None]
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return Slots(torch.cat([p.q for p in parts], 2), torch.cat([p.v for p in parts], 2),
+                 torch.cat([p.bias for p in parts], 1))
 
 
 class LMN(nn.Module):

@@ -47,6 +47,7 @@ from torch import Tensor
 from . import atomic
 from .config import LMNConfig
 from .layout import fill_fixed, state_from_fixed
+from .mechanisms import refuse
 from .state import LMNState, state_nbytes
 from .summarizers import affine_form
 from .tree import Counter
@@ -156,9 +157,7 @@ class NativeStepper:
             raise ValueError(f"NativeStepper runs on the CPU; the model is on {ref.device} (use model.cpu())")
         if ref.dtype not in _REAL:
             raise ValueError(f"NativeStepper supports float32 and float64 models, got {ref.dtype}")
-        if getattr(cfg, "pinned", 0):
-            raise ValueError(f"NativeStepper does not run the pinned memory (this model has pinned = {cfg.pinned}); "
-                             "use LMN.step")
+        refuse(cfg, "NativeStepper", "use LMN.step")  # a memory mechanism beside the tree (lmn.mechanisms)
         if KERNEL_RULES.get(cfg.tree.rule.code) != cfg.read:  # (a rule of its own refused, never approximated)
             raise ValueError(f"NativeStepper's kernel knows the read rules {sorted(KERNEL_RULES.values())}, not "
                              f"{cfg.read!r}; use LMN.step for this model")

@@ -10,40 +10,34 @@ Position ``t`` reads slot ``x_j`` for every ``j`` in ``P(t)`` with score bias
 every ``P(t)`` at once with a scan (:func:`running_top`), the streaming form keeps ``P``
 as a :class:`lmn.state.PinnedSet` and updates it per token (:meth:`PinnedMemory.add_token`).
 
-The component plugs into :class:`lmn.model.LMNBlock` (``block.pinned``); the attention reads
-what it hands over as named records, :class:`PinnedRead` (parallel) and
-:class:`PinnedSlots` (one position).
+It is a memory mechanism (:mod:`lmn.mechanisms`): one module, registered at the end of
+this file, that the block builds when ``config.pinned > 0`` (``block.pinned``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .state import PinnedSet
+from .mechanisms import ExtraSlots, Mechanism, PieceRead, Slots, register_mechanism
 
 
-class PinnedRead(NamedTuple):
-    """The pinned memory as the parallel form reads it: position ``t`` of the piece reads the
-    pool tokens ``index[:, t] (B, T, m)`` (``-1``: none), each with ``log sigmoid(pool_w)``
-    added to its score; the pool is the stream's pinned tokens (projections ``pre_q`` /
-    ``pre_v (B, H, m_p, d_head)``, or ``None``) followed by the piece's tokens."""
+@dataclass
+class PinnedSet:
+    """The pinned memory of one layer after ``pos`` tokens: the ``min(pos, m)`` earlier tokens
+    of highest write score, sorted by (score, position) descending. ``x (B, n, d)``,
+    ``w (B, n)`` write scores, ``j (B, n)`` positions (int64), ``q``/``v (B, H, n, d_head)``
+    their cached projections."""
 
-    index: Tensor
-    pool_w: Tensor
-    pre_q: Tensor | None
-    pre_v: Tensor | None
-
-
-class PinnedSlots(NamedTuple):
-    """The pinned slots of one position: ``q``/``v (B, H, n, d_head)``, ``bias (B, n)``."""
-
+    x: Tensor
+    w: Tensor
+    j: Tensor
     q: Tensor
     v: Tensor
-    bias: Tensor
 
 
 class Pool(NamedTuple):
@@ -98,29 +92,80 @@ def running_top(w: Tensor, m: int) -> Tensor:
     return idx
 
 
-class PinnedMemory(nn.Module):
+class PinnedMemory(Mechanism):
     """The write score of one layer and the three ways of keeping the top-m set.
 
-    ``project``, where asked for, maps tokens ``(B, n, d)`` to their slot projections
-    ``q, v (B, H, n, d_head)`` (the attention's :meth:`~lmn.attention.SingleVectorAttention.project_tokens`).
+    ``project`` maps tokens ``(B, n, d)`` to their slot projections ``q, v (B, H, n, d_head)``
+    (the attention's :meth:`~lmn.attention.SingleVectorAttention.project_tokens`).
     """
 
-    def __init__(self, d_model: int, m: int):
+    name = "pinned"
+    state_class = PinnedSet
+
+    def __init__(self, d_model: int, m: int, n_heads: int = 1):
         super().__init__()
-        self.m = m
+        self.m, self.d_model, self.n_heads = m, d_model, n_heads
         self.write = nn.Linear(d_model, 1)
+
+    # ---------------------------------------------------------------- registration
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return config.pinned > 0
+
+    @classmethod
+    def build(cls, config) -> "PinnedMemory":
+        return cls(config.d_model, config.pinned, config.n_heads)
+
+    @classmethod
+    def describe(cls, config) -> str:
+        return f"the pinned memory (this model has pinned = {config.pinned})"
+
+    @classmethod
+    def state_nbytes(cls, config, batch_size: int, pos: int, element_size: int) -> int:
+        # per token x, q, v (d each) and its score, plus its int64 position
+        return config.n_layers * batch_size * min(pos, config.pinned) * ((3 * config.d_model + 1) * element_size + 8)
 
     def scores(self, x: Tensor) -> Tensor:
         """Write scores ``(B, T)`` of tokens ``x (B, T, d)``."""
         return self.write(x)[..., 0]
 
-    def empty(self, batch_size: int, d_model: int, n_heads: int, d_head: int, device, dtype) -> PinnedSet:
+    def empty(self, batch_size: int, device, dtype) -> PinnedSet:
         """The set of a stream at position 0."""
         def zeros(*shape, dt=dtype):
             return torch.zeros(batch_size, *shape, device=device, dtype=dt)
 
-        return PinnedSet(zeros(0, d_model), zeros(0), zeros(0, dt=torch.long), zeros(n_heads, 0, d_head),
-                         zeros(n_heads, 0, d_head))
+        d_head = self.d_model // self.n_heads
+        return PinnedSet(zeros(0, self.d_model), zeros(0), zeros(0, dt=torch.long), zeros(self.n_heads, 0, d_head),
+                         zeros(self.n_heads, 0, d_head))
+
+    # ---------------------------------------------------------------- the three forms
+    def read_piece(self, x: Tensor, state, pos: int, project, return_state: bool) -> PieceRead:
+        pool = self.pool(x, state, pos)
+        C = x.shape[1]
+        last = self.slots_at(pool, C - 1, project) if state is not None else None
+        after = self.after(pool, pos + C, project) if return_state else None
+        return PieceRead(self.piece_slots(x, pool, project), last, after)
+
+    def read_one(self, x: Tensor, state: PinnedSet, pos: int, project) -> tuple[Slots, PinnedSet]:
+        return Slots(state.q, state.v, F.logsigmoid(state.w)), self.add_token(state, x, pos, project)
+
+    # ---------------------------------------------------------------- plain definition
+    def reference_slots(self, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        B = x.shape[0]
+        if t == 0:
+            return x.new_zeros(B, 0, x.shape[2]), x.new_zeros(B, 0)
+        w = F.linear(x, self.write.weight, self.write.bias)[..., 0]  # (B, T)
+        pins = torch.tensor(reference_sets(w, t, self.m), device=x.device)  # (B, n)
+        return (torch.stack([x[b, pins[b]] for b in range(B)]),
+                torch.stack([F.logsigmoid(w[b, pins[b]]) for b in range(B)]))
+
+    def reference_state(self, x: Tensor, T: int, project) -> PinnedSet:
+        B = x.shape[0]
+        w = F.linear(x, self.write.weight, self.write.bias)[..., 0]
+        pins = torch.tensor(reference_sets(w, T, self.m), device=x.device)
+        px = torch.stack([x[b, pins[b]] for b in range(B)])
+        q, v = project(px)
+        return PinnedSet(px, torch.stack([w[b, pins[b]] for b in range(B)]), pins, q, v)
 
     # ---------------------------------------------------------------- parallel form and prefill
     def pool(self, x: Tensor, prev: PinnedSet | None, pos: int) -> Pool:
@@ -146,10 +191,21 @@ class PinnedMemory(nn.Module):
         sets = torch.cat([running.new_full((B, 1, m), -1), running], dim=1)[:, n_p:]  # (B, C + 1, m)
         return Pool(x, w, j, pre_q, pre_v, sets)
 
-    @staticmethod
-    def read(pool: Pool) -> PinnedRead:
-        """What the piece's positions read, for the parallel attention."""
-        return PinnedRead(pool.sets[:, :-1], pool.w, pool.pre_q, pool.pre_v)
+    def piece_slots(self, x: Tensor, pool: Pool, project) -> ExtraSlots:
+        """Per position of the piece its pinned slots, time-last (:class:`lmn.mechanisms.ExtraSlots`):
+        the pool tokens of its set, projected, with ``log sigmoid(w)`` as their score bias."""
+        index = pool.sets[:, :-1]  # (B, C, m): the set each position reads
+        B, C, m = index.shape
+        q_x, v_x = project(x)  # (B, H, C, dh): the piece's tokens; the stream's come projected
+        if pool.pre_q is not None:
+            q_x, v_x = torch.cat([pool.pre_q, q_x], dim=2), torch.cat([pool.pre_v, v_x], dim=2)
+        H, dh = q_x.shape[1], q_x.shape[3]
+        flat = index.clamp(min=0).reshape(B, 1, C * m, 1).expand(B, H, C * m, dh)
+        pq = q_x.gather(2, flat).view(B, H, C, m, dh).permute(0, 1, 3, 4, 2)
+        pv = v_x.gather(2, flat).view(B, H, C, m, dh).permute(0, 1, 3, 4, 2)
+        bias = F.logsigmoid(pool.w).gather(1, index.clamp(min=0).view(B, C * m)).view(B, C, m)
+        bias = bias.masked_fill(index < 0, float("-inf")).transpose(1, 2)  # (B, m, C)
+        return ExtraSlots(pq, pv, bias)
 
     def after(self, pool: Pool, count: int, project) -> PinnedSet:
         """The pinned set after the piece (``count`` tokens in all), as a state's :class:`PinnedSet`."""
@@ -159,21 +215,16 @@ class PinnedMemory(nn.Module):
         q, v = project(x)
         return PinnedSet(x, pool.w.gather(1, sel), pool.j.gather(1, sel), q, v)
 
-    def slots_at(self, pool: Pool, row: int, project) -> PinnedSlots:
+    def slots_at(self, pool: Pool, row: int, project) -> Slots:
         """The pinned slots of the pool's set ``row`` (one position)."""
         sel = pool.sets[:, row]
         n = int((sel[0] >= 0).sum())
         sel = sel[:, :n]
         x = pool.x.gather(1, sel[..., None].expand(-1, -1, pool.x.shape[-1]))
         q, v = project(x)
-        return PinnedSlots(q, v, F.logsigmoid(pool.w.gather(1, sel)))
+        return Slots(q, v, F.logsigmoid(pool.w.gather(1, sel)))
 
     # ---------------------------------------------------------------- streaming form
-    @staticmethod
-    def slots(pin: PinnedSet) -> PinnedSlots:
-        """The slots a stream's set gives its next position."""
-        return PinnedSlots(pin.q, pin.v, F.logsigmoid(pin.w))
-
     def add_token(self, pin: PinnedSet, x: Tensor, position: int, project) -> PinnedSet:
         """The pinned set after token ``position`` (``x: (B, d)``) was read: the top m of
         the set and the token, by (write score, position)."""
@@ -186,3 +237,6 @@ class PinnedMemory(nn.Module):
         hq = order[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
         return PinnedSet(xs.gather(1, order[..., None].expand(-1, -1, xs.shape[2])), w.gather(1, order),
                          j.gather(1, order), q.gather(2, hq), v.gather(2, hq))
+
+
+register_mechanism(PinnedMemory)

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import LMN, sinusoidal_encoding
-from .state import LayerState, LMNState, PinnedSet
-from .pinned import reference_sets
+from .state import LayerState, LMNState
 from .tree import kept, read_nodes
 
 
@@ -62,24 +61,17 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
             return x[:, j, None] if i == 0 else node(i, j).flatten(1, 2)
 
         attn = block.attn
-        m = cfg.pinned
-        if m:  # the pinned memory's write scores (B, T)
-            write = F.linear(x, block.pinned.write.weight, block.pinned.write.bias)[..., 0]
-
-        def pinned_before(t: int) -> list[list[int]]:
-            """Per batch row, the m positions j < t of largest (write score, j), largest first."""
-            return reference_sets(write, t, m)
+        mechanisms = [getattr(block, name) for name in block.mechanisms]  # memories beside the tree
 
         outs = []
         for t in range(T):
             read = read_nodes(t, k, cfg.read, cfg.max_level)
             S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read], dim=1)
             bias = S.new_zeros(B, S.shape[1])
-            if m and t > 0:  # pinned tokens: extra slots, their score + log sigmoid(write score)
-                pins = torch.tensor(pinned_before(t))  # (B, n)
-                S = torch.cat([S, torch.stack([x[b, pins[b]] for b in range(B)])], dim=1)
-                g = torch.stack([F.logsigmoid(write[b, pins[b]]) for b in range(B)])
-                bias = torch.cat([bias, g], dim=1)
+            n_extra = 0
+            for mech in mechanisms:  # their slots follow the tree's, each with its score bias
+                vectors, g = mech.reference_slots(x, t)  # (B, n, d), (B, n)
+                S, bias, n_extra = torch.cat([S, vectors], dim=1), torch.cat([bias, g], dim=1), n_extra + g.shape[1]
             q = F.linear(S, attn.q.weight, attn.q.bias)  # slots -> W_q,  (B, n_slots, d)
             v = F.linear(S, attn.v.weight, attn.v.bias)
             key = F.linear(x[:, t], attn.k.weight, attn.k.bias)  # token -> W_k
@@ -97,16 +89,10 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
                 last = T // k**i
                 stacked = torch.stack([node(i, j) for j in range(last - max(r, 1), last)], dim=2)
                 nodes.append(stacked[:, :, stacked.shape[2] - r :])
-            n_tree = S.shape[1] - (min(T - 1, m) if m else 0)  # slots of position T-1: self, tree, pinned
+            n_tree = S.shape[1] - n_extra  # slots of position T-1: self, tree, then the mechanisms'
             heads_of = lambda z: z.unflatten(-1, (H, dh)).transpose(1, 2)  # (B, n, d) -> (B, H, n, dh)  # noqa: E731
-            layer = LayerState(nodes, heads_of(q[:, 1:n_tree]), heads_of(v[:, 1:n_tree]))
-            if m:  # the pinned set after all T tokens
-                pins = torch.tensor(pinned_before(T))
-                px = torch.stack([x[b, pins[b]] for b in range(B)])
-                layer.pinned = PinnedSet(px, torch.stack([write[b, pins[b]] for b in range(B)]), pins,
-                                         heads_of(F.linear(px, attn.q.weight, attn.q.bias)),
-                                         heads_of(F.linear(px, attn.v.weight, attn.v.bias)))
-            layers.append(layer)
+            extra = {name: mech.reference_state(x, T, attn.project_tokens) for name, mech in zip(block.mechanisms, mechanisms)}
+            layers.append(LayerState(nodes, heads_of(q[:, 1:n_tree]), heads_of(v[:, 1:n_tree]), extra))
 
         y = _rms_norm(h, block.norm2.weight, cfg.norm_eps)
         h = h + block.ff.plain(y)  # (the feed-forward's one definition)

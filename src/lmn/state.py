@@ -17,6 +17,7 @@ Saving uses plain tensors only (``torch.save``/``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from .atomic import atomic_write
 from .config import LMNConfig
+from .mechanisms import mechanism_names, mechanisms_for, state_tensors
 from .tree import read_rule
 
 
@@ -33,34 +35,24 @@ def state_nbytes(config: LMNConfig, batch_size: int, pos: int, element_size: int
     """Exact size in bytes of the tensors of a state after ``pos`` tokens
     (:meth:`lmn.tree.Tree.state_nbytes`)."""
     tree = config.tree.state_nbytes(config.d_model, config.n_layers, batch_size, pos, element_size)
-    # the pinned memory: per token x, q, v (d each) and its score, plus its int64 position
-    pinned = config.n_layers * batch_size * min(pos, config.pinned) * ((3 * config.d_model + 1) * element_size + 8)
-    return tree + pinned
+    return tree + sum(m.state_nbytes(config, batch_size, pos, element_size) for m in mechanisms_for(config))
 
 
 @dataclass
 class LayerState:
+    """One layer's state: the tree's kept ``nodes``, the slot cache ``slot_q``/``slot_v``, and
+    ``extra``, the state record of each memory mechanism by name (:mod:`lmn.mechanisms`),
+    also readable as an attribute (``layer.pinned``; ``None`` when the model has none)."""
+
     nodes: list[Tensor] = field(default_factory=list)
     slot_q: Tensor | None = None
     slot_v: Tensor | None = None
-    pinned: "PinnedSet | None" = None
+    extra: dict = field(default_factory=dict)
 
-
-@dataclass
-class PinnedSet:
-    """The pinned memory of one layer after ``pos`` tokens: the ``min(pos, m)`` earlier tokens
-    of highest write score, sorted by (score, position) descending. ``x (B, n, d)``,
-    ``w (B, n)`` write scores, ``j (B, n)`` positions (int64), ``q``/``v (B, H, n, d_head)``
-    their cached projections."""
-
-    x: Tensor
-    w: Tensor
-    j: Tensor
-    q: Tensor
-    v: Tensor
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {"x": self.x, "w": self.w, "j": self.j, "q": self.q, "v": self.v}
+    def __getattr__(self, name: str):
+        if name in mechanism_names():
+            return self.__dict__.get("extra", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 _SHAPE_NAMES = "n_layers, n_banks, d_model, n_heads, expand, stride, read, pinned"
@@ -90,9 +82,9 @@ class LMNState:
                 out[f"layers.{l}.nodes.{i}"] = node
             out[f"layers.{l}.slot_q"] = layer.slot_q
             out[f"layers.{l}.slot_v"] = layer.slot_v
-            if layer.pinned is not None:
-                for name, t in layer.pinned.tensors().items():
-                    out[f"layers.{l}.pinned.{name}"] = t
+            for mech, record in layer.extra.items():
+                for name, t in state_tensors(record).items():
+                    out[f"layers.{l}.{mech}.{name}"] = t
         return out
 
     @property
@@ -119,20 +111,24 @@ class LMNState:
         )
 
     # ------------------------------------------------------------------ copies / moves
-    def _map(self, fn, fn_int=None) -> "LMNState":
+    def _map(self, fn, fn_int=None, batch_size: int | None = None) -> "LMNState":
         fn_int = fn if fn_int is None else fn_int
         layers = []
         for layer in self.layers:
-            pin = layer.pinned
-            if pin is not None:
-                pin = PinnedSet(fn(pin.x), fn(pin.w), fn_int(pin.j), fn(pin.q), fn(pin.v))
-            layers.append(LayerState([fn(n) for n in layer.nodes], fn(layer.slot_q), fn(layer.slot_v), pin))
-        return LMNState(self.config, self.batch_size, self.pos, layers)
+            extra = {name: type(rec)(**{f: (fn(t) if t.is_floating_point() else fn_int(t))
+                                        for f, t in state_tensors(rec).items()})
+                     for name, rec in layer.extra.items()}
+            layers.append(LayerState([fn(n) for n in layer.nodes], fn(layer.slot_q), fn(layer.slot_v), extra))
+        return LMNState(self.config, batch_size or self.batch_size, self.pos, layers)
 
     def to(self, *args, **kwargs) -> "LMNState":
         """Move/cast like ``Tensor.to`` (returns a new state; positions stay int64)."""
         device = torch.empty(0).to(*args, **kwargs).device
         return self._map(lambda t: t.to(*args, **kwargs), lambda t: t.to(device))
+
+    def select(self, rows: Tensor) -> "LMNState":
+        """The streams ``rows`` (int64 indices, e.g. a beam search's reorder) as a new state."""
+        return self._map(lambda t: t.index_select(0, rows), batch_size=int(rows.numel()))
 
     def clone(self) -> "LMNState":
         return self._map(lambda t: t.clone())
@@ -174,10 +170,10 @@ class LMNState:
         n_node_levels = len(config.tree.kept(pos))
         for l in range(config.n_layers):
             nodes = [data[f"layers.{l}.nodes.{i}"] for i in range(n_node_levels)]
-            pin = None
-            if config.pinned:
-                pin = PinnedSet(*(data[f"layers.{l}.pinned.{name}"] for name in ("x", "w", "j", "q", "v")))
-            layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"], pin))
+            extra = {m.name: m.state_class(**{f.name: data[f"layers.{l}.{m.name}.{f.name}"]
+                                              for f in dataclasses.fields(m.state_class)})
+                     for m in mechanisms_for(config)}
+            layers.append(LayerState(nodes, data[f"layers.{l}.slot_q"], data[f"layers.{l}.slot_v"], extra))
         state = cls(config, batch_size, pos, layers)
         expected = state_nbytes(config, batch_size, pos, state.layers[0].slot_q.element_size())
         if state.nbytes != expected:
