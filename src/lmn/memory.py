@@ -30,7 +30,7 @@ class LogMemory(nn.Module):
 
     def __init__(self, config: LMNConfig):
         super().__init__()
-        self.tree = Tree.of(config)
+        self.tree = config.tree  # one object for every layer (its per-position memo is shared)
         self.n_banks = config.n_banks
         self.expand = config.expand
         self.summarizer = build_summarizer(config)
@@ -39,16 +39,16 @@ class LogMemory(nn.Module):
 
     def forward(self, x: Tensor, nodes: list[Tensor] | None = None, pos: int = 0, return_state: bool = False):
         """The one call of every form, as the block's: ``x (B, T, d)`` (normalised inputs of
-        tokens ``pos .. pos + T - 1``), ``nodes`` the kept nodes of the stream after ``pos``
+        tokens ``pos .. pos + T - 1``; or ``(B, d)``, one token continuing a stream), ``nodes`` the kept nodes of the stream after ``pos``
         tokens (``None``: a new stream) -> ``(read, nodes after the input or None)``.
 
         ``read`` is what the attention reads from the tree: for a sequence or a piece, its
         own levels ``[N_1, ..., N_L]`` (:meth:`build`); for one token continuing a stream, the
         ``(level, node)`` it completed (:meth:`carry`, the token first). The given ``nodes``
         list is updated in place and returned."""
-        if pos > 0 and x.shape[1] == 1 and nodes is not None:  # one token: the counter carries
-            B, _, d = x.shape
-            token = x[:, None].expand(B, self.n_banks, 1, d).contiguous()  # (B, nb, 1, d): a level-0 node
+        if x.dim() == 2 or pos > 0 and x.shape[1] == 1 and nodes is not None:  # one token: the counter carries
+            B, d = x.shape[0], x.shape[-1]
+            token = x.view(B, 1, 1, d).expand(B, self.n_banks, 1, d).contiguous()  # (B, nb, 1, d): a level-0 node
             return self.carry(nodes, token, 0, pos + 1), nodes
         levels = self.build(x)
         if pos == 0:

@@ -198,7 +198,8 @@ class LMNBlock(nn.Module):
         """The one call of every form.
 
         Args:
-            h: ``(B, T, d)``, the residual stream of tokens ``pos .. pos + T - 1``.
+            h: ``(B, T, d)``, the residual stream of tokens ``pos .. pos + T - 1`` (or
+                ``(B, d)``: one token continuing a stream, returned as ``(B, d)``).
             state: the layer's streaming state after ``pos`` tokens, or ``None`` for a new
                 stream (then ``pos`` is 0). It is consumed: the returned state may be the
                 same object, updated in place (``LMNState.clone()`` to branch).
@@ -215,8 +216,12 @@ class LMNBlock(nn.Module):
         smallest with ``T <= k**p``: :func:`lmn.tree.piece_lengths`). All compute the same
         function (``tests/core/test_parity.py``).
         """
+        if h.dim() == 2:  # (B, d): one token continuing a stream, in the shape LMN.step keeps it
+            if pos == 0 or state is None:
+                raise ValueError("a (batch, d_model) input is one token continuing a stream: give its state and pos >= 1")
+            return self._step(h, state, pos), state
         if pos > 0 and h.shape[1] == 1 and state is not None:  # one token continuing a stream
-            return self._step(h[:, 0], state, pos)[:, None], state
+            return self._step(h.squeeze(1), state, pos).unsqueeze(1), state  # (methods: cheaper than indexing)
         chunk = self.memory.tree.chunk(self.config.chunk_size) if chunk is None else chunk
         if pos == 0:  # a new stream
             return self._parallel(h, return_state or state is not None, chunk)
@@ -270,20 +275,22 @@ class LMNBlock(nn.Module):
         """``h: (B, d)``, token ``pos`` (0-based); updates ``layer`` in place.
 
         Functional calls throughout: nn.Module.__call__ costs more than these tiny ops."""
-        x = F.rms_norm(h, self.norm1.normalized_shape, self.norm1.weight, self.norm1.eps)
-        mem = self.memory
-        before = mem.tree.cached_slots(pos)
-        completed, _ = mem.forward(x[:, None], layer.nodes, pos)  # the token carries through the counter
-        mem.tree.rule.update_cache(mem.tree, layer, completed, pos + 1, before, self.attn.project_nodes)
+        # (submodules looked up once: nn.Module.__getattr__ is a slow path, and this runs per token)
+        norm1, norm2, mem, attn = self.norm1, self.norm2, self.memory, self.attn
+        x = F.rms_norm(h, norm1.normalized_shape, norm1.weight, norm1.eps)
+        tree = mem.tree
+        before = tree.cached_slots(pos)
+        completed, _ = mem.forward(x, layer.nodes, pos)  # the token (B, d) carries through the counter
+        tree.rule.update_cache(tree, layer, completed, pos + 1, before, attn.project_nodes)
         extra = None
         if self.mechanisms:  # each gives this position's slots and moves its state on
             slots = []
             for n in self.mechanisms:
-                s, layer.extra[n] = getattr(self, n).read_one(x, layer.extra[n], pos, self.attn.project_tokens)
+                s, layer.extra[n] = getattr(self, n).read_one(x, layer.extra[n], pos, attn.project_tokens)
                 slots.append(s)
             extra = _join_one(slots)
-        h = h + self._drop(self.attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, extra)))
-        y = F.rms_norm(h, self.norm2.normalized_shape, self.norm2.weight, self.norm2.eps)
+        h = h + self._drop(attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, extra)))
+        y = F.rms_norm(h, norm2.normalized_shape, norm2.weight, norm2.eps)
         return h + self._drop(self.ff.plain(y))
 
     def _slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
@@ -560,12 +567,16 @@ class LMN(nn.Module):
         self._check_tokens(tokens, "tokens")
         self._check_state(state, tokens.shape[0], tokens.device)
         pos = state.pos
-        h = self._embed(tokens, pos)[:, None]  # (B, 1, d)
+        h = self._embed(tokens, pos)  # (B, d)
         layers = state.layers
+        if pos == 0:  # a new stream: the parallel form of one position
+            h = h.unsqueeze(1)
         for l, block in enumerate(self.blocks):
-            h, layers[l] = block(h, layers[l], pos)  # one token: the streaming step (pos 0: the parallel form)
+            # the block's one call (its forward, without nn.Module.__call__'s per-token overhead):
+            # one token continuing the stream is the streaming step (pos 0: the parallel form)
+            h, layers[l] = block.forward(h, layers[l], pos)
         state.pos = pos + 1
-        h = F.layer_norm(h[:, 0], self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        h = F.layer_norm(h if pos else h.squeeze(1), self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
         return F.linear(h, self.head.weight, self.head.bias), state
 
     # ------------------------------------------------------------------ generation

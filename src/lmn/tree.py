@@ -493,7 +493,12 @@ class Tree:
     def cached_slots(self, pos: int) -> list[int]:
         """Slots per level ``0 .. n_levels(pos)`` in the state's slot cache after ``pos``
         tokens (the memory slots position ``pos - 1`` read), in cache order."""
-        return self.rule.cached_slots(self, pos)
+        memo = self.__dict__.get("_slots_at")  # the last position asked: every layer of a step asks it
+        if memo is not None and memo[0] == pos:
+            return memo[1]
+        out = self.rule.cached_slots(self, pos)
+        object.__setattr__(self, "_slots_at", (pos, out))
+        return out
 
     def state_vectors(self, pos: int) -> tuple[int, int]:
         """``(node vectors, cached slots)`` of one layer of one stream after ``pos`` tokens."""
