@@ -20,6 +20,7 @@ import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
+from .validation import check_int
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -402,8 +403,7 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
 
     if fmt not in ("onnx", "pt2"):
         raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch size", batch_size, min=1)
     model, tokenizer, doc = load_run(run_dir)
     if not isinstance(model, LMN):
         raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; export takes LMN runs")

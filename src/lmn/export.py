@@ -53,6 +53,7 @@ from .mechanisms import refuse
 from .model import LMN, sinusoidal_encoding
 from .summarizers import affine_form
 from .tree import n_levels
+from .validation import check_int
 
 INPUTS = ("token", "pos", "nodes", "slot_q", "slot_v")
 OUTPUTS = ("logits", "next_pos", "next_nodes", "next_slot_q", "next_slot_v")
@@ -62,8 +63,7 @@ DEFAULT_MAX_TOKENS = 2**31 - 1
 
 def levels_for(max_tokens: int, stride: int) -> int:
     """Tree levels (>= 1) the state needs for streams of ``max_tokens`` tokens."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    check_int("max_tokens", max_tokens, min=1)
     levels = max(n_levels(max_tokens, stride), 1)
     if stride ** (levels + 1) > 2**62:
         raise ValueError(f"max_tokens {max_tokens} needs positions beyond int64 for stride {stride}")
@@ -324,8 +324,7 @@ def export_model(model: LMN, path: str | os.PathLike, fmt: str, max_tokens: int 
     :func:`lmn.cli.export_run`), so that this module sits below the trainer."""
     if fmt not in ("onnx", "pt2"):
         raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch size", batch_size, min=1)
     path = Path(path)
     if path.suffix != f".{fmt}":
         raise ValueError(f"the output file must end in .{fmt}, got {str(path)!r}")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .export import DEFAULT_MAX_TOKENS, StreamStep
+from .validation import check_int
 
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (CUDA's allocator and lazy inits settle)
 
@@ -46,8 +47,7 @@ class GraphStepper:
     """
 
     def __init__(self, model, batch_size: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, capture: bool | None = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, min=1)
         self.fn = StreamStep(model, max_tokens)  # refuses what it cannot run (expander, memory mechanisms)
         device = model.head.weight.device
         if capture is None:

@@ -25,6 +25,7 @@ from .memory import LogMemory
 from .mechanisms import ExtraSlots, Slots, mechanism_names, mechanisms_for
 from .state import LayerState, LMNState
 from .tree import ceil_log, piece_lengths
+from .validation import check_int
 
 
 def sinusoidal_encoding(positions: Tensor, d_model: int, dtype: torch.dtype) -> Tensor:
@@ -504,8 +505,7 @@ class LMN(nn.Module):
         depends on ``max_chunk``, not on the prompt length.
         """
         self._check_idx(idx)
-        if max_chunk is not None and (isinstance(max_chunk, bool) or not isinstance(max_chunk, int) or max_chunk < 1):
-            raise ValueError(f"max_chunk must be an integer >= 1 or None, got {max_chunk!r}")
+        check_int("max_chunk", max_chunk, min=1, allow_none=True)
         state = self.init_state(idx.shape[0], device=idx.device) if state is None else state
         for piece in self._pieces(idx, state, max_chunk):
             last = self._extend(piece, state)[:, -1]
@@ -540,8 +540,7 @@ class LMN(nn.Module):
     # ------------------------------------------------------------------ streaming
     def init_state(self, batch_size: int, device=None, dtype=None) -> LMNState:
         """Empty state for ``batch_size`` streams (position 0)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, min=1)
         ref = self.head.weight
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype

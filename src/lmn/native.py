@@ -51,6 +51,7 @@ from .mechanisms import refuse
 from .state import LMNState, state_nbytes
 from .summarizers import affine_form
 from .tree import Counter
+from .validation import check_int
 
 # the read rules the C kernel implements, by their code (lmn.tree.ReadRule.code): its plan flag D_DIGITS
 KERNEL_RULES = {0: "latest", 1: "digits"}
@@ -163,10 +164,8 @@ class NativeStepper:
                              f"{cfg.read!r}; use LMN.step for this model")
         if cfg.expand != 0:
             raise ValueError(f"NativeStepper supports expand = 0 only (this model has expand = {cfg.expand}); use LMN.step")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if isinstance(max_levels, bool) or not isinstance(max_levels, int) or not 1 <= max_levels <= 61:
-            raise ValueError(f"max_levels must be an integer in [1, 61], got {max_levels!r}")
+        check_int("batch_size", batch_size, min=1)
+        check_int("max_levels", max_levels, min=1, max=61)
         if cfg.max_level is not None:  # a capped tree: a fixed state for a stream of any length
             max_levels = cfg.max_level
         self.config, self.dtype = cfg, ref.dtype

@@ -55,17 +55,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from .validation import check_int
 
 
 
 def check_stride(stride) -> None:
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 2:
-        raise ValueError(f"stride must be an integer >= 2, got {stride!r}")
+    check_int("stride", stride, min=2)
 
 
 def check_max_level(max_level) -> None:
-    if max_level is not None and (isinstance(max_level, bool) or not isinstance(max_level, int) or max_level < 1):
-        raise ValueError(f"max_level must be None or an integer >= 1, got {max_level!r}")
+    check_int("max_level", max_level, min=1, allow_none=True)
 
 
 # ----------------------------------------------------------------------------- counting
