@@ -126,8 +126,8 @@ class SingleVectorAttention(nn.Module):
         Returns ``(B, T, d)`` or ``(B, d)``.
         """
         if type(read) is CachedRead:
-            return self._one(x, read.slot_q, read.slot_v, read.pinned)
-        return self._parallel(x, read.levels, read.tree, read.chunk, read.prefix, read.pinned)
+            return self._one(x, read.slot_q, read.slot_v, read.extra)
+        return self._parallel(x, read.levels, read.tree, read.chunk, read.prefix, read.extra)
 
     def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """W_q and W_v of tokens ``(B, n, d)`` as slots: ``(B, H, n, d_head)`` each."""
@@ -208,7 +208,7 @@ class SingleVectorAttention(nn.Module):
         H, dh = self.n_heads, self.d_head
         w, b = self._fused("qkv")
         q, k, v = F.linear(x, w, b).view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
-        if pin is not None:  # the pinned slots follow the tree's, with their score bias
+        if pin is not None:  # the mechanisms' slots follow the tree's, with their score bias
             slot_q, slot_v = torch.cat([slot_q, pin.q], dim=2), torch.cat([slot_v, pin.v], dim=2)
         # slot 0 (the token itself) joins the cached slots: one matmul for all scores
         scores = torch.matmul(torch.cat([q, slot_q], dim=2), k.transpose(-1, -2))  # (B, H, 1+S, 1)
@@ -240,13 +240,13 @@ class ParallelRead(NamedTuple):
     """What every position of a sequence reads (the parallel form): the tree ``levels``
     ``[N_1, ..., N_L]`` (:meth:`lmn.memory.LogMemory.build`) of ``tree``; ``chunk``
     positions at a time (a power of the stride); ``prefix`` when the sequence continues a
-    stream; ``pinned`` the memory mechanisms' slots (:class:`lmn.mechanisms.ExtraSlots`) or ``None``."""
+    stream; ``extra`` the memory mechanisms' slots (:class:`lmn.mechanisms.ExtraSlots`) or ``None``."""
 
     levels: list
     tree: object
     chunk: int = 4096
     prefix: StreamPrefix | None = None
-    pinned: object = None
+    extra: object = None  # the memory mechanisms' slots (lmn.mechanisms)
 
 
 class CachedRead(NamedTuple):
@@ -256,7 +256,7 @@ class CachedRead(NamedTuple):
 
     slot_q: Tensor
     slot_v: Tensor
-    pinned: object = None
+    extra: object = None  # the memory mechanisms' slots (lmn.mechanisms)
 
 
 class _Plan(NamedTuple):
@@ -269,7 +269,7 @@ class _Plan(NamedTuple):
     blocks: list  # per slot group its block length (None: one entry for every position)
     slot_level: Tensor
     slot_r: Tensor
-    n_pin: int  # pinned-slot tensors at the head of the node inputs
+    n_pin: int  # extra-slot tensors (the mechanisms') at the head of the node inputs
 
 
 class SlotGroup(NamedTuple):
@@ -327,7 +327,7 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
             s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
             scores.append(s.view(B, H, cols)[..., :width])
         blocks.append((r_c, nblk, vn))
-    if pin_loc:  # the pinned slots: one token per slot and position, with their score bias
+    if pin_loc:  # the mechanisms' slots: one vector per slot and position, with their score bias
         pq, pv, pb = pin_loc  # (B, H, m, dh, width) twice, (B, m, width)
         s_pin = (k_loc[:, :, None, :, :width] * pq).sum(3) + pb[:, None]  # (B, H, m, width)
         scores.extend(s_pin.unbind(2))
@@ -337,7 +337,7 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
     # presence by position only (lmn.tree): e.g. for "latest" a level-i slot exists for u >= k**i
     u_global = torch.arange(u_start, u_start + width, device=v_loc.device)
     absent = tree.absent(u_global, slot_level, slot_r)  # (S, width)
-    if pin_loc:  # (an empty pinned slot has score -inf already)
+    if pin_loc:  # (an absent extra slot has score -inf already)
         absent = torch.cat([absent, absent.new_zeros(pin_loc[0].shape[2], width)])
     probs = torch.softmax(scores_t.masked_fill_(absent, float("-inf")), dim=2)
     del scores_t
@@ -362,7 +362,7 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
 
 
 def _chunk_slices(u0: int, u1: int, meta, k_t, v_t, s_self, nodes_qv):
-    """A chunk's slices of the inputs; ``nodes_qv`` starts with the ``meta.n_pin`` pinned-slot
+    """A chunk's slices of the inputs; ``nodes_qv`` starts with the ``meta.n_pin`` extra-slot
     tensors (per column, like ``v_t``), then the slot groups' entries."""
     n_pin = meta.n_pin
     cols, plan = _chunk_plan(u0, u1, meta.chunk, meta.blocks)
@@ -436,7 +436,7 @@ class _RecomputedChunks(torch.autograd.Function):
                     continue
                 if j == 0:
                     full[0][..., u0 : u0 + g.shape[-1]] += g
-                elif j < 3 + n_pin:  # v_t, s_self and the pinned slots: per column
+                elif j < 3 + n_pin:  # v_t, s_self and the extra slots: per column
                     full[j][..., u0:u1] += g
                 else:
                     first = plan[j - 3 - n_pin][0]
