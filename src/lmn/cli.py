@@ -273,7 +273,7 @@ def need(module: str, extra: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise UsageError(f"{what} needs {module}, which is not installed; install it with: pip install 'lmn[{extra}]'")
+        raise UsageError(f"{what} needs {module}, which is not installed; install it with: pip install 'torch-lmn[{extra}]'")
 
 
 # ----------------------------------------------------------------------------- plot

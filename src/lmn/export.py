@@ -284,7 +284,7 @@ def export_onnx(model: LMN, path: str | os.PathLike, max_tokens: int = DEFAULT_M
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'lmn[export]'") from err
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'torch-lmn[export]'") from err
     step = StreamStep(model, max_tokens).eval()
     path = Path(path)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"

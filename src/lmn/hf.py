@@ -42,10 +42,10 @@ try:
                               PreTrainedModel, PreTrainedTokenizer)
     from transformers.modeling_outputs import CausalLMOutputWithPast
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24: pip install 'lmn[hf]'") from err
+    raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24: pip install 'torch-lmn[hf]'") from err
 if "cache" not in CausalLMOutputWithPast.__dataclass_fields__:  # pragma: no cover - transformers 4.x
     raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24 (its generation cache API): "
-                      "pip install 'lmn[hf]'")
+                      "pip install 'torch-lmn[hf]'")
 
 from .atomic import atomic_dir, dumps_json
 from .config import LMNConfig

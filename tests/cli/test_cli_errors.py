@@ -139,7 +139,7 @@ def without(monkeypatch):
 def test_train_without_safetensors_stops_before_writing(tmp_path, corpus, without, capsys):
     without("safetensors")
     status, _, err = run_cli(capsys, "train", "--preset", "smoke", "--data", corpus, "--out", tmp_path / "r")
-    one_line_error(status, err, "safetensors", "pip install 'lmn[train]'")
+    one_line_error(status, err, "safetensors", "pip install 'torch-lmn[train]'")
     assert not (tmp_path / "r").exists()
 
 
@@ -147,14 +147,14 @@ def test_train_of_a_baseline_without_transformers(tmp_path, corpus, without, cap
     without("transformers")
     status, _, err = run_cli(capsys, "train", "--preset", "smoke", "--model", "gpt2", "--data", corpus,
                              "--out", tmp_path / "r")
-    one_line_error(status, err, "transformers", "pip install 'lmn[train]'")
+    one_line_error(status, err, "transformers", "pip install 'torch-lmn[train]'")
     assert not (tmp_path / "r").exists()
 
 
 def test_plot_without_matplotlib(run, tmp_path, without, capsys):
     without("matplotlib")
     status, _, err = run_cli(capsys, "plot", run, "-o", tmp_path / "c.png")
-    one_line_error(status, err, "matplotlib", "pip install 'lmn[")
+    one_line_error(status, err, "matplotlib", "pip install 'torch-lmn[")
     assert not (tmp_path / "c.png").exists()
 
 
@@ -184,7 +184,7 @@ def test_bench_output_is_checked_before_measuring(tmp_path, no_measuring, withou
     assert afile.read_text() == "mine" and not (tmp_path / "b").exists()
     without("matplotlib")
     status, _, err = run_cli(capsys, "bench", "decode", "--quick", "--models", "lmn", "--out", tmp_path / "b")
-    one_line_error(status, err, "matplotlib", "--no-plots", "pip install 'lmn[bench]'")
+    one_line_error(status, err, "matplotlib", "--no-plots", "pip install 'torch-lmn[bench]'")
     without("matplotlib", "transformers")
     status, _, err = run_cli(capsys, "bench", "train", "--quick", "--models", "gpt2", "--no-plots",
                              "--out", tmp_path / "b")

@@ -53,7 +53,7 @@ def import_transformers(kind: str):
     try:
         import transformers
     except ImportError:
-        raise ImportError(f"the {kind} baseline needs HuggingFace transformers: pip install 'lmn[train]'") from None
+        raise ImportError(f"the {kind} baseline needs HuggingFace transformers: pip install 'torch-lmn[train]'") from None
     return transformers
 
 

@@ -23,5 +23,5 @@ Layout:
 * :mod:`lmn.bench.report` -- markdown tables and plots.
 
 Nothing here is imported by ``import lmn``; the plots need matplotlib and the baselines
-``transformers`` (``pip install 'lmn[bench]'``), imported only when used.
+``transformers`` (``pip install 'torch-lmn[bench]'``), imported only when used.
 """

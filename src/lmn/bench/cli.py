@@ -107,7 +107,7 @@ def _need(module: str, what: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"lmn bench needs {module} for {what}, which is not installed; install it with: "
-                         "pip install 'lmn[bench]'")
+                         "pip install 'torch-lmn[bench]'")
 
 
 def _check_before_measuring(args, models: list[str]) -> Path:

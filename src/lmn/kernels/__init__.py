@@ -53,7 +53,7 @@ def use_fused(setting, x, d_head: int) -> bool:
     if setting == "auto":
         return x.is_cuda and triton_available()
     if not triton_available():
-        raise RuntimeError("fused_kernels=True needs triton (pip install 'lmn[gpu]')")
+        raise RuntimeError("fused_kernels=True needs triton (pip install 'torch-lmn[gpu]')")
     if not x.is_cuda and not interpreting():
         raise RuntimeError("fused_kernels=True on a CPU tensor needs Triton's interpreter (TRITON_INTERPRET=1)")
     return True

@@ -33,7 +33,7 @@ from .lmn import LMNDecoder, lmn_variant
 # ----------------------------------------------------------------------------- lmn-onnx
 def _onnx_unavailable() -> str | None:
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
-    return f"needs {', '.join(missing)} (pip install 'lmn[export]')" if missing else None
+    return f"needs {', '.join(missing)} (pip install 'torch-lmn[export]')" if missing else None
 
 
 class OnnxDecoder:

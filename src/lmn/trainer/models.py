@@ -54,7 +54,7 @@ def check_requirements(kind: str | ModelKind) -> None:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ValueError(f"training model {kind.name!r} needs {', '.join(missing)}, which is not installed; "
-                         f"install it with: pip install 'lmn[train]'")
+                         f"install it with: pip install 'torch-lmn[train]'")
 
 
 def normalize_model_config(kind: str | ModelKind, model_config: dict) -> dict:
