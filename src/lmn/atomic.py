@@ -11,6 +11,8 @@ cleaner (:func:`lmn.trainer.rundir.clean_stale`) removes such leftovers by that 
 
 * :func:`atomic_write` -- a file object (``"wb"`` or ``"w"``).
 * :func:`write_bytes`, :func:`write_text`, :func:`write_json` -- whole contents at once.
+  :func:`write_together` -- files that belong together (a model and its description):
+  the free space checked, all written first, then renamed into place one after another.
   :func:`write_json` refuses NaN and infinities (``allow_nan=False``) so that every JSON
   lmn writes is valid JSON.
 * :func:`atomic_path` -- a temporary *path*, for writers that take a file name
@@ -20,22 +22,37 @@ cleaner (:func:`lmn.trainer.rundir.clean_stale`) removes such leftovers by that 
   renamed into place whole (e.g. the Hugging Face directory of ``lmn convert``): the
   destination is either the previous directory or the complete new one. Every file in
   it is fsynced before the rename. With ``merge=True`` onto a non-empty directory (whose
-  other files must survive) its files are renamed in one by one instead.
+  other files must survive) those other files are linked into the new one first, and it
+  still replaces the old one whole.
+* :func:`check_space` -- refuse, before writing, bytes the file system has no room for.
 * :func:`fsync_path`, :func:`fsync_dir`, :func:`rename` -- the primitives, for a writer
   whose commit point is its own rename (a checkpoint directory,
   :func:`lmn.trainer.rundir.save_checkpoint`).
+
+**Modes.** A file appears with the mode it would have had if written in place: a new one
+``0o666 & ~umask`` (``0o777 & ~umask`` if its writer made it executable), one that
+replaces a file keeps that file's mode -- whatever mode the temporary was created with
+(``safetensors`` and ``mkstemp`` create theirs ``0600``).
+
+**Errors.** An ``OSError`` raised while writing (a full disk, a file too large) names the
+destination, not the temporary: ``[Errno 28] No space left on device: 'out/model.onnx'``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
-from contextlib import contextmanager
+import stat
+import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_path", "atomic_dir", "write_bytes", "write_text", "write_json",
-           "dumps_json", "save_figure", "fsync_path", "fsync_dir", "rename", "temporary_name"]
+           "dumps_json", "save_figure", "fsync_path", "fsync_dir", "rename", "temporary_name", "check_space",
+           "umask", "new_file_mode", "write_together"]
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -74,6 +91,67 @@ def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     fsync_dir(Path(dst).parent)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, so only as the fallback)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(executable: bool = False) -> int:
+    """The mode a file created now gets: ``0o666 & ~umask`` (``0o777`` if ``executable``)."""
+    return (0o777 if executable else 0o666) & ~umask()
+
+
+def _settle_mode(tmp: Path, dest: Path) -> None:
+    """Give the temporary ``tmp`` the mode ``dest`` has (if it exists) or a new file's."""
+    try:
+        mode = stat.S_IMODE(os.stat(dest).st_mode)
+    except OSError:
+        mode = new_file_mode(executable=bool(stat.S_IMODE(os.stat(tmp).st_mode) & 0o111))
+    os.chmod(tmp, mode)
+
+
+def check_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` when its file system has fewer than
+    ``nbytes`` bytes free (for the caller's user), before anything is written. Where the
+    free space cannot be read, nothing is checked (the write itself still fails cleanly)."""
+    here = Path(path).absolute().parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        free = shutil.disk_usage(here).free
+    except OSError:
+        return
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device ({nbytes:,} bytes to write, {free:,} free)", str(path))
+
+
+def _naming(err: BaseException, dest: Path, tmp: Path) -> BaseException:
+    """``err`` as an ``OSError`` that names ``dest`` (not the temporary ``tmp``, or no file)."""
+    if not isinstance(err, OSError) or err.errno is None:
+        return err
+    name = None if err.filename is None else os.fsdecode(err.filename)
+    if name is None:
+        target = str(dest)
+    elif name.startswith(str(tmp)):  # the temporary, or a file inside the temporary directory
+        target = str(dest) + name[len(str(tmp)):]
+    else:
+        return err  # names some other file: leave it
+    try:
+        named = type(err)(err.errno, err.strerror or os.strerror(err.errno), target)
+    except TypeError:  # an OSError subclass with its own constructor
+        named = OSError(err.errno, err.strerror or os.strerror(err.errno), target)
+    return named.with_traceback(err.__traceback__)
+
+
 def _remove(path: Path) -> None:
     try:
         if path.is_dir() and not path.is_symlink():
@@ -98,11 +176,15 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         if not tmp.is_file():
             raise OSError(f"{path}: the writer did not create its file (expected {tmp.name})")
+        _settle_mode(tmp, path)
         fsync_path(tmp)
         rename(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
-        raise
+        named = _naming(err, path, tmp)
+        if named is err:
+            raise
+        raise named from err
 
 
 @contextmanager
@@ -125,6 +207,24 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def write_together(files) -> None:
+    """Write each ``(path, bytes)`` of ``files`` atomically, as one set: the free space for
+    all of them is checked first (:func:`check_space`), every temporary is written and
+    fsynced, and only then are they renamed into place, in the order given, one right after
+    another (a file that fails to write leaves every destination as it was)."""
+    files = [(Path(path), data) for path, data in files]
+    if not files:
+        return
+    check_space(files[0][0], sum(len(data) for _, data in files))
+    with ExitStack() as stack:  # exits in reverse order of entry: the renames run last, in the order given
+        for path, data in reversed(files):
+            tmp = stack.enter_context(atomic_path(path))
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
@@ -162,21 +262,66 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     return path
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False``
+    where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Link (or copy) every entry of ``old`` that ``new`` lacks into ``new``, recursively."""
+    for entry in os.scandir(old):
+        src, dst = Path(entry.path), new / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if dst.is_dir() and not dst.is_symlink():
+                _carry_over(src, dst)
+            elif not os.path.lexists(dst):
+                shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+        elif not os.path.lexists(dst):
+            if entry.is_symlink():
+                os.symlink(os.readlink(src), dst)
+            else:
+                _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike, merge: bool = False):
     """Yield an empty temporary directory beside ``path`` (``.NAME.tmpPID``) to fill. On
     an exception it is removed and ``path`` is left as it was. On a normal exit every
-    file in it is fsynced, then:
+    file in it is fsynced and given its mode (a new file's, or the mode of the file it
+    replaces), then the directory replaces ``path`` whole: ``path`` is the previous
+    directory or the complete new one, never a mixture.
 
-    * ``merge=False`` (or ``path`` absent or empty): the directory is renamed into place
-      whole -- ``path`` is the previous directory or the complete new one. A previous
-      ``path`` is moved aside first and deleted after (only between those two renames
-      is ``path`` absent).
-    * ``merge=True`` and ``path`` a non-empty directory (e.g. ``--force`` onto a
-      directory that holds other files, which must survive): each file is renamed into
-      ``path`` on its own (each atomic, the set not: a crash between two renames leaves
-      some files new and some old), then the temporary is removed. Nothing is moved
-      before everything is written."""
+    With ``merge=True`` onto a non-empty directory (e.g. ``--force`` onto a directory that
+    holds other files, which must survive) the entries of ``path`` that the new directory
+    lacks are first hard-linked (or copied) into it, so they survive the replacement.
+
+    On Linux the two directories are swapped in one step (``renameat2``); elsewhere the
+    previous ``path`` is moved aside first and deleted after, and only between those two
+    renames is ``path`` absent (a process killed there leaves it in ``.NAME.oldPID``).
+    ``path`` is a new directory inode afterwards (a process whose working directory was
+    the old one keeps seeing the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_dir():
@@ -188,28 +333,34 @@ def atomic_dir(path: str | os.PathLike, merge: bool = False):
         yield tmp
         for root, _dirs, files in os.walk(tmp):
             for name in files:
-                fsync_path(Path(root) / name)
+                file = Path(root) / name
+                if not file.is_symlink():
+                    _settle_mode(file, path / file.relative_to(tmp))
+                    fsync_path(file)
             fsync_dir(root)
-        if merge and path.is_dir() and any(path.iterdir()):
-            for root, _dirs, files in os.walk(tmp):
-                dest = path / Path(root).relative_to(tmp)
-                dest.mkdir(exist_ok=True)
-                for name in files:
-                    os.replace(Path(root) / name, dest / name)
-                fsync_dir(dest)
-            _remove(tmp)
-        elif path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            _remove(old)
-            os.replace(path, old)
-            try:
-                rename(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            _remove(old)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            if merge:
+                _carry_over(path, tmp)
+                fsync_dir(tmp)
+            if _exchange(tmp, path):
+                fsync_dir(path.parent)
+                _remove(tmp)  # now the previous directory
+            else:
+                old = path.with_name(f".{path.name}.old{os.getpid()}")
+                _remove(old)
+                os.replace(path, old)
+                try:
+                    rename(tmp, path)
+                except BaseException:
+                    os.replace(old, path)
+                    raise
+                _remove(old)
         else:
             rename(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
-        raise
+        named = _naming(err, path, tmp)
+        if named is err:
+            raise
+        raise named from err

@@ -356,11 +356,14 @@ def _add_convert_parser(sub) -> None:
         "convert",
         help="write a trained LMN run as a HuggingFace transformers model (lmn.hf)",
         description="Turn an lmn train run directory into a transformers model directory (config.json, "
-        "model.safetensors, the character tokenizer); load it after `import lmn.hf` with AutoModelForCausalLM.",
+        "model.safetensors, the character tokenizer); load it after `import lmn.hf` with AutoModelForCausalLM. "
+        "OUT is written whole beside itself and then put in place: it is the previous directory or the new one, "
+        "never a mixture (a full disk or a kill leaves the previous one as it was).",
     )
     p.add_argument("run", metavar="RUN", help="run directory written by lmn train")
     p.add_argument("out", metavar="OUT", help="directory to write")
-    p.add_argument("--force", action="store_true", help="write into a non-empty OUT")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT (files of OUT that the conversion "
+                   "does not write are kept)")
     p.set_defaults(func=_cmd_convert)
 
 
@@ -378,15 +381,17 @@ def _add_export_parser(sub) -> None:
         "export",
         help="export LMN's streaming step (fixed-shape state) to ONNX or torch.export (lmn.export)",
         description="Write the streaming step of a trained LMN run as a pure function (token, pos, state tensors) -> "
-        "(logits, next state) with a fixed-capacity state: an ONNX model or a torch.export program, plus a JSON "
-        "file beside it describing the inputs, outputs, state layout and vocabulary.",
+        "(logits, next state, overflow) with a fixed-capacity state: an ONNX model or a torch.export program, plus "
+        "a JSON file beside it (FILE.json: lmn_step.onnx.json, lmn_step.pt2.json) describing the inputs, outputs, "
+        "state layout and vocabulary. Both files are written whole or not at all.",
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by lmn train")
     p.add_argument("--format", required=True, choices=("onnx", "pt2"), help="onnx (onnxruntime) or pt2 (torch.export)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="longest stream the state must hold (sets its capacity; default 2**31 - 1)")
     p.add_argument("--batch-size", type=int, default=1, help="streams per call (default 1)")
-    p.add_argument("--out", default=None, help="file to write (default RUN/lmn_step.onnx or .pt2; the JSON goes beside it)")
+    p.add_argument("--out", default=None, help="file to write (default RUN/lmn_step.onnx or .pt2; its description "
+                   "goes beside it as OUT.json)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=_cmd_export)
 
@@ -395,8 +400,8 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
                batch_size: int = 1, force: bool = False):
     """Export the model of an ``lmn train`` run (``lmn export``): ``(model file, its JSON
     description)``, by :func:`lmn.export.export_model`. ``out`` defaults to
-    ``RUN/lmn_step.FMT``; the tokenizer's characters go into the JSON (``"chars"``), so that
-    a runtime needs nothing else."""
+    ``RUN/lmn_step.FMT``, the description is ``OUT.json`` (``lmn_step.onnx.json``); the
+    tokenizer's characters go into it (``"chars"``), so that a runtime needs nothing else."""
     from .export import DEFAULT_MAX_TOKENS, export_model
     from .model import LMN
     from .trainer import load_run

@@ -5,7 +5,7 @@
     step = StreamStep(model, max_tokens=2**20)          # weights are the model's own
     tensors = step.initial_state(batch_size=1)          # {"pos", "nodes", "slot_q", "slot_v"}: zeros
     logits, *new = step(token, *tensors.values())       # (B, vocab) and the next state tensors
-    export_onnx(model, "lmn_step.onnx", max_tokens=2**20)   # + lmn_step.json describing the I/O
+    export_onnx(model, "lmn_step.onnx", max_tokens=2**20)   # export_model: + lmn_step.onnx.json
 
 ``StreamStep.forward(token (B,), pos (B,), nodes, slot_q, slot_v) -> (logits (B, V), pos + 1,
 nodes, slot_q, slot_v)`` computes what :meth:`lmn.LMN.step` computes, with no Python
@@ -21,9 +21,25 @@ copied into every bank), ``slot_q``/``slot_v`` the attention's ``W_q``/``W_v``
 projections of that node (bank ``b``'s at ``[b*d, (b+1)*d)``, heads contiguous in it).
 Entries that the counter does not hold are never read (masked by position, not value).
 ``pos`` is the number of tokens the stream has consumed (int64). The state holds
-streams of up to ``capacity = k**(levels + 1) - 1`` tokens; past that the step is wrong,
-so callers stop there (the example and :func:`describe` say so). A model whose config caps
+streams of up to ``capacity = k**(levels + 1) - 1`` tokens. A model whose config caps
 its tree (``max_level``) needs only that many levels and has no capacity limit.
+
+**Capacity.** Past the capacity the tree's counter has no level left, and the step would
+be wrong. ``StreamStep(model, max_tokens, overflow=True)`` -- what is exported, ONNX and
+``torch.export`` alike -- has a sixth output, ``overflow`` (bool, per stream): true where
+the stream was already full (``pos == capacity``), and for that stream the logits are
+NaN and the state comes back unchanged (``next_pos == pos``), so a runtime that ignores
+the flag still cannot read wrong numbers as logits. :class:`OrtStepper` refuses the step
+(``ValueError``); the description says so. Without ``overflow`` (the eager default, and
+:mod:`lmn.graphs`, which counts on the host) the caller stops at the capacity.
+
+**Files.** :func:`export_model` writes the model and its description beside it,
+``NAME.onnx.json`` / ``NAME.pt2.json`` (so an ONNX and a pt2 export of one name share a
+folder); the description is also inside the model (ONNX metadata ``lmn-stream-step``, a
+pt2 extra file ``lmn-stream-step.json``). Both are written whole or not at all
+(:mod:`lmn.atomic`): serialized in memory, the free space checked, then written beside
+and renamed; a full disk is one ``OSError`` naming the file, the previous files intact.
+:func:`read_description` finds the description (also the ``NAME.json`` of older exports).
 
 Per step the function runs every level's merge and masks the results in (a graph
 cannot skip the levels the token does not complete): ``levels`` summarizer calls per
@@ -37,6 +53,8 @@ logits for 200 tokens after a prompt).
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import warnings
@@ -46,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import atomic_path, write_json
+from .atomic import dumps_json, write_together
 from .config import LMNConfig
 from .layout import fill_fixed
 from .mechanisms import refuse
@@ -56,8 +74,10 @@ from .tree import n_levels
 from .validation import check_int
 
 INPUTS = ("token", "pos", "nodes", "slot_q", "slot_v")
-OUTPUTS = ("logits", "next_pos", "next_nodes", "next_slot_q", "next_slot_v")
+OUTPUTS = ("logits", "next_pos", "next_nodes", "next_slot_q", "next_slot_v", "overflow")
 FORMAT = "lmn-stream-step"
+VERSION = 2  # 2: the overflow output; the description named NAME.onnx.json / NAME.pt2.json
+METADATA_KEY = FORMAT  # the description inside the model: ONNX metadata_props / pt2 extra file (+ ".json")
 DEFAULT_MAX_TOKENS = 2**31 - 1
 
 
@@ -76,9 +96,11 @@ class StreamStep(nn.Module):
     Args:
         model: the :class:`lmn.LMN`; its modules are used (not copied).
         max_tokens: the longest stream the state must hold.
+        overflow: report a full stream: a sixth output ``overflow`` (bool, ``(B,)``), NaN
+            logits and the state unchanged for such a stream (what is exported).
     """
 
-    def __init__(self, model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(self, model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS, overflow: bool = False):
         super().__init__()
         cfg = getattr(model, "config", None)
         if not isinstance(cfg, LMNConfig) or not hasattr(model, "blocks"):
@@ -87,7 +109,7 @@ class StreamStep(nn.Module):
         if cfg.expand != 0:
             raise ValueError(f"export supports expand = 0 only (this model has expand = {cfg.expand}): "
                              "a node's size would depend on its level")
-        self.model, self.config = model, cfg
+        self.model, self.config, self.overflow = model, cfg, bool(overflow)
         self.levels = levels_for(max_tokens, cfg.stride)
         self.capacity = cfg.stride ** (self.levels + 1) - 1
         cap = getattr(cfg, "max_level", None)  # a model whose tree stops at a level: a fixed state for any length
@@ -162,6 +184,7 @@ class StreamStep(nn.Module):
 
         # the counter after this token: base-k digits, carry height, levels present
         count = pos + 1
+        full = pos >= self.capacity if self.overflow and self.capacity is not None else None  # (B,): no room left
         powers = self._powers
         dig = torch.remainder(torch.div(count[:, None], powers[None, :Lc], rounding_mode="floor"), k)  # (B, Lc)
         top = (torch.remainder(count[:, None], powers[None, 1:]) == 0).sum(1)  # (B,)
@@ -172,6 +195,8 @@ class StreamStep(nn.Module):
         at = torch.where(below, 0, dig - 1)
         written = (level == top[:, None]) | (below & rule.keeps_merged)
         write = written[..., None] & (slot == at[..., None])  # (B, Lc, KC)
+        if full is not None:  # a full stream's state stays as it was
+            write = write & ~full[:, None, None]
         # what this position reads besides itself
         read = rule.step_read_mask(count, dig, powers, level, slot, nb)  # (B, Lc, KC, nb)
         absent = ~read.reshape(B, 1, Lc * KC * nb)
@@ -229,7 +254,14 @@ class StreamStep(nn.Module):
             h = h + ff.plain(y)
         h = F.layer_norm(h, model.ln_f.normalized_shape, model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
         logits = F.linear(h, model.head.weight, model.head.bias)
-        return logits, count, torch.stack(new_nodes), torch.stack(new_q), torch.stack(new_v)
+        if not self.overflow:
+            return logits, count, torch.stack(new_nodes), torch.stack(new_q), torch.stack(new_v)
+        if full is None:  # a capped tree: never full
+            full = torch.zeros_like(pos, dtype=torch.bool)
+        else:
+            logits = logits.masked_fill(full[:, None], float("nan"))
+            count = torch.where(full, pos, count)
+        return logits, count, torch.stack(new_nodes), torch.stack(new_q), torch.stack(new_v), full
 
     # ------------------------------------------------------------------ description
     def describe(self, batch_size: int | None = 1, dtype=None) -> dict:
@@ -241,15 +273,23 @@ class StreamStep(nn.Module):
         numbers = 3 * c.n_layers * (self.levels + 1) * (c.stride - 1) * c.n_banks * c.d_model
         item = torch.empty(0, dtype=self.model.head.weight.dtype).element_size()
         tensor = {"shape": state, "dtype": dtype}
+        outputs = [{"name": "logits", "shape": [B, c.vocab_size], "dtype": dtype},
+                   {"name": "next_pos", "shape": [B], "dtype": "int64"},
+                   {"name": "next_nodes", **tensor}, {"name": "next_slot_q", **tensor},
+                   {"name": "next_slot_v", **tensor}]
+        if self.overflow:
+            outputs.append({"name": "overflow", "shape": [B], "dtype": "bool"})
         return {
-            "format": FORMAT, "version": 1,
+            "format": FORMAT, "version": VERSION,
             "inputs": [{"name": "token", "shape": [B], "dtype": "int64"},
                        {"name": "pos", "shape": [B], "dtype": "int64"},
                        {"name": "nodes", **tensor}, {"name": "slot_q", **tensor}, {"name": "slot_v", **tensor}],
-            "outputs": [{"name": "logits", "shape": [B, c.vocab_size], "dtype": dtype},
-                        {"name": "next_pos", "shape": [B], "dtype": "int64"},
-                        {"name": "next_nodes", **tensor}, {"name": "next_slot_q", **tensor},
-                        {"name": "next_slot_v", **tensor}],
+            "outputs": outputs,
+            "overflow": (("true for a stream that was already full (pos == capacity_tokens): its logits are NaN and "
+                          "its state comes back unchanged (next_pos == pos); stop that stream, or re-export with a "
+                          "larger --max-tokens" if self.capacity is not None else
+                          "always false: a capped tree (max_level) holds streams of any length")
+                         if self.overflow else None),
             "state": {
                 "initial": "pos = 0 and every state tensor zero",
                 "feed_back": {"next_pos": "pos", "next_nodes": "nodes", "next_slot_q": "slot_q",
@@ -271,81 +311,142 @@ def _example(step: StreamStep, batch_size: int):
     return (torch.zeros(batch_size, dtype=torch.int64), s["pos"], s["nodes"], s["slot_q"], s["slot_v"])
 
 
-def export_program(model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1):
-    """``torch.export`` of :class:`StreamStep` (static shapes, ``batch_size`` streams)."""
-    step = StreamStep(model, max_tokens).eval()
+def export_program(model: LMN, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1, overflow: bool = True):
+    """``torch.export`` of :class:`StreamStep` (static shapes, ``batch_size`` streams; with the
+    ``overflow`` output unless told)."""
+    step = StreamStep(model, max_tokens, overflow=overflow).eval()
     with torch.no_grad():
         return torch.export.export(step, _example(step, batch_size))
 
 
-def export_onnx(model: LMN, path: str | os.PathLike, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1,
-                opset: int = 18) -> Path:
-    """Write :class:`StreamStep` as an ONNX model (one file, weights inside) to ``path``."""
+def description_path(path: str | os.PathLike) -> Path:
+    """The description beside an exported file: ``NAME.onnx`` -> ``NAME.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_description(path: str | os.PathLike) -> dict | None:
+    """The description of the exported file ``path``: inside it (ONNX metadata, pt2 extra
+    file), else ``NAME.onnx.json`` beside it, else the ``NAME.json`` of an export before
+    version 2 if it describes this format; ``None`` if there is none."""
+    path = Path(path)
+    doc = None
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        doc = next((json.loads(p.value) for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    elif path.suffix == ".pt2":  # a zip archive: ARCHIVE/extra/NAME is torch.export.save's extra file
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_KEY}.json")), None)
+            doc = json.loads(archive.read(name)) if name is not None else None
+    if doc is not None:
+        return doc
+    for meta in (description_path(path), path.with_suffix(".json")):
+        if meta.is_file():
+            doc = json.loads(meta.read_text(encoding="utf-8"))
+            if doc.get("format") == FORMAT and doc.get("file_format", path.suffix[1:]) == path.suffix[1:]:
+                return doc
+    return None
+
+
+def _onnx_bytes(model: LMN, max_tokens: int, batch_size: int, opset: int, description: dict | None) -> bytes:
+    """The ONNX model of :class:`StreamStep` (with ``overflow``), serialized in memory."""
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'torch-lmn[export]'") from err
-    step = StreamStep(model, max_tokens).eval()
-    path = Path(path)
+    step = StreamStep(model, max_tokens, overflow=True).eval()
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(step, _example(step, batch_size), dynamo=True, input_names=list(INPUTS),
-                                    output_names=list(OUTPUTS), opset_version=opset, verbose=False)
-    quiet.setLevel(level)
-    import onnx  # drop the exporter's per-node metadata (source locations): ~60 % of the file
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(step, _example(step, batch_size), dynamo=True, input_names=list(INPUTS),
+                                        output_names=list(OUTPUTS), opset_version=opset, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    for node in proto.graph.node:  # drop the exporter's per-node metadata (source locations): ~60 % of the file
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+    doc = description if description is not None else step.describe(batch_size)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, dumps_json(doc, indent=None, where="the description")
+    return proto.SerializeToString()
 
-    with atomic_path(path) as tmp:  # lmn.atomic: the .onnx appears whole or not at all
-        program.save(str(tmp), external_data=False)
-        proto = onnx.load(str(tmp))
-        for node in proto.graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-        del proto.graph.value_info[:]
-        onnx.save(proto, str(tmp))
+
+def _pt2_bytes(model: LMN, max_tokens: int, batch_size: int, description: dict) -> bytes:
+    """``torch.export.save`` of :func:`export_program`, in memory: the archive writer aborts
+    the process (a C++ terminate) when its file's write fails, a buffer cannot fail."""
+    buffer = io.BytesIO()
+    torch.export.save(export_program(model, max_tokens, batch_size), buffer,
+                      extra_files={f"{METADATA_KEY}.json": dumps_json(description, indent=2, where="the description")})
+    return buffer.getvalue()
+
+
+def export_onnx(model: LMN, path: str | os.PathLike, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 1,
+                opset: int = 18) -> Path:
+    """Write :class:`StreamStep` (with ``overflow``) as an ONNX model (one file, weights
+    inside, its description in the metadata) to ``path``, whole or not at all."""
+    path = Path(path)
+    write_together([(path, _onnx_bytes(model, max_tokens, batch_size, opset, None))])
     return path
 
 
 def write_description(step: StreamStep, path: str | os.PathLike, fmt: str, batch_size: int, extra: dict) -> Path:
-    doc = {**step.describe(batch_size), "file_format": fmt, **extra}
+    """Write the description (:meth:`StreamStep.describe` + ``extra``) of an export to ``path``."""
     path = Path(path)
-    write_json(path, doc, indent=2)
+    write_together([(path, dumps_json(_description(step, fmt, batch_size, extra), indent=2, where=path).encode())])
     return path
+
+
+def _description(step: StreamStep, fmt: str, batch_size: int, extra: dict) -> dict:
+    return {**step.describe(batch_size), "file_format": fmt, **extra}
 
 
 def export_model(model: LMN, path: str | os.PathLike, fmt: str, max_tokens: int = DEFAULT_MAX_TOKENS,
                  batch_size: int = 1, force: bool = False, extra: dict | None = None) -> tuple[Path, Path]:
     """Export ``model``'s streaming step to ``path``: ``(model file, its JSON description)``.
     ``fmt``: ``"onnx"`` or ``"pt2"`` (``torch.export.save``); ``path`` must end in ``.fmt``,
-    the JSON goes beside it (``extra`` is added to it). Existing files are kept unless
-    ``force``. Loading a training run is the caller's part (``lmn export``:
-    :func:`lmn.cli.export_run`), so that this module sits below the trainer."""
+    the description goes beside it as ``path + ".json"`` (``extra`` is added to it) and
+    inside it. Existing files are kept unless ``force``. Both files are written whole or
+    not at all, and renamed into place together; a full disk is an ``OSError`` naming the
+    file, before anything is replaced. Loading a training run is the caller's part
+    (``lmn export``: :func:`lmn.cli.export_run`), so that this module sits below the trainer."""
     if fmt not in ("onnx", "pt2"):
         raise ValueError(f"--format must be onnx or pt2, got {fmt!r}")
     check_int("batch size", batch_size, min=1)
     path = Path(path)
     if path.suffix != f".{fmt}":
         raise ValueError(f"the output file must end in .{fmt}, got {str(path)!r}")
-    meta = path.with_suffix(".json")
+    meta = description_path(path)
     for p in (path, meta):
         if p.exists() and not force:
             raise ValueError(f"{p} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    step = StreamStep(model, max_tokens).eval()
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory")
+    step = StreamStep(model, max_tokens, overflow=True).eval()
+    doc = _description(step, fmt, batch_size, {**(extra or {}), "max_tokens": max_tokens})
     if fmt == "onnx":
-        export_onnx(model, path, max_tokens, batch_size)
+        data = _onnx_bytes(model, max_tokens, batch_size, 18, doc)
     else:
-        with atomic_path(path) as tmp:
-            torch.export.save(export_program(model, max_tokens, batch_size), str(tmp))
-    return path, write_description(step, meta, fmt, batch_size, {**(extra or {}), "max_tokens": max_tokens})
+        data = _pt2_bytes(model, max_tokens, batch_size, doc)
+    write_together([(path, data), (meta, dumps_json(doc, indent=2, where=meta).encode())])
+    return path, meta
 
 
 # ----------------------------------------------------------------------------- runtimes
 class OrtStepper:
     """Streams through an exported ONNX step with onnxruntime: ``step(tokens (B,)) -> logits``
-    (numpy in, numpy out; the state is fed back each call)."""
+    (numpy in, numpy out; the state is fed back each call). A step that a full stream
+    cannot take (``pos`` at the exported capacity) is refused with a ``ValueError`` and
+    changes nothing; ``capacity`` is ``None`` where the model holds any length (or, for an
+    export before version 2, is not known: such a file has no ``overflow`` output)."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 1):
         import numpy as np
@@ -354,11 +455,23 @@ class OrtStepper:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         types = {i.name: i.type for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
         self._np = np
         self.batch_size = shapes["token"][0]
+        doc = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if doc is None:  # an export before version 2: the description beside it, if there is one
+            try:
+                found = read_description(path)
+            except Exception:  # noqa: BLE001  (no onnx package, unreadable JSON: capacity unknown)
+                found = None
+            doc = found if found is not None and found["inputs"][2]["shape"] == shapes["nodes"] else None
+        else:
+            doc = json.loads(doc)
+        self.capacity = None if doc is None else doc["state"]["capacity_tokens"]
         dtype = np.float64 if "double" in types["nodes"] else np.float32
         self.state = {"pos": np.zeros(self.batch_size, dtype=np.int64)}
         for name in ("nodes", "slot_q", "slot_v"):
@@ -369,16 +482,28 @@ class OrtStepper:
         self.state = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in tensors.items()}
         return self
 
+    def _refuse(self, rows) -> None:
+        rows = [int(r) for r in rows]
+        held = int(self.state["pos"][rows[0]])
+        raise ValueError(f"stream{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} of {self.path.name} "
+                         f"{'are' if len(rows) > 1 else 'is'} full: {held:,} tokens, the exported state's capacity; "
+                         "re-export with a larger --max-tokens")
+
     def step(self, tokens):
         tokens = self._np.asarray(tokens, dtype=self._np.int64).reshape(self.batch_size)
-        logits, pos, nodes, sq, sv = self.session.run(None, {"token": tokens, **self.state})
-        self.state = {"pos": pos, "nodes": nodes, "slot_q": sq, "slot_v": sv}
-        return logits
+        if self.capacity is not None and (self.state["pos"] >= self.capacity).any():
+            self._refuse(self._np.flatnonzero(self.state["pos"] >= self.capacity))
+        out = dict(zip(self.outputs, self.session.run(None, {"token": tokens, **self.state})))
+        if "overflow" in out and out["overflow"].any():  # a state loaded past the capacity, say
+            self._refuse(self._np.flatnonzero(out["overflow"]))
+        self.state = {"pos": out["next_pos"], "nodes": out["next_nodes"], "slot_q": out["next_slot_q"],
+                      "slot_v": out["next_slot_v"]}
+        return out["logits"]
 
     @property
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.state.values())
 
 
-__all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "export_model", "export_onnx", "export_program",
-           "levels_for"]
+__all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "description_path", "export_model",
+           "export_onnx", "export_program", "levels_for", "read_description"]

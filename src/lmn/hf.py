@@ -47,9 +47,10 @@ if "cache" not in CausalLMOutputWithPast.__dataclass_fields__:  # pragma: no cov
     raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24 (its generation cache API): "
                       "pip install 'torch-lmn[hf]'")
 
-from .atomic import atomic_dir, dumps_json
+from .atomic import atomic_dir, check_space, dumps_json
 from .config import LMNConfig
 from .data.tokenizer import CharTokenizer
+from .limits import check_model
 from .model import LMN
 from .state import LayerState, LMNState
 
@@ -183,6 +184,7 @@ class LMNForCausalLM(LMNPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: LMNHFConfig):
         super().__init__(config)
+        check_model("lmn", config.lmn_config().to_dict(), where="the LMN config")  # before any weight exists
         self.lmn = LMN(config.lmn_config())
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:
@@ -362,10 +364,32 @@ AutoTokenizer.register(LMNHFConfig, slow_tokenizer_class=LMNCharTokenizer, exist
 
 
 # ----------------------------------------------------------------------------- conversion
+def _os_error(err: Exception) -> OSError | None:
+    """An I/O failure that a writer (safetensors: ``SafetensorError``) reports as another
+    type, as the ``OSError`` it is (``... (os error 28)``), so that lmn.atomic names the path."""
+    import errno
+    import re
+
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"os error (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code) if code in errno.errorcode else str(err).splitlines()[0])
+
+
 def convert_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write the model and tokenizer of an ``lmn train`` run directory to ``out_dir`` in
     this format (``config.json``, ``model.safetensors``, ``generation_config.json``,
-    the tokenizer files). Returns ``out_dir``."""
+    the tokenizer files). Returns ``out_dir``.
+
+    The directory is written whole beside ``out_dir`` and then replaces it whole
+    (:func:`lmn.atomic.atomic_dir`; with ``force``, files of ``out_dir`` that this does not
+    write are carried over): a failure, a full disk or a kill leaves the previous
+    directory as it was. Files get the modes of files created in place (0644 under umask
+    022), or keep those of the files they replace. A full disk is one ``OSError`` naming
+    the file, checked before writing against the weights' size."""
     from .trainer import load_run
 
     out = Path(out_dir)
@@ -380,14 +404,21 @@ def convert_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, force: b
     hf.generation_config.pad_token_id = tokenizer.vocab_size  # the tokenizer's <pad>
     from transformers.utils import logging as hf_logging
 
-    # written whole into a temporary sibling directory, then renamed into place (lmn.atomic):
-    # a failure leaves no half-converted directory; --force onto a directory with other
-    # files moves the new files in one by one, after all of them are written
+    weights = sum(t.numel() * t.element_size() for t in hf.state_dict().values())
+    check_space(out / "model.safetensors", weights + 2**16)  # + the JSON files and the tokenizer's
+    # written whole into a temporary sibling directory, then swapped into place (lmn.atomic):
+    # a failure leaves no half-converted directory, and the previous one as it was
     with atomic_dir(out, merge=True) as tmp:
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
             hf.save_pretrained(tmp)
+        except Exception as err:
+            io_error = _os_error(err)
+            if io_error is None or io_error is err:
+                raise
+            io_error.filename = str(tmp / "model.safetensors")  # renamed to OUT's by atomic_dir
+            raise io_error from err
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
