@@ -219,12 +219,18 @@ def write_together(files) -> None:
         return
     check_space(files[0][0], sum(len(data) for _, data in files))
     with ExitStack() as stack:  # exits in reverse order of entry: the renames run last, in the order given
-        for path, data in reversed(files):
-            tmp = stack.enter_context(atomic_path(path))
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        tmps = [stack.enter_context(atomic_path(path)) for path, _ in reversed(files)][::-1]
+        for tmp, (path, data) in zip(tmps, files):
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:  # named here: every temporary's context sees it
+                named = _naming(err, path, tmp)
+                if named is err:
+                    raise
+                raise named from err
 
 
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
