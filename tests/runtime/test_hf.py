@@ -1,10 +1,17 @@
 """lmn.hf: the transformers adapter. Round-trip through save_pretrained/from_pretrained,
 greedy generate == LMN.generate, left-padded batches == each prompt alone, the cache is
-LMN's state, pipeline("text-generation"), `lmn convert` of the committed run."""
+LMN's state, pipeline("text-generation"), `lmn convert` of the committed run, written whole
+or not at all with the modes of files made in place (issue 23)."""
 
+import errno
 import json
+import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +146,134 @@ def test_pipeline_and_convert_of_the_committed_run(tmp_path):
     assert text == tokenizer.decode(ref[0])
     texts = pipe(["ROMEO:", "JULIET:\nO"], max_new_tokens=10, do_sample=False, batch_size=2)
     assert texts[0][0]["generated_text"] == tokenizer.decode(ref[0, :16])
+
+
+# ----------------------------------------------------------------------------- issue 23: convert, whole or not at all
+def _cli(capsys, *argv):
+    from lmn.cli import main
+
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def _modes(root):
+    return {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in sorted(Path(root).iterdir())}
+
+
+@pytest.fixture
+def umask022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from lmn.cli import main
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path_factory.mktemp("good") / "hf"
+        assert main(["convert", str(RUN), str(out)]) == 0
+    finally:
+        os.umask(previous)
+    return out
+
+
+def _previous(converted, tmp_path):
+    out = tmp_path / "hf"
+    shutil.copytree(converted, out)
+    (out / "notes.txt").write_text("mine")  # a file of the user's, which --force keeps
+    return out, _snapshot(out)
+
+
+def test_convert_gives_files_the_modes_of_files_made_in_place(converted, tmp_path, umask022):
+    assert set(_modes(converted).values()) == {"0o644"}, _modes(converted)  # safetensors makes its file 0600
+    assert "model.safetensors" in _modes(converted)
+    out, _ = _previous(converted, tmp_path)
+    os.chmod(out / "config.json", 0o600)
+    from lmn.cli import main
+
+    assert main(["convert", str(RUN), str(out), "--force"]) == 0
+    modes = _modes(out)
+    assert modes.pop("config.json") == "0o600" and set(modes.values()) == {"0o644"}, modes
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_full_disk_during_convert_is_one_line_and_keeps_the_previous_directory(converted, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    from lmn import atomic
+
+    out, before = _previous(converted, tmp_path)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))
+    status, _, err = _cli(capsys, "convert", RUN, out, "--force")  # too little room, known before writing
+    monkeypatch.undo()
+    assert status == 1 and len(err.splitlines()) == 1 and "5,000 free" in err, err
+    assert err.rstrip().endswith(f"free): {str(out / 'model.safetensors')!r}"), err
+    assert _snapshot(out) == before
+
+    def fill_the_disk(tensors, filename, metadata=None):  # what safetensors raises on a full disk, part-way
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", fill_the_disk)
+    status, _, err = _cli(capsys, "convert", RUN, out, "--force")
+    assert status == 1 and err.splitlines() == [f"lmn convert: error: OSError: [Errno 28] No space left on device: "
+                                                f"{str(out / 'model.safetensors')!r}"], err
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    status, _, err = _cli(capsys, "convert", RUN, tmp_path / "new")  # a new directory: nothing at all
+    assert status == 1 and "No space left on device" in err and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_real_write_failure_during_convert_is_one_line(converted, tmp_path):
+    out, before = _previous(converted, tmp_path)
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "  # no file past 64 KiB: write() fails
+            "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "convert", str(RUN), str(out), "--force"], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        f"lmn convert: error: OSError: [Errno {errno.EFBIG}] File too large: {str(out / 'model.safetensors')!r}"], \
+        proc.stderr[-3000:]
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_killed_convert_leaves_the_previous_directory(converted, tmp_path):
+    """SIGKILL while the new directory is written beside the old one (held at its fsync):
+    the previous directory is as it was and loads; what is left is the temporary."""
+    from transformers import AutoModelForCausalLM
+
+    import lmn.hf  # noqa: F401  (registers the model type)
+
+    out, before = _previous(converted, tmp_path)
+    code = ("import os, sys, time; os.fsync = lambda fd: time.sleep(600); "
+            "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "convert", str(RUN), str(out), "--force"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    tmp = tmp_path / f".hf.tmp{proc.pid}"
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp / "model.safetensors").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the conversion never started writing"
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [tmp.name, "hf"]
+    AutoModelForCausalLM.from_pretrained(out)
