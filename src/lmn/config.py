@@ -17,6 +17,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
+from .limits import MAX_LAYERS
 from .summarizers import summarizer_names
 from .tree import Tree, check_max_level, check_stride, read_rule
 from .validation import check_choice, check_int
@@ -43,7 +44,7 @@ class LMNConfig:
     Args:
         vocab_size: number of token ids; inputs must lie in ``[0, vocab_size)``.
         d_model: width of the residual stream.
-        n_layers: number of LMN blocks.
+        n_layers: number of LMN blocks (at most ``lmn.limits.MAX_LAYERS``, 10,000).
         n_heads: attention heads of the single-vector attention; must divide ``d_model``.
         n_banks: memory banks per layer (one summarizer each for ``"linear"``).
         summarizer: ``"linear"`` (per-bank Linear(stride*d -> d)), ``"conv"`` (one Conv1d
@@ -101,8 +102,9 @@ class LMNConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_banks", "ff_mult"):
+        for name in ("vocab_size", "d_model", "n_heads", "n_banks", "ff_mult"):
             check_int(f"LMNConfig.{name}", getattr(self, name), min=1)
+        check_int("LMNConfig.n_layers", self.n_layers, min=1, max=MAX_LAYERS)  # deeper is no model (lmn.limits)
         check_int("LMNConfig.expand", self.expand, min=0)
         if self.d_model % self.n_heads != 0:
             raise ValueError(

@@ -210,24 +210,50 @@ def fill_state(doc: dict) -> bool:
     return changed
 
 
-def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, runs_dir: Path) -> dict:
-    """Train one (model, cell, lr, seed) with the shared trainer; its record."""
-    from ..trainer import TrainConfig, train
+def train_config(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, runs_dir: Path):
+    """The :class:`lmn.trainer.TrainConfig` of one (model, cell, lr, seed) run."""
+    from ..trainer import TrainConfig
 
     cell_task_opts = {k: v for k, v in cell.items() if k != "block_size"}
-    block_size = int(cell.get("block_size", 512))
+    block_size = cell.get("block_size", 512)
     model_config = {**args.model_opts, **dict(spec.options)}
     tag = f"{spec.label}-{cell_label(cell)}-lr{lr:g}-s{seed}".replace("/", "_").replace("[", "_").replace("]", "")
-    cfg = TrainConfig(model=spec.kind, model_size=args.model_size, model_config=model_config, task=task,
-                      task_options={**args.task_opts, **cell_task_opts}, block_size=block_size,
-                      batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, max_iters=args.steps,
-                      eval_interval=args.eval_interval, eval_iters=args.eval_iters, ckpt_interval=max(args.steps, 1),
-                      log_interval=max(1, args.steps // 10), seed=seed, threads=args.threads,
-                      device=args.device, gradient_checkpointing=args.gradient_checkpointing,
-                      out_dir=str(runs_dir / tag))
+    return TrainConfig(model=spec.kind, model_size=args.model_size, model_config=model_config, task=task,
+                       task_options={**args.task_opts, **cell_task_opts}, block_size=block_size,
+                       batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, max_iters=args.steps,
+                       eval_interval=args.eval_interval, eval_iters=args.eval_iters, ckpt_interval=max(args.steps, 1),
+                       log_interval=max(1, args.steps // 10), seed=seed, threads=args.threads,
+                       device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                       out_dir=str(runs_dir / tag))
+
+
+class _Indented:
+    """The trainer's progress lines, indented under the probe's line of the run (stderr)."""
+
+    def __init__(self, stream, indent: str = "    "):
+        self.stream, self.indent, self.at_line_start = stream, indent, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write(self.indent)
+            self.stream.write(piece)
+            self.at_line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, runs_dir: Path, stream=None) -> dict:
+    """Train one (model, cell, lr, seed) with the shared trainer; its record. The trainer's
+    progress goes to ``stream`` (default: nowhere)."""
+    from ..trainer import train
+
+    cfg = train_config(task, spec, cell, lr, seed, args, runs_dir)
     t0 = time.perf_counter()
     with open(os.devnull, "w") as null:
-        summary = train(cfg, force=True, stream=null)
+        summary = train(cfg, force=True, stream=stream if stream is not None else null)
     wall = time.perf_counter() - t0
     config = json.loads((Path(cfg.out_dir) / "config.json").read_text())
     test = {k[len("whole_test_"):]: v for k, v in summary.items() if k.startswith("whole_test_")}
@@ -238,6 +264,100 @@ def run_one(task: str, spec: ModelSpec, cell: dict, lr: float, seed: int, args, 
             "train_time_s": summary.get("train_time_s"), "wall_s": wall,
             "s_per_step": (summary.get("train_time_s") or 0) / max(args.steps, 1), "run_dir": cfg.out_dir,
             **{k: summary.get(k) for k in PROVENANCE}}
+
+
+# ----------------------------------------------------------------------------- checks before work
+def parse_lrs(text: str) -> list[float]:
+    """``--lrs``: comma-separated finite numbers > 0."""
+    try:
+        lrs = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--lrs must be comma-separated numbers such as 1e-3,3e-3, got {text!r}") from None
+    bad = [lr for lr in lrs if not (lr > 0 and math.isfinite(lr))]
+    if bad:
+        raise ValueError(f"--lrs: every learning rate must be a finite number > 0, got {bad[0]:g} in {text!r}")
+    return lrs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated whole numbers in [0, 2**31 - 1]."""
+    try:
+        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated whole numbers such as 1,2, got {text!r}") from None
+    bad = [s for s in seeds if not 0 <= s <= 2**31 - 1]
+    if bad:
+        raise ValueError(f"--seeds: every seed must be in [0, {2**31 - 1}], got {bad[0]} in {text!r}")
+    return seeds
+
+
+def check_all(task: str, specs: list, texts: list, cells: list, lrs: list, seeds: list, args, runs_dir: Path,
+              lr_from: dict | None = None) -> None:
+    """Everything a probe's runs check before they train, for every model and every cell, so
+    that a bad second model fails at once instead of after the first one's runs: the
+    budget, each model's options, each cell's task options and length, then each (model,
+    cell): its position limit, gradient checkpointing and whether it fits in memory
+    (:mod:`lmn.limits`); the lr ``--lr-from`` gives each model.
+
+    Raises:
+        ValueError: one line naming the ``--model`` or ``--cell`` at fault.
+    """
+    from dataclasses import replace
+
+    from ..kinds import get_kind
+    from ..limits import check_train
+    from ..tasks import make_task
+    from ..trainer import init_distributed, resolve_model_config
+    from ..trainer.models import check_model_config, check_positions, check_requirements
+    from ..validation import check_int
+
+    for cell in cells:
+        check_int(f"--cell {cell_label(cell)}: block_size", cell.get("block_size", 512), min=1)
+    lr0 = lrs[0] if lrs else 1e-3  # lrs may be empty with --lr-from: said per model below
+    base = train_config(task, specs[0], cells[0], lr0, seeds[0], args, runs_dir)  # the budget's own checks
+    _, device = init_distributed(base.device)
+    for spec, text in zip(specs, texts):
+        try:
+            check_requirements(spec.kind)
+            check_model_config(spec.kind, {**args.model_opts, **dict(spec.options)}, args.model_size)
+        except ValueError as err:
+            raise ValueError(f"--model {text}: {err}") from None
+        if args.gradient_checkpointing and get_kind(spec.kind).enable_checkpointing is None:
+            raise ValueError(f"--model {text}: --gradient-checkpointing is not supported for model {spec.kind!r}")
+        if lr_from is not None and lr_for(spec, lr_from) is None:
+            raise ValueError(f"--model {text}: --lr-from {args.lr_from} has no lr for {spec.label}")
+    for cell in cells:
+        try:
+            cell_task = make_task(train_config(task, specs[0], cell, lr0, seeds[0], args, runs_dir))
+        except ValueError as err:
+            raise ValueError(f"--cell {cell_label(cell)}: {err}") from None
+        for spec, text in zip(specs, texts):
+            cfg = train_config(task, spec, cell, lr0, seeds[0], args, runs_dir)
+            try:
+                cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config,
+                                                                     cell_task.vocab_size, cfg.model_size))
+                check_positions(cfg.model, cfg.model_config, cell_task.seq_len)
+                check_train(cfg, cell_task.seq_len, device)
+            except ValueError as err:
+                raise ValueError(f"--model {text} at cell {cell_label(cell)}: {err}") from None
+
+
+def _parsed(parse, flag: str, text: str):
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise ValueError(f"{flag} {text}: {err}") from None
+
+
+def planned_runs(n_cells: int, n_lrs: int, n_seeds: int, sweep: str, lr_from) -> int:
+    """Runs per model: the sweep (first seed) of each swept cell, one run of each other cell,
+    and every further seed."""
+    per_cell = [1 if lr_from else (n_lrs if sweep == "all" or ci == 0 else 1) for ci in range(n_cells)]
+    return sum(per_cell) + n_cells * (n_seeds - 1)
+
+
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- results file
@@ -543,15 +663,14 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     args.model_opts = dict(_pairs(",".join(args.model_opt)))
     args.task_opts = dict(_pairs(",".join(args.task_opt)))
     args.eval_interval = args.eval_interval or max(1, args.steps // 4)
-    specs = [ModelSpec.parse(m) for m in args.model]
+    specs = [_parsed(ModelSpec.parse, "--model", m) for m in args.model]
     from ..kinds import kind_names
 
     for s in specs:
         if s.kind not in kind_names("train"):
             raise ValueError(f"unknown model {s.kind!r}; choose from {', '.join(kind_names('train'))}")
-    cells = [_pairs(c) for c in (args.cell or DEFAULT_CELLS.get(args.task, ["block_size=256"]))]
-    lrs = [float(v) for v in str(args.lrs).split(",") if v.strip()]
-    seeds = [int(v) for v in str(args.seeds).split(",") if v.strip()]
+    cells = [_parsed(_pairs, "--cell", c) for c in (args.cell or DEFAULT_CELLS.get(args.task, ["block_size=256"]))]
+    lrs, seeds = parse_lrs(args.lrs), parse_seeds(args.seeds)
     if not lrs or not seeds:
         raise ValueError("--lrs and --seeds need at least one value each")
     lr_from = None
@@ -578,13 +697,17 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
         diff = {k: (doc["budget"].get(k), budget.get(k)) for k in BUDGET_KEYS if doc["budget"].get(k) != budget.get(k)}
         raise ValueError(f"{path} was made with another budget {diff}: every model of a probe gets the same "
                          f"budget (use another --name)")
+    runs_dir = Path(args.runs_dir) / name
+    t_check = time.perf_counter()
+    check_all(args.task, specs, args.model, cells, lrs, seeds, args, runs_dir, lr_from)  # before any run trains
     command = "lmn probe " + " ".join(a if " " not in a else repr(a) for a in argv)
     if command not in doc["commands"]:
         doc["commands"].append(command)
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs_dir = Path(args.runs_dir) / name
     done = {_key(r) for r in doc["runs"]}
+    total = len(specs) * planned_runs(len(cells), len(lrs), len(seeds), args.sweep, lr_from)
+    count = {"runs": 0}
 
     if args.dry_run:
         for spec, cell in ((s, c) for c in cells for s in specs):
@@ -592,12 +715,18 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
                   f"seeds {seeds}")
         return 0
 
+    _say(f"{name}: {len(specs)} model(s) x {len(cells)} cell(s) checked ({time.perf_counter() - t_check:.1f} s); "
+         f"{total} run(s) of {args.steps} steps, those already in {path} skipped")
+
     def do(spec, cell, lr, seed):
         key = (spec.label, cell_label(cell), float(lr), int(seed))
+        count["runs"] += 1
         if key in done:
             return
+        _say(f"{name} | {spec.label} | {cell_label(cell)} | lr {lr:g} seed {seed}: training (run {count['runs']}/"
+             f"{total})")
         t0 = time.perf_counter()
-        rec = run_one(args.task, spec, cell, lr, seed, args, runs_dir)
+        rec = run_one(args.task, spec, cell, lr, seed, args, runs_dir, stream=_Indented(sys.stderr))
         skey = f"{spec.label}|{cell_label(cell)}"
         if skey not in doc["state"]:
             doc["state"][skey] = state_bytes(spec.kind, rec["model_config"], int(cell.get("block_size", 512)))
@@ -607,20 +736,20 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
             doc.setdefault("n_test", rec["task"].get("n_test"))
             doc.setdefault("test_seed", rec["task"].get("test_seed"))
         doc["bucket_name"] = getattr(task_class(args.task), "bucket_name", "distance")
-        print(f"[{time.strftime('%H:%M:%S')}] {name} | {spec.label} | {cell_label(cell)} | lr {lr:g} seed {seed}: "
-              f"test acc {rec['test'].get('accuracy', float('nan')):.3f}, val loss {rec['final_val_loss']:.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        _say(f"{name} | {spec.label} | {cell_label(cell)} | lr {lr:g} seed {seed}: "
+             f"test acc {rec['test'].get('accuracy', float('nan')):.3f}, val loss {rec['final_val_loss']:.3f} "
+             f"({time.perf_counter() - t0:.0f} s)")
         save_results(path, doc)
 
     # breadth first: every model's sweep (first seed) of a cell, then each further seed for
     # every model, then the next cell; a run cut short leaves every model with the same seeds
     for ci, cell in enumerate(cells):
         cl = cell_label(cell)
+        t_cell = time.perf_counter()
+        _say(f"{name} | cell {ci + 1}/{len(cells)} {cl}: start")
         for spec in specs:
             if lr_from:
                 lr = lr_for(spec, lr_from)
-                if lr is None:
-                    raise ValueError(f"--lr-from {args.lr_from} has no lr for {spec.label}")
                 do(spec, cell, lr, seeds[0])
             elif args.sweep == "all" or ci == 0:
                 for lr in lrs:
@@ -636,6 +765,8 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
             for spec in specs:
                 do(spec, cell, doc["chosen_lr"][spec.label][cl], seed)
             render(doc, out_dir, name)
+        chosen = ", ".join(f"{spec.label} {doc['chosen_lr'][spec.label][cl]:g}" for spec in specs)
+        _say(f"{name} | cell {ci + 1}/{len(cells)} {cl}: done ({time.perf_counter() - t_cell:.0f} s; lr {chosen})")
     save_results(path, doc)
     print(render(doc, out_dir, name))
     return 0

@@ -29,6 +29,7 @@ from typing import IO
 import torch
 from torch import nn
 
+from ..limits import check_train
 from ..tasks import Task, make_task
 from .config import DTYPES, TrainConfig
 from .distributed import Dist, init_distributed
@@ -120,6 +121,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     cfg = replace(cfg, model_config=resolve_model_config(cfg.model, cfg.model_config, task.vocab_size,
                                                          cfg.model_size))
     check_positions(cfg.model, cfg.model_config, task.seq_len)
+    check_train(cfg, task.seq_len, device, dist.world_size)  # sizes that cannot fit: refused before any I/O
     if saved is not None:
         check_resume_compatible(cfg, saved, task)
         preset = preset or saved.get("preset")

@@ -47,6 +47,7 @@ from torch import nn
 from .. import atomic
 from ..data import CharTokenizer
 from ..data.corpus import sha256_file
+from ..limits import check_run_model
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .models import build_model, normalize_model_config
 
@@ -539,6 +540,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module
         model_config = normalize_model_config(cfg.model, cfg.model_config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has a model config this version cannot read ({err})") from None
+    check_run_model(run_dir, cfg.model, model_config, device)  # its checkpoint's config, and the memory
     model = build_model(cfg.model, model_config)
     load_checkpoint(run_dir, model, cfg.model, model_config, require_state=False)
     return model.to(device).eval(), tokenizer, doc
