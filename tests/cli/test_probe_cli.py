@@ -137,3 +137,58 @@ def test_probe_lr_from_length_only_options_and_merge(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["probe", "distance", "--out", str(merged), "--merge", str(tmp_path / "other.json")])
     assert err.value.code == 2 and "another budget" in capsys.readouterr().err
+
+
+def test_probe_checks_every_model_and_cell_before_training(tmp_path, capsys, monkeypatch):
+    """A bad second model (or cell, lr, size) fails in seconds, naming it, before the first
+    model trains: exit status 2, one line, nothing written (issue 23)."""
+    import time
+
+    one_cell = ["--cell", "block_size=16,pairs=2", *BUDGET]
+    cases = [
+        (["--model", TINY_LMN, "--model", "gpt2:n_embd=7,n_layer=1,n_head=2", *one_cell],
+         "--model gpt2:n_embd=7,n_layer=1,n_head=2: n_embd (7) must be divisible by n_head (2)"),
+        (["--model", TINY_LMN, "--model", "lmn:nosuch=1", *one_cell], "--model lmn:nosuch=1: unknown LMNConfig field"),
+        (["--model", TINY_LMN, "--model", "lmn:bad", *one_cell], "--model lmn:bad: expected KEY=VALUE"),
+        (["--model", TINY_LMN, "--model", TINY_GPT2 + ",n_positions=8", *one_cell],
+         "at cell block_size=16,pairs=2: block_size 16 exceeds the gpt2 model's 8 positions"),
+        (["--model", TINY_LMN, "--model", "lmn:d_model=65536,n_heads=2", *one_cell],
+         "--model lmn:d_model=65536,n_heads=2 at cell block_size=16,pairs=2: training lmn"),
+        (["--model", TINY_LMN, "--cell", "block_size=16,pairs=2", "--cell", "block_size=8,pairs=4", *BUDGET],
+         "--cell block_size=8,pairs=4: MQAR needs block_size >= 4 * pairs"),
+        (["--model", TINY_LMN, "--cell", "block_size=16.5", *BUDGET], "--cell block_size=16.5: block_size must be an "
+                                                                      "integer >= 1"),
+        (["--model", TINY_LMN, *one_cell, "--lrs", "1e-3,-1"], "--lrs: every learning rate must be a finite number > 0"),
+        (["--model", TINY_LMN, *one_cell, "--lrs", "fast"], "--lrs must be comma-separated numbers"),
+        (["--model", TINY_LMN, *one_cell, "--seeds", "1,x"], "--seeds must be comma-separated whole numbers"),
+    ]
+    for argv, needle in cases:
+        t0 = time.perf_counter()
+        with pytest.raises(SystemExit) as err:
+            probe(tmp_path, "mqar", *argv)
+        stderr = capsys.readouterr().err
+        assert err.value.code == 2, stderr
+        assert len(stderr.strip().splitlines()) == 1 and needle in stderr.splitlines()[0], (needle, stderr)
+        assert time.perf_counter() - t0 < 20
+        assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists(), argv
+    # the machine's memory (LMN_MEMORY_LIMIT here) is one of the checks
+    monkeypatch.setenv("LMN_MEMORY_LIMIT", "1kB")
+    with pytest.raises(SystemExit) as err:
+        probe(tmp_path, "mqar", "--model", TINY_LMN, *one_cell)
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "needs ~" in stderr and "LMN_MEMORY_LIMIT allows 1.0 kB" in stderr, stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_probe_shows_its_progress(tmp_path, capsys):
+    """A line when the checks pass, at each cell's start and end, at each run's start and
+    end, and the trainer's own step lines in between (stderr)."""
+    assert probe(tmp_path, "mqar", "--model", TINY_LMN, "--cell", "block_size=16,pairs=2", *BUDGET[:-6],
+                 "--lrs", "1e-3", "--seeds", "1") == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "1 model(s) x 1 cell(s) checked" in lines[0] and "1 run(s) of 3 steps" in lines[0]
+    assert "cell 1/1 block_size=16,pairs=2: start" in lines[1]
+    assert "lr 0.001 seed 1: training (run 1/1)" in lines[2]
+    assert any(line.startswith("    step 3/3 [") for line in lines), err
+    assert "test acc" in lines[-2] and "cell 1/1 block_size=16,pairs=2: done" in lines[-1]
