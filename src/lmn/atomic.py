@@ -345,10 +345,10 @@ def atomic_dir(path: str | os.PathLike, merge: bool = False):
                     fsync_path(file)
             fsync_dir(root)
         if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
             if merge:
                 _carry_over(path, tmp)
                 fsync_dir(tmp)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # the directory keeps its mode (after filling it)
             if _exchange(tmp, path):
                 fsync_dir(path.parent)
                 _remove(tmp)  # now the previous directory

@@ -207,7 +207,8 @@ def test_the_readme_pair_of_exports_shares_a_folder(readme_pair, tmp_path):
     assert (pt2_doc["file_format"], pt2_doc["state"]["levels"]) == ("pt2", 20)
     assert read_description(readme_pair / "lmn_step.onnx") == onnx_doc  # the same description inside each file
     assert read_description(readme_pair / "lmn_step.pt2") == pt2_doc
-    assert onnx_doc["outputs"][-1] == {"name": "overflow", "shape": [1], "dtype": "bool"} and "NaN" in onnx_doc["overflow"]
+    assert onnx_doc["outputs"][-1] == {"name": "overflow", "shape": [1], "dtype": "bool"}
+    assert "NaN" in onnx_doc["overflow"]
 
     model, tokenizer, _ = load_run(RUN)
     ref = tokenizer.decode(model.generate(tokenizer.encode("ROMEO:")[None], 40, temperature=0)[0])
@@ -346,7 +347,8 @@ def test_a_killed_export_leaves_the_previous_export(readme_pair, tmp_path, fmt):
             "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, _export_args(out, fmt, "--max-tokens", "99",
                                                                                  "--force"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     tmp = atomic.temporary_name(out).with_name(f".{out.name}.tmp{proc.pid}")
     try:
         deadline = time.monotonic() + 300

@@ -261,7 +261,8 @@ def test_a_killed_convert_leaves_the_previous_directory(converted, tmp_path):
     code = ("import os, sys, time; os.fsync = lambda fd: time.sleep(600); "
             "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "convert", str(RUN), str(out), "--force"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     tmp = tmp_path / f".hf.tmp{proc.pid}"
     try:
         deadline = time.monotonic() + 300
