@@ -81,3 +81,59 @@ def test_fsdp_needs_several_processes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "--fsdp shards across processes" in capsys.readouterr().err
+
+
+def _odd_corpus(tmp_path, n_distinct=59):
+    """The small corpus with characters added until it has ``n_distinct`` (odd): the
+    embedding and the head then do not split evenly over two processes (Tiny Shakespeare's
+    65 do not either; the first 20,000 characters have 58)."""
+    text = small_corpus(tmp_path).read_text(encoding="utf-8")
+    extra = [c for c in "#%&*+/<>@[]^_{|}~0123456789" if c not in text][: n_distinct - len(set(text))]
+    path = tmp_path / "odd.txt"
+    path.write_text(text + "".join(extra) * 50, encoding="utf-8")
+    assert len(set(path.read_text(encoding="utf-8"))) == n_distinct
+    return path
+
+
+def _tensors(run_dir, step):
+    from safetensors.torch import load_file
+
+    from lmn.trainer.rundir import STATE_FILE, list_checkpoints
+
+    (ckpt,) = [c for c in list_checkpoints(run_dir) if c.step == step]
+    weights = load_file(str(ckpt.path / "model.safetensors"))
+    state = torch.load(ckpt.path / STATE_FILE, weights_only=False)["optimizer"]["state"]
+    return weights, state
+
+
+@pytest.mark.slow
+def test_fsdp_odd_vocabulary_checkpoints_in_the_single_process_format_and_resumes(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) needs torch >= 2.6")
+    from lmn.trainer import load_run
+
+    data = _odd_corpus(tmp_path)
+    single = _train([sys.executable], data, tmp_path / "single", "--max-iters", "2")
+    fsdp = _train(TORCHRUN, data, tmp_path / "fsdp", "--max-iters", "1", "--fsdp")
+    _same_records([r for r in single if r["step"] <= 1 and r["type"] != "final"],
+                  [r for r in fsdp if r["type"] != "final"])
+    # the gathered checkpoint: the single-process names, shapes and dtypes, weights and
+    # optimizer state alike (59 rows, not the 60 of the padded shards), at step 0 (before
+    # any optimizer state) and step 1, against the one-process run's last (step 2)
+    w1, s1 = _tensors(tmp_path / "single", 2)
+    for step in (0, 1):
+        w2, s2 = _tensors(tmp_path / "fsdp", step)
+        assert {k: (v.shape, v.dtype) for k, v in w1.items()} == {k: (v.shape, v.dtype) for k, v in w2.items()}
+        assert w2["tok_emb.weight"].shape[0] == w2["head.bias"].shape[0] == 59
+    assert s1.keys() == s2.keys()
+    for i in s1:
+        assert {k: (v.shape, v.dtype) for k, v in s1[i].items()} == {k: (v.shape, v.dtype) for k, v in s2[i].items()}
+    model, tokenizer, _ = load_run(tmp_path / "fsdp")
+    assert tokenizer.vocab_size == 59 and model.tok_emb.weight.shape == (59, 8)
+
+    # resumed under FSDP on two processes: the padded shards are rebuilt from the full state
+    resumed = _train(TORCHRUN, data, tmp_path / "fsdp", "--max-iters", "2", "--resume", "--fsdp")
+    _same_records([r for r in single if r["type"] != "final"], [r for r in resumed if r["type"] != "final"])
+    lr = json.loads((tmp_path / "single" / "config.json").read_text())["train"]["lr"]
+    _same_weights(tmp_path / "single", tmp_path / "fsdp", lr)

@@ -11,8 +11,21 @@ holds more than one block's full parameters at a time, for models larger than on
 Checkpoints stay in the single-process format: the full weights and a full optimizer
 state (keyed like ``optimizer.state_dict()`` of the unsharded model) are gathered on every
 process and written by process 0, so a run can be resumed with or without ``--fsdp`` and
-with any number of processes. Evaluation runs the sharded model on every process in
-lockstep (FSDP's all-gathers are collectives).
+with any number of processes. A parameter whose first dimension does not split evenly
+(a vocabulary of 65 on 2 processes) is gathered from padded shards; :func:`_compact` gives it
+its own storage before it is written (``tests/trainer/test_fsdp.py``, 59 characters).
+Evaluation runs the sharded model on every process in lockstep (FSDP's all-gathers are
+collectives).
+
+Why not ``torch.distributed.checkpoint`` (DCP) for sharded saves: a DCP checkpoint is a
+directory of per-process shard files plus metadata, read back through DCP (or converted
+with ``dcp_to_torch_save``); ``load_run``, ``lmn generate``, ``lmn convert`` and a
+one-process ``--resume`` would all need that reader, and the checkpoint manifest (one
+``model.safetensors`` and one trainer state, hashed) would change format. Its gain is that
+no process holds the full state at once; here the full state is gathered to process 0's
+CPU memory (``cpu_offload``) one tensor at a time, which costs host memory of one model
+plus its Adam state (the paper model: ~1 MiB). DCP becomes the right choice only for a
+model whose full state does not fit one host's memory, which none of the presets is.
 """
 
 from __future__ import annotations
@@ -90,13 +103,29 @@ def _names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters()]
 
 
+def _compact(value):
+    """``value`` with every tensor owning exactly its storage. A parameter whose first
+    dimension does not split evenly over the processes (a vocabulary of 65 on 2) is sharded
+    padded (33 + 33 rows); its gathered full tensor is then a view of the first 65 rows of
+    the padded buffer, which safetensors refuses to write ("None is covering the entire
+    storage") and ``torch.save`` would write with the padding."""
+    if isinstance(value, torch.Tensor):
+        whole = value.is_contiguous() and value.storage_offset() == 0
+        if whole and value.untyped_storage().nbytes() == value.numel() * value.element_size():
+            return value
+        return value.clone(memory_format=torch.contiguous_format)
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    return value
+
+
 def full_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """The full weights and the full optimizer state in ``optimizer.state_dict()``'s own
     format (parameters by index), on process 0 (the others: ``({}, None)``). A collective:
     every process calls it."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    weights = get_model_state_dict(model, options=_options())
+    weights = _compact(get_model_state_dict(model, options=_options()))
     if not optimizer.state:  # before the first step: get_optimizer_state_dict would initialise the
         # state by a zero-gradient step, which counts as Adam's first (a run checkpoints step 0)
         return weights, optimizer.state_dict() if weights else None
@@ -104,7 +133,7 @@ def full_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
     if not osd:  # (gathered on process 0 only: the others get empty dicts)
         return weights, None
     index = {name: i for i, name in enumerate(_names(model))}
-    state = {index[name]: value for name, value in osd["state"].items()}
+    state = {index[name]: _compact(value) for name, value in osd["state"].items()}
     groups = [{**g, "params": [index[name] for name in g["params"]]} for g in osd["param_groups"]]
     return weights, {"state": state, "param_groups": groups}
 
