@@ -17,10 +17,9 @@ import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
-from .limits import MAX_LAYERS
 from .summarizers import summarizer_names
 from .tree import Tree, check_max_level, check_stride, read_rule
-from .validation import check_choice, check_int
+from .validation import MAX_LAYERS, check_choice, check_int
 
 RUNTIME_FIELDS = frozenset({"chunk_size", "dropout"})  # knobs that do not change the (inference) function
 POS_ENCODINGS = ("none", "sinusoidal")
@@ -44,7 +43,7 @@ class LMNConfig:
     Args:
         vocab_size: number of token ids; inputs must lie in ``[0, vocab_size)``.
         d_model: width of the residual stream.
-        n_layers: number of LMN blocks (at most ``lmn.limits.MAX_LAYERS``, 10,000).
+        n_layers: number of LMN blocks (at most ``lmn.validation.MAX_LAYERS``, 10,000).
         n_heads: attention heads of the single-vector attention; must divide ``d_model``.
         n_banks: memory banks per layer (one summarizer each for ``"linear"``).
         summarizer: ``"linear"`` (per-bank Linear(stride*d -> d)), ``"conv"`` (one Conv1d

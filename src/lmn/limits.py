@@ -50,11 +50,10 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .validation import check_int
+from .validation import MAX_LAYERS, check_int
 
 LAYER_FIELDS = ("n_layers", "n_layer", "num_hidden_layers")  # the config field counting a kind's blocks
 WIDTH_FIELDS = ("d_model", "n_embd", "hidden_size")  # the config field of its residual width
-MAX_LAYERS = 10_000  # a hard bound: deeper is no model anyone trains (and slow even to count)
 MAX_PARAMETERS = 10**13  # 40 TB of float32 weights: past it the lower bound is the estimate
 EXACT_LAYERS = 12  # counted as built up to this depth, extrapolated from 2 and 3 layers beyond
 ACTIVATION_FLOATS = 16  # numbers kept for backward per token, width unit and layer (a low figure)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+MAX_LAYERS = 10_000  # a hard bound on any model's depth: deeper is no model anyone trains (and slow even to count)
+
 
 def _range_text(min: int | None, max: int | None) -> str:
     if min is not None and max is not None:

@@ -128,6 +128,7 @@ ABOVE_THE_CORE: dict[str, str] = {
     "tasks": "the probe tasks, run by the trainer and `lmn probe`",
     "probes": "`lmn probe`: trains and scores registered kinds",
     "cli.py": "dispatches every command",
+    "limits.py": "sizes a registered kind's model before it is built (trainer, load_run, probe, hf)",
     "hf.py": "`lmn convert`: reads an `lmn train` run (lmn.trainer.load_run)",
     "demo.py": "the demo command, above the library",
     "results.py": "renders result tables of every registered kind and preset",
