@@ -70,9 +70,10 @@ def test_smoke_run_learns_and_writes_its_run_dir(smoke_run):
     for name in ("model.safetensors", "trainer_state.pt", "checkpoint.json"):
         assert (smoke_run / "checkpoints" / "step-00000040" / name).is_file(), name
     manifest = json.loads((smoke_run / "lmn-run.json").read_text())
-    assert manifest["program"] == "lmn" and sorted(manifest["files"]) == sorted(
-        ["lmn-run.json", "config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "final.json",
-         "best.safetensors"])  # (the last written by --keep-best only)
+    assert manifest["program"] == "lmn" and manifest["format"] == 2 and sorted(manifest["files"]) == sorted(
+        ["lmn-run.json", "lmn-run.lock", "config.json", "tokenizer.json", "metrics.jsonl", "checkpoints",
+         "final.json"])  # what it wrote (no best.safetensors: not --keep-best)
+    assert not (smoke_run / "lmn-run.lock").exists()  # released at the end
     evals = records(smoke_run, "eval")
     assert [r["step"] for r in evals] == [0, 20, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # from ~ln 65 = 4.17
@@ -400,7 +401,9 @@ def test_a_run_of_checkpoint_format_1_loads_resumes_and_forces(tmp_path, capsys)
     assert without_timing(records(run, "eval")) == without_timing(records(tmp_path / "ref", "eval"))
     a, b = weights(run), weights(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((run / "lmn-run.json").read_text())["files"][-1] == "trainer_state.pt"
+    files = json.loads((run / "lmn-run.json").read_text())["files"]  # the record begins with the resume
+    assert {"config.json", "tokenizer.json", "metrics.jsonl", "model.safetensors", "trainer_state.pt", "final.json",
+            "checkpoints", "lmn-run.lock"} <= set(files)
     (run / "notes.txt").write_text("mine")
     status, _, err = run_cli("train", "--out", run, "--force", "--max-iters", 0, "--data", cfg.data, "--preset",
                              "smoke", "--eval-iters", 1, "--no-whole-val", capsys=capsys)

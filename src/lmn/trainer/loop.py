@@ -14,11 +14,20 @@ weights), and the estimate at step s from a generator seeded by ``(seed, s)`` al
 (:mod:`lmn.trainer.evaluation`). A resumed run therefore takes bit-identical steps (on the
 same device and thread count). The torch thread count is the caller's to set (the ``lmn``
 command sets it from ``cfg.threads``).
+
+Safety: the run directory is locked for the whole session (:mod:`lmn.trainer.lock`; process
+0 holds it), taken before anything in it is read when it exists, else when it is made. A
+loss or weights that become NaN or infinite stop the run (:class:`TrainingDiverged`) before
+a checkpoint or summary of them is written: the last good checkpoint stays the newest. Every
+record written is strict JSON (a non-finite number is null, named under ``"non_finite"``).
+Under DDP/FSDP what process 0 alone does (the lock, the run directory, checkpoints) ends in
+one agreement: when it fails, every process stops.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -29,6 +38,7 @@ from typing import IO
 import torch
 from torch import nn
 
+from .. import atomic
 from ..limits import check_train
 from ..tasks import Task, make_task
 from .config import DTYPES, TrainConfig
@@ -39,15 +49,21 @@ from .models import (build_model, check_model_config, check_positions, check_req
                      enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
 from .optim import clip_gradients, make_optimizer, set_lr
 from ..records import git_commit
+from .lock import LOCK_FILE, RunLock
 from .progress import DeferredStop, Progress, machine_info
-from .rundir import (CONFIG_FILE, FINAL_FILE, LEGACY_RUN_FILES, METRICS_FILE, STATE_FILE, CheckpointError,
-                     atomic_write_text, check_resume_compatible, clean_stale, discard_checkpoints_after, last_eval,
-                     load_checkpoint, prepare_run_dir, read_metrics, read_run_manifest, remove_run_files,
-                     save_best, save_checkpoint, saved_config, write_run_manifest)
+from .rundir import (CONFIG_FILE, FINAL_FILE, METRICS_FILE, CheckpointError, atomic_write_text,
+                     check_config_unchanged, check_resume_compatible, check_resume_model, clean_stale,
+                     discard_checkpoints_after, is_empty_run_dir, last_eval, legacy_files, lmn_files, load_checkpoint,
+                     prepare_run_dir, read_metrics, read_run_manifest, record_files, remove_run_files, save_best,
+                     save_checkpoint, saved_config, write_run_manifest)
 
 
 # what a run records of where and how it ran (final.json; result tables copy it per run)
 PROVENANCE = ("git", "machine", "threads", "versions")
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite; the run stopped before saving them."""
 
 
 @dataclass
@@ -64,6 +80,8 @@ class Run:
     train_gen: torch.Generator
     preset: str | None
     progress: Progress
+    lock: RunLock | None = None  # the run directory's, held by process 0
+    saved_step: int | None = None  # the newest checkpoint on disk (of this session or the one resumed)
     autocast: object = None
     train_model: nn.Module | None = None  # the DDP wrapper, or the model itself
     metrics: IO | None = None  # metrics.jsonl, open on the main process only
@@ -87,8 +105,39 @@ class Run:
 
     def log(self, record: dict) -> None:
         if self.metrics is not None:
-            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.write(json_line(record))
             self.metrics.flush()
+
+
+def strict_json(doc: dict) -> dict:
+    """``doc`` with every non-finite float of its top level as null, and their values named
+    under ``"non_finite"`` (``{"loss": "nan"}``): strict JSON that keeps what happened."""
+    bad = {k: repr(v) for k, v in doc.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return doc
+    return {**{k: None if k in bad else v for k, v in doc.items()}, "non_finite": bad}
+
+
+def json_line(record: dict) -> str:
+    """One metrics.jsonl line: strict JSON (:func:`strict_json`), newline-terminated."""
+    return json.dumps(strict_json(record), allow_nan=False) + "\n"
+
+
+def _on_main(dist: Dist, fn) -> None:
+    """Run ``fn`` on process 0 only, then agree: every process raises when it failed (its
+    own error on process 0; a CheckpointError pointing to it elsewhere). One process: just
+    ``fn``. Replaces a barrier."""
+    err = None
+    if dist.is_main:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 -- re-raised below, after the others know
+            err = e
+    failed = dist.mean(0.0 if err is None else 1.0) > 0 if dist.enabled else err is not None
+    if err is not None:
+        raise err
+    if failed:
+        raise CheckpointError("process 0 stopped with an error (its message says why); this process stops too")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset: str | None = None,
@@ -109,10 +158,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     dist.share(cfg.batch_size)  # divisible by the number of processes
     check_fsdp(cfg, dist.world_size)
     check_requirements(cfg.model)
+    lock = RunLock(cfg.out_dir)
+    try:
+        _on_main(dist, lambda: _lock_existing(lock))  # before the directory is read: one trainer at a time
+        return _train(cfg, dist, device, lock, resume=resume, force=force, preset=preset, stream=stream)
+    finally:
+        lock.release()
+
+
+def _lock_existing(lock: RunLock) -> None:
+    """Take the lock of an existing run directory that may be used (an lmn run, or empty);
+    a directory that is neither is refused by :func:`prepare_run_dir` without a lock file
+    appearing in it, a new one is locked when it is made (:func:`_write_run_dir`)."""
+    run_dir = lock.run_dir
+    if run_dir.is_dir() and (lmn_files(run_dir) is not None or is_empty_run_dir(run_dir)):
+        lock.acquire()
+
+
+def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool, force: bool, preset, stream) -> dict:
     run_dir, from_checkpoint = prepare_run_dir(cfg, resume=resume, force=force)
+    saved = saved_config(run_dir) if resume and (run_dir / CONFIG_FILE).is_file() else None
+    if saved is not None:  # what the run is, before the options are read as another kind's
+        check_resume_model(run_dir, cfg.model, saved)
+        if from_checkpoint:
+            check_config_unchanged(run_dir, saved)  # a hand-edited config.json is not used silently
     check_model_config(cfg.model, cfg.model_config, cfg.model_size)  # bad options fail before any I/O
     task = make_task(cfg)
-    saved = saved_config(run_dir) if resume and (run_dir / CONFIG_FILE).is_file() else None
     if saved is not None:  # the data first: a changed corpus also changes the vocabulary
         try:
             task.check_resume(run_dir, saved.get(task.record_key, {}))
@@ -126,6 +197,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
         check_resume_compatible(cfg, saved, task)
         preset = preset or saved.get("preset")
     run = _build(cfg, task, run_dir, dist, device, preset, stream)
+    run.lock = lock
     if not from_checkpoint:
         if resume:
             run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
@@ -158,17 +230,18 @@ def _build(cfg: TrainConfig, task: Task, run_dir: Path, dist: Dist, device, pres
 def _restore(run: Run) -> None:
     """Weights, optimizer, RNG states and clocks from the run directory's checkpoint."""
     cfg = run.cfg
-    state = load_checkpoint(run.run_dir, run.model, cfg.model, cfg.model_config, require_state=True)
-    try:
+
+    def restore(state: dict) -> None:  # a state that does not fit passes the checkpoint over for the one before
         run.optimizer.load_state_dict(state["optimizer"])
         run.train_gen.set_state(state["rng"]["train"])
         torch.set_rng_state(state["rng"]["torch"])
         run.step = run.start_step = int(state["step"])
-        run.from_checkpoint = True
         run.elapsed_before, run.train_time_before = float(state["elapsed_s"]), float(state["train_time_s"])
         run.best = state.get("best")
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{run.run_dir / STATE_FILE} is inconsistent with this run ({err})") from None
+
+    load_checkpoint(run.run_dir, run.model, cfg.model, cfg.model_config, require_state=True, restore=restore)
+    run.from_checkpoint = True
+    run.saved_step = run.step
     if run.step > cfg.max_iters:
         raise ValueError(f"{run.run_dir} is already at step {run.step}; --max-iters {cfg.max_iters} cannot go "
                          f"back (give --max-iters {run.step} or more)")
@@ -177,35 +250,43 @@ def _restore(run: Run) -> None:
 
 def _write_run_dir(run: Run) -> None:
     """The run manifest first, then config.json, the task's files and metrics.jsonl
-    (nothing was written before this point). A run that does not continue from a
-    checkpoint starts over: what lmn wrote in the directory before (by its manifest) is
-    removed first, nothing else."""
+    (nothing was written before this point), each name recorded in the manifest before it
+    is written. A run that does not continue from a checkpoint starts over: what lmn wrote
+    in the directory before (by its manifest) is removed first, nothing else. A directory
+    made here is locked as it appears."""
     cfg, run_dir, dist = run.cfg, run.run_dir, run.dist
     n_params = num_parameters(run.model)
     resume = run.from_checkpoint
-    if dist.is_main:
+
+    def write() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if run.lock is not None and not run.lock.held:  # the directory did not exist when the run started
+            run.lock.acquire()
+            if not is_empty_run_dir(run_dir):
+                raise ValueError(f"run directory {run_dir} was written by another lmn train while this one started; "
+                                 "choose another --out, or pass --resume or --force")
+        clean_stale(run_dir)
         if resume:
-            clean_stale(run_dir)
             discard_checkpoints_after(run_dir, run.step)  # damaged ones, passed over
-            if read_run_manifest(run_dir) is None:  # a run of checkpoint format 1
-                write_run_manifest(run_dir, LEGACY_RUN_FILES)
+            if read_run_manifest(run_dir) is None:  # a run of checkpoint format 1: its record begins now
+                write_run_manifest(run_dir, legacy_files(run_dir))
+            record_files(run_dir, LOCK_FILE, CONFIG_FILE, METRICS_FILE)
         else:
-            clean_stale(run_dir)
-            if any(run_dir.iterdir()):
+            if lmn_files(run_dir) is not None:
                 remove_run_files(run_dir)
-            write_run_manifest(run_dir)
+            write_run_manifest(run_dir, [CONFIG_FILE, METRICS_FILE])
         doc = {"preset": run.preset, "train": cfg.to_dict(), run.task.record_key: run.task.record(),
                "params": n_params, "versions": versions(cfg.model)}
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(run_dir / CONFIG_FILE, atomic.dumps_json(doc, indent=2, where=run_dir / CONFIG_FILE))
         if not resume:
             before = set(os.listdir(run_dir))
             run.task.save(run_dir)
-            write_run_manifest(run_dir, sorted(set(os.listdir(run_dir)) - before))
+            record_files(run_dir, *sorted(set(os.listdir(run_dir)) - before))
         # Forget records past the checkpoint: they are about to be recomputed.
         kept = [r for r in read_metrics(run_dir) if r["type"] != "final" and r["step"] <= run.step] if resume else []
-        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-    dist.barrier()
+        atomic_write_text(run_dir / METRICS_FILE, "".join(map(json_line, kept)))
+
+    _on_main(dist, write)
 
 
 def _wrap(run: Run) -> None:
@@ -298,12 +379,16 @@ def _train_step(run: Run) -> None:
     run.optimizer.step()
     run.step += 1
     loss_value = loss.item()  # waits for the step to finish, so timing is honest on GPU
+    if not run.dist.enabled and not math.isfinite(loss_value):  # (under DDP: the mean below, the same on all)
+        raise _diverged(run, f"the loss is {loss_value}")
     dt = time.perf_counter() - t0
     run.train_time += dt
     run.window_t += dt
     run.window_steps += 1
     if run.step % cfg.log_interval == 0 or run.step == cfg.max_iters:
         loss_value = run.dist.mean(loss_value)
+        if not math.isfinite(loss_value):
+            raise _diverged(run, f"the loss is {loss_value}")
         tok_s = run.window_steps * cfg.batch_size * run.task.seq_len / run.window_t
         per_step = (time.perf_counter() - run.t_start) / (run.step - run.start_step)  # includes evaluation
         extra = {} if cfg.lr_schedule == "constant" else {"lr": lr}
@@ -316,11 +401,16 @@ def _train_step(run: Run) -> None:
 
 
 def _checkpoint(run: Run) -> None:
+    """Save a checkpoint of this step (process 0; the others wait for it), unless the
+    weights are not finite: then the run stops and the previous checkpoint stays."""
     model, optimizer_state = run.model, None
     if is_sharded(run.model):  # gathered by every process, in the single-process format
         weights, optimizer_state = full_checkpoint(run.model, run.optimizer)
         model = plain_model(lambda: build_model(run.cfg.model, run.cfg.model_config), weights)
-    if run.dist.is_main:
+
+    def save() -> None:
+        if not _finite(model):
+            raise _diverged(run, "the weights are not finite")
         save_checkpoint(run.run_dir, model, run.cfg.model, run.cfg.model_config, {
             "step": run.step,
             "optimizer": optimizer_state if optimizer_state is not None else run.optimizer.state_dict(),
@@ -328,8 +418,25 @@ def _checkpoint(run: Run) -> None:
             "elapsed_s": run.elapsed(),
             "train_time_s": run.train_time_before + run.train_time,
             "best": run.best,
-        })
-    run.dist.barrier()
+        }, train_config=run.cfg.to_dict())
+
+    _on_main(run.dist, save)
+    run.saved_step = run.step
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every floating-point weight of ``model`` is finite (one synchronisation)."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _diverged(run: Run, what: str) -> TrainingDiverged:
+    if run.saved_step is None:
+        kept = "no checkpoint was written"
+    else:
+        kept = f"{run.run_dir} keeps its checkpoint of step {run.saved_step} (--resume continues from it)"
+    return TrainingDiverged(f"training diverged: {what} at step {run.step}; try a lower --lr than {run.cfg.lr:g} "
+                            f"(start over with --force, or a new --out); {kept}")
 
 
 # ----------------------------------------------------------------------------- finish
@@ -367,6 +474,8 @@ def _finish(run: Run) -> dict:
     )
     if run.metrics is not None:
         run.metrics.close()
-        atomic_write_text(run.run_dir / FINAL_FILE, json.dumps(summary, indent=2) + "\n")
+        record_files(run.run_dir, FINAL_FILE)
+        atomic_write_text(run.run_dir / FINAL_FILE, atomic.dumps_json(strict_json(summary), indent=2,
+                                                                      where=run.run_dir / FINAL_FILE))
     run.dist.barrier()
     return summary

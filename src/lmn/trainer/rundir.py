@@ -3,8 +3,10 @@ run back.
 
 One run = one directory::
 
-    lmn-run.json       the run manifest: that this is an lmn run, and every name lmn writes
-                       here (``--force`` removes these and nothing else); written first
+    lmn-run.json       the run manifest: that this is an lmn run, and every name lmn wrote
+                       here, each recorded before it is first written (``--force``
+                       removes these and nothing else); written first
+    lmn-run.lock       while a trainer runs: who holds the run (:mod:`lmn.trainer.lock`)
     config.json        the fully resolved TrainConfig (+ the task's record, e.g. the corpus,
                        parameter count, versions)
     tokenizer.json     the character vocabulary of the corpus (text task)
@@ -15,16 +17,30 @@ One run = one directory::
         model.safetensors   weights (metadata: model kind, model config, step)
         trainer_state.pt    step, optimizer state, RNG states; read with
                             torch.load(weights_only=True), so no pickle code runs
-        checkpoint.json     step and the sha256 of both files, written last
+        checkpoint.json     step, the sha256 of both files and the run's TrainConfig,
+                            written last
       step-00000039/   the previous one, kept as a fallback
     final.json         the summary Table 1 is made from (at the end)
+    best.safetensors   --keep-best only: the weights of the best validation estimate
 
 A checkpoint is written into ``checkpoints/.tmp-step-N-PID/`` (files, then their checksums,
 each fsynced), then made current by one ``rename`` to ``checkpoints/step-N``: a kill at any
-moment leaves either the old set of checkpoints or the new one, never a mixed one. Readers
-take the newest checkpoint whose files match its checksums, and fall back to the one
-before if it is damaged. The trainer removes stale temporaries (of a killed save) when it
-starts, and keeps the newest two checkpoints.
+moment leaves either the old set of checkpoints or the new one, never a mixed one. A write
+that fails (a full disk) is one :class:`CheckpointError` naming the file, and leaves the
+previous checkpoints as they were. Readers take the newest checkpoint that loads -- its
+files match their checksums and load into the model (and, resuming, into the trainer) --
+and fall back to the one before if it does not. The trainer removes stale temporaries (of
+a killed save) when it starts, and keeps the newest two checkpoints.
+
+``--force`` removes what the manifest records and, in ``checkpoints/``, lmn's own step
+directories (their files only: a step directory holding anything else is refused); other
+files there, and ``checkpoints/`` itself when it is not empty then, stay. Manifests of
+format 1 listed the names lmn *may* write; of those, ``final.json`` and
+``best.safetensors`` are removed only when their contents are lmn's.
+
+Resuming compares config.json with the TrainConfig the checkpoint recorded
+(:func:`check_config_unchanged`); checkpoints written before that record existed resume
+without the check.
 
 Run directories written before this layout (checkpoint format 1: ``model.safetensors`` and
 ``trainer_state.pt`` beside config.json, no manifest) still load and resume; their
@@ -33,12 +49,13 @@ checkpoint counts as one more candidate.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -49,6 +66,7 @@ from ..data import CharTokenizer
 from ..data.corpus import sha256_file
 from ..limits import check_run_model
 from .config import RESUMABLE_FIELDS, TrainConfig
+from .lock import LOCK_FILE
 from .models import build_model, normalize_model_config
 
 RUN_MANIFEST = "lmn-run.json"
@@ -61,12 +79,17 @@ STATE_FILE = "trainer_state.pt"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 FINAL_FILE = "final.json"
 BEST_FILE = "best.safetensors"  # --keep-best: the weights of the best validation estimate
-# What lmn writes in a run directory (the task adds its own files, e.g. tokenizer.json).
-RUN_FILES = (RUN_MANIFEST, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE, BEST_FILE)
+# What lmn may write in a run directory (the task adds its own files, e.g. tokenizer.json);
+# the manifest records which of them it did write.
+RUN_FILES = (RUN_MANIFEST, LOCK_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE, BEST_FILE)
 # What a run directory of checkpoint format 1 held (no manifest).
 LEGACY_RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
+# Names an older record (a format-1 manifest, a run without one) lists without saying they
+# were written: removed by --force only when their contents are lmn's.
+_UNCERTAIN_FILES = (FINAL_FILE, BEST_FILE, MODEL_FILE)
+CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, CHECKPOINT_MANIFEST)  # what a step directory holds
 CHECKPOINT_FORMAT = 2
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 1: "files" listed every name lmn might write; 2: the names it wrote
 PROGRAM = "lmn"  # the manifest's mark of a directory this package wrote (not a model kind)
 KEEP_CHECKPOINTS = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -126,13 +149,31 @@ def read_run_manifest(run_dir: Path) -> dict | None:
     return doc
 
 
-def write_run_manifest(run_dir: Path, extra_files=()) -> None:
+def _write_manifest(run_dir: Path, names: list[str], fmt: int = RUN_FORMAT) -> None:
     from .. import __version__
 
-    names = list(dict.fromkeys([*RUN_FILES, *extra_files]))
-    doc = {"program": PROGRAM, "format": RUN_FORMAT, "lmn": __version__, "files": names,
+    doc = {"program": PROGRAM, "format": fmt, "lmn": __version__, "files": names,
            "note": "written by lmn train; lmn train --force removes the files listed here and nothing else"}
-    atomic_write_text(run_dir / RUN_MANIFEST, json.dumps(doc, indent=2) + "\n")
+    atomic.write_text(run_dir / RUN_MANIFEST, atomic.dumps_json(doc, indent=2, where=run_dir / RUN_MANIFEST))
+
+
+def write_run_manifest(run_dir: Path, files=()) -> None:
+    """A new run manifest recording ``files`` (with itself and the lock file) as lmn's: the
+    names about to be written."""
+    _write_manifest(Path(run_dir), list(dict.fromkeys([RUN_MANIFEST, LOCK_FILE, *files])))
+
+
+def record_files(run_dir: Path, *names: str) -> None:
+    """Add ``names`` to the run manifest before they are first written (rewritten
+    atomically, only when a name is new to it). A directory without a manifest (a caller of
+    :func:`save_checkpoint` outside a run) records nothing."""
+    manifest = read_run_manifest(run_dir)
+    if manifest is None:
+        return
+    missing = [n for n in dict.fromkeys(names) if n not in manifest["files"]]
+    if missing:
+        fmt = manifest.get("format") if manifest.get("format") in (1, RUN_FORMAT) else RUN_FORMAT
+        _write_manifest(Path(run_dir), [*manifest["files"], *missing], fmt)
 
 
 def _is_legacy_run(run_dir: Path) -> bool:
@@ -153,6 +194,34 @@ def lmn_files(run_dir: Path) -> list[str] | None:
     if _is_legacy_run(run_dir):
         return list(LEGACY_RUN_FILES)
     return None
+
+
+def legacy_files(run_dir: Path) -> list[str]:
+    """The files of a run without a manifest that are lmn's: what its trainer always wrote,
+    and the names it may have written where their contents are lmn's (the record a resumed
+    format-1 run gets)."""
+    return [n for n in LEGACY_RUN_FILES
+            if (run_dir / n).is_file() and (n not in _UNCERTAIN_FILES or _contents_are_lmns(run_dir / n))]
+
+
+def _contents_are_lmns(path: Path) -> bool:
+    """Whether ``path`` holds what lmn writes under its name (a summary, lmn weights)."""
+    if path.name == FINAL_FILE:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(doc, dict) and {"model", "step", "params"} <= set(doc)
+    try:
+        _metadata(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def is_empty_run_dir(run_dir: Path) -> bool:
+    """Nothing in ``run_dir`` but what a writer killed at once left (temporaries, a lock file)."""
+    return all(e.name == LOCK_FILE or _is_stale_file(e) for e in run_dir.iterdir())
 
 
 def clean_stale(run_dir: Path) -> None:
@@ -182,16 +251,58 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove_run_files(run_dir: Path) -> None:
-    """Delete what lmn's own record says it wrote in ``run_dir`` (and its temporaries);
-    the manifest goes last, so an interrupted removal can be repeated."""
+def removal_plan(run_dir: Path) -> list[Path]:
+    """What ``--force`` deletes in ``run_dir``, in order (a directory: removed once empty),
+    without touching anything. Files: the names the manifest records as written (of an
+    older record, the uncertain ones only when their contents are lmn's), never the lock
+    or a directory. In ``checkpoints/`` (when lmn made it): each ``step-N`` directory's
+    files, then the directory, then ``checkpoints/`` if nothing else is left in it.
+
+    Raises:
+        CheckpointError: not an lmn run, or a step directory holds files lmn did not write.
+    """
+    manifest = read_run_manifest(run_dir)
     names = lmn_files(run_dir)
     if names is None:
         raise CheckpointError(f"{run_dir} is not an lmn run directory (no {RUN_MANIFEST}); not deleting anything in it")
-    clean_stale(run_dir)
+    certain = manifest is not None and manifest.get("format") == RUN_FORMAT
+    plan = []
     for name in names:
-        if name != RUN_MANIFEST:
-            _remove(run_dir / name)
+        path = run_dir / name
+        if name in (RUN_MANIFEST, LOCK_FILE, CHECKPOINTS_DIR) or not path.is_file() and not path.is_symlink():
+            continue  # the manifest is rewritten, the lock is this trainer's, directories are not lmn's files
+        if certain or name not in _UNCERTAIN_FILES or _contents_are_lmns(path):
+            plan.append(path)
+    root = run_dir / CHECKPOINTS_DIR
+    if CHECKPOINTS_DIR in names and root.is_dir() and not root.is_symlink():
+        foreign = []
+        for entry in sorted(root.iterdir()):
+            if not (_STEP_DIR.match(entry.name) and entry.is_dir() and not entry.is_symlink()):
+                continue  # not lmn's: stays
+            inside = sorted(e.name for e in entry.iterdir())
+            foreign += [f"{entry.name}/{n}" for n in inside if n not in CHECKPOINT_FILES]
+            plan += [entry / n for n in inside if n in CHECKPOINT_FILES] + [entry]
+        if foreign:
+            raise CheckpointError(f"refusing --force: {root} holds files lmn did not write inside its checkpoints "
+                                  f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them out first")
+        plan.append(root)
+    return plan
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete what lmn's own record says it wrote in ``run_dir`` (:func:`removal_plan`) and
+    its temporaries; the manifest stays (the caller writes the new one), so an interrupted
+    removal can be repeated."""
+    plan = removal_plan(run_dir)
+    clean_stale(run_dir)
+    for path in plan:
+        if path.is_dir() and not path.is_symlink():
+            try:
+                path.rmdir()
+            except OSError:  # something not lmn's is left in it
+                pass
+        else:
+            path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -241,36 +352,119 @@ def weights_metadata(kind: str, model_config: dict, step: int) -> dict:
             "model_config": json.dumps(model_config, sort_keys=True), "step": str(step)}
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: dict, trainer_state: dict) -> Path:
+def save_checkpoint(run_dir: Path, model: nn.Module, kind: str, model_config: dict, trainer_state: dict, *,
+                    train_config: dict | None = None) -> Path:
     """Write checkpoint ``trainer_state["step"]`` as one unit (see the module docstring);
-    then drop all but the newest :data:`KEEP_CHECKPOINTS`. Returns its directory."""
-    from safetensors.torch import save_model
+    then drop all but the newest :data:`KEEP_CHECKPOINTS`. Returns its directory.
 
+    Args:
+        train_config: the run's ``TrainConfig.to_dict()``, recorded in checkpoint.json (a
+            resume compares config.json with it, :func:`check_config_unchanged`).
+    Raises:
+        CheckpointError: a file could not be written (a full disk: checked against the
+            checkpoint's size first, then whatever the write hits), naming it; the previous
+            checkpoints are left as they were.
+    """
     step = int(trainer_state["step"])
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    root.mkdir(exist_ok=True)
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        record_files(run_dir, CHECKPOINTS_DIR)
+        root.mkdir(exist_ok=True)
     final = _step_dir(run_dir, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     _remove(tmp)
-    tmp.mkdir()
     try:
-        save_model(model, str(tmp / MODEL_FILE), metadata=weights_metadata(kind, model_config, step))
-        torch.save({**trainer_state, "format": CHECKPOINT_FORMAT}, tmp / STATE_FILE)
+        tmp.mkdir()
+        state = {**trainer_state, "format": CHECKPOINT_FORMAT}
+        atomic.check_space(final / MODEL_FILE, _nbytes(model.state_dict()) + _nbytes(state))
+        _save_weights(model, tmp / MODEL_FILE, weights_metadata(kind, model_config, step))
+        _save_state(state, tmp / STATE_FILE)
         manifest = {"format": CHECKPOINT_FORMAT, "step": step, "model": kind,
                     "files": {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
-        (tmp / CHECKPOINT_MANIFEST).write_text(atomic.dumps_json(manifest, indent=2, where=final), encoding="utf-8")
-        for name in (MODEL_FILE, STATE_FILE, CHECKPOINT_MANIFEST):
+        if train_config is not None:
+            manifest["train"] = train_config
+        text = atomic.dumps_json(manifest, indent=2, where=final / CHECKPOINT_MANIFEST)
+        (tmp / CHECKPOINT_MANIFEST).write_text(text, encoding="utf-8")
+        for name in CHECKPOINT_FILES:
             atomic.fsync_path(tmp / name)
         atomic.fsync_dir(tmp)
         if final.exists():  # a damaged checkpoint of this step, passed over when resuming
             _discard(final)
         atomic.rename(tmp, final)  # the commit (then the checkpoints directory is fsynced)
+    except OSError as err:
+        _remove(tmp)
+        raise CheckpointError(_write_failure(err, step, tmp, final, run_dir)) from None
     except BaseException:
         _remove(tmp)
         raise
     for old in reversed([c for c in list_checkpoints(run_dir) if c.format == 2][KEEP_CHECKPOINTS:]):
         _discard(old.path)
     return final
+
+
+def _nbytes(value) -> int:
+    """Bytes of the tensors in ``value`` (nested dicts, lists): what writing it needs at least."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _as_os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` a writer hit: itself, the one torch's writer wraps (its
+    ``inline_container.cc`` message), or the one safetensors reports (``os error 28``)."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"os error (\d+)|code: (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code))
+
+
+def _save_weights(model: nn.Module, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_model
+
+    try:
+        save_model(model, str(path), metadata=metadata)
+    except Exception as err:  # safetensors reports I/O failures as its own error type
+        os_err = _as_os_error(err)
+        if os_err is None or os_err is err:
+            raise
+        raise OSError(os_err.errno, os_err.strerror, str(path)) from None
+
+
+def _save_state(state: dict, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write is the ``OSError`` it is
+    (given a path, torch writes itself and says only ``PytorchStreamWriter failed``)."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(state, f)
+            f.flush()
+        except RuntimeError as err:
+            os_err = _as_os_error(err)
+            if os_err is None:
+                raise
+            raise OSError(os_err.errno, os_err.strerror, str(path)) from None
+
+
+def _write_failure(err: OSError, step: int, tmp: Path, final: Path, run_dir: Path) -> str:
+    """One line for a checkpoint that could not be written: what, where (the checkpoint's
+    path, not its temporary), and that the earlier ones are intact."""
+    name = os.fsdecode(err.filename) if err.filename is not None else str(final)
+    if name.startswith(str(tmp)):
+        name = str(final) + name[len(str(tmp)):]
+    reason = err.strerror or str(err)
+    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return (f"cannot write the checkpoint of step {step}: {reason}: {name}; the checkpoints before it are intact "
+            f"({fix}, then continue with lmn train --out {run_dir} --resume)")
 
 
 def save_best(run_dir: Path, weights: dict, kind: str, model_config: dict, step: int, val_loss: float) -> Path:
@@ -280,6 +474,7 @@ def save_best(run_dir: Path, weights: dict, kind: str, model_config: dict, step:
 
     metadata = {**weights_metadata(kind, model_config, step), "val_loss": repr(float(val_loss))}
     path = Path(run_dir) / BEST_FILE
+    record_files(Path(run_dir), BEST_FILE)
     with atomic.atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
     return path
@@ -360,27 +555,36 @@ def read_checkpoint_metadata(run_dir: str | os.PathLike) -> dict:
     return _metadata(newest_checkpoint(run_dir, need_state=False).path / MODEL_FILE)
 
 
+def _candidates(run_dir: Path) -> list[Checkpoint]:
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (it stopped before its first one); continue it with "
+                              f"lmn train --out {run_dir} --resume")
+    return candidates
+
+
+def _passed_over(problems: list[str], ckpt: Checkpoint) -> None:
+    for problem in problems:
+        warnings.warn(f"passing over a damaged checkpoint: {problem}; using {ckpt.name} (step {ckpt.step})",
+                      CheckpointWarning, stacklevel=4)
+
+
 def newest_checkpoint(run_dir: str | os.PathLike, *, need_state: bool) -> Checkpoint:
-    """The newest intact checkpoint (warning about each damaged one passed over).
+    """The newest checkpoint whose files are intact (warning about each damaged one passed
+    over); whether it also loads is :func:`load_checkpoint`'s to find out.
 
     Raises:
         CheckpointError: the run has none, or every one is damaged.
     """
     run_dir = Path(run_dir)
-    candidates = list_checkpoints(run_dir)
-    if not candidates:
-        raise CheckpointError(f"{run_dir} has no checkpoint yet (it stopped before its first one); continue it with "
-                              f"lmn train --out {run_dir} --resume")
     problems = []
-    for ckpt in candidates:
+    for ckpt in _candidates(run_dir):
         try:
             _verify(ckpt, need_state)
         except DamagedCheckpoint as err:
             problems.append(str(err))
             continue
-        for problem in problems:
-            warnings.warn(f"passing over a damaged checkpoint: {problem}; using {ckpt.name} (step {ckpt.step})",
-                          CheckpointWarning, stacklevel=3)
+        _passed_over(problems, ckpt)
         return ckpt
     raise DamagedCheckpoint(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
 
@@ -391,22 +595,44 @@ def load_trainer_state(run_dir: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(
-    run_dir: str | os.PathLike, model: nn.Module, kind: str, model_config: dict, *, require_state: bool
+    run_dir: str | os.PathLike, model: nn.Module, kind: str, model_config: dict, *, require_state: bool,
+    restore=None,
 ) -> dict | None:
-    """Load the newest intact checkpoint's weights into ``model`` after checking it was made
-    by this model kind and config.
+    """Load the newest checkpoint that loads into ``model`` after checking it was made by
+    this model kind and config. A checkpoint whose files do not match their checksums, or
+    match them but do not load (weights of other shapes, a trainer state torch refuses or
+    ``restore`` cannot use), is passed over with a :class:`CheckpointWarning` for the one
+    before.
 
     Args:
         require_state: the checkpoint must also have an intact trainer state (resuming);
             otherwise only the weights are needed (a damaged state does not block them).
+        restore: called with the trainer state once the weights are in; a ``KeyError``,
+            ``ValueError``, ``TypeError``, ``IndexError`` or ``RuntimeError`` it raises
+            means the state does not fit (the next checkpoint is tried).
     Returns:
         the trainer state (with ``"step"``), or None when not ``require_state``.
     Raises:
-        CheckpointError: none intact, or another configuration.
+        CheckpointError: none loads, or the checkpoint is of another configuration.
     """
+    run_dir = Path(run_dir)
+    problems = []
+    for ckpt in _candidates(run_dir):
+        try:
+            state = _load_one(run_dir, ckpt, model, kind, model_config, require_state, restore)
+        except DamagedCheckpoint as err:
+            problems.append(str(err))
+            continue
+        _passed_over(problems, ckpt)
+        return state
+    raise DamagedCheckpoint(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
+
+
+def _load_one(run_dir: Path, ckpt: Checkpoint, model: nn.Module, kind: str, model_config: dict,
+              require_state: bool, restore) -> dict | None:
     from safetensors.torch import load_model
 
-    ckpt = newest_checkpoint(run_dir, need_state=require_state)
+    _verify(ckpt, require_state)
     meta = _metadata(ckpt.path / MODEL_FILE)
     where = f"checkpoint {ckpt.name} of {run_dir}"
     if meta["model"] != kind:
@@ -421,9 +647,78 @@ def load_checkpoint(
     state = _torch_load(ckpt.path / STATE_FILE) if require_state else None
     try:
         load_model(model, str(ckpt.path / MODEL_FILE), strict=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot load weights from {ckpt.path / MODEL_FILE}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # e.g. tensors of other shapes than the config's: not this model's weights
+        raise DamagedCheckpoint(f"{ckpt.path / MODEL_FILE} does not load into the model "
+                                f"({_first_line(err)})") from None
+    if restore is not None:
+        try:
+            restore(state)
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise DamagedCheckpoint(f"{ckpt.path / STATE_FILE} does not fit this run "
+                                    f"({type(err).__name__}: {_first_line(err)})") from None
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def checkpoint_train_config(ckpt: Checkpoint) -> dict | None:
+    """The TrainConfig (``to_dict()`` form) a checkpoint recorded, or None: written before
+    checkpoints recorded it, or of format 1."""
+    if ckpt.format != 2:
+        return None
+    try:
+        recorded = json.loads((ckpt.path / CHECKPOINT_MANIFEST).read_text(encoding="utf-8")).get("train")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _with_defaults(train: dict) -> dict:
+    base = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(TrainConfig)}
+    return {**base, **train}
+
+
+def _show(value) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+
+
+def check_config_unchanged(run_dir: str | os.PathLike, saved: dict) -> None:
+    """Resuming: config.json's ``"train"`` (``saved``, the parsed file) must be what the
+    newest intact checkpoint recorded, but for :data:`RESUMABLE_FIELDS` (a flag given on
+    resume rewrites them). A checkpoint without the record (written before lmn kept it)
+    is not checked.
+
+    Raises:
+        CheckpointError: naming each field that differs, ``train.lr 0.001 -> 0.5``.
+    """
+    run_dir = Path(run_dir)
+    with warnings.catch_warnings():  # said once, when the checkpoint is loaded
+        warnings.simplefilter("ignore", CheckpointWarning)
+        ckpt = newest_checkpoint(run_dir, need_state=True)
+    recorded = checkpoint_train_config(ckpt)
+    if recorded is None or not isinstance(saved.get("train"), dict):
+        return
+    old, now = _with_defaults(recorded), _with_defaults(saved["train"])
+    diffs = []
+    for key in old:
+        if key in RESUMABLE_FIELDS or old[key] == now.get(key):
+            continue
+        if key == "model_config" and isinstance(now.get(key), dict) and old["model"] == now.get("model"):
+            try:
+                a, b = (normalize_model_config(old["model"], c) for c in (old[key], now[key]))
+            except (TypeError, ValueError):
+                a, b = old[key], now[key]
+            diffs += [f"train.model_config.{k} {_show(a.get(k, '<unset>'))} -> {_show(b.get(k, '<unset>'))}"
+                      for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+        else:
+            diffs.append(f"train.{key} {_show(old[key])} -> {_show(now.get(key, '<unset>'))}")
+    diffs += [f"train.{key} (unknown) {_show(now[key])}" for key in now if key not in old]
+    if diffs:
+        raise CheckpointError(f"cannot resume {run_dir}: {CONFIG_FILE} was changed since checkpoint step {ckpt.step} "
+                              f"({'; '.join(diffs)}); restore it or start a new run")
 
 
 def _dict_diff(saved: dict, wanted: dict) -> str:
@@ -471,7 +766,7 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool) -> tuple[Pat
         raise ValueError("--resume and --force exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} exists and is not a directory; choose another --out")
-    if not run_dir.is_dir() or all(_is_stale_file(e) for e in run_dir.iterdir()):
+    if not run_dir.is_dir() or is_empty_run_dir(run_dir):
         return run_dir, False  # new, empty, or holding only what a writer killed at once left
     names = lmn_files(run_dir)
     if names is None:
@@ -479,6 +774,7 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool) -> tuple[Pat
         raise ValueError(f"{what}: {run_dir} is not empty and is not an lmn run directory (no {RUN_MANIFEST}); "
                          "choose another --out")
     if force:
+        removal_plan(run_dir)  # refuses now what it would refuse later, before anything is written
         return run_dir, False
     started = has_checkpoint(run_dir)
     if resume:
@@ -491,6 +787,14 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool, force: bool) -> tuple[Pat
         return run_dir, False
     raise ValueError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
                      "--force to start over in it (deletes lmn's files there), or choose another --out")
+
+
+def check_resume_model(run_dir: Path, model: str, saved: dict) -> None:
+    """Resuming with ``--model`` must name the run's own kind (its config fits no other)."""
+    kind = saved.get("train", {}).get("model", "lmn")
+    if model != kind:
+        raise CheckpointError(f"{run_dir} was trained with --model {kind}; resume with --model {kind} "
+                              "(or omit --model)")
 
 
 def check_resume_compatible(cfg: TrainConfig, saved: dict, task) -> None:
