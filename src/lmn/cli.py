@@ -183,9 +183,17 @@ def _cmd_generate(args) -> int:
     model, tokenizer, doc = load_run(args.checkpoint, device=args.device)
     kind = get_kind(doc["train"]["model"])
     if kind.stream is None:
-        raise UsageError(f"{args.checkpoint} is a {kind.name!r} run; generate streams from LMN runs only")
+        from .kinds import kind_names
+
+        streams = ", ".join(n for n in kind_names("train") if get_kind(n).stream is not None)
+        raise UsageError(f"{args.checkpoint} is a {kind.name!r} run, which has no streaming decoder; generate "
+                         f"streams from runs of {streams}")
     if args.native:  # build the C kernel now: a failing compiler is an error before any output
+        from .model import LMN
         from .native import NativeStepper
+
+        if not isinstance(model, LMN):
+            raise UsageError(f"--native runs an LMN's C step; {args.checkpoint} is a {kind.name!r} run; drop --native")
 
         try:
             NativeStepper(model, batch_size=1)
@@ -221,6 +229,10 @@ def _cap_levels(model, doc: dict, args):
     the run's training windows never had."""
     from .tree import Tree
 
+    if not hasattr(model, "with_max_level"):  # no tree: a peer with its own streaming decoder
+        if args.max_level is not None:
+            raise UsageError(f"--max-level caps an LMN's tree; {args.checkpoint} is a {doc['train']['model']!r} run")
+        return model
     tree = Tree.of(model.config)
     block = doc["train"].get("block_size")
     trained = tree.n_levels_in(block) if block else None
