@@ -69,10 +69,11 @@ def _add_train_parser(sub) -> None:
         "The resolved config is written to RUN/config.json.",
     )
     p.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (default paper-lmn)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                   "(refused when its config.json was edited since)")
     p.add_argument("--force", action="store_true", help="start over in an existing run directory --out: deletes "
-                   "the files its run manifest (lmn-run.json) lists, nothing else; refuses a directory that is not "
-                   "an lmn run")
+                   "the files its run manifest (lmn-run.json) records lmn wrote, nothing else; refuses a directory "
+                   "that is not an lmn run. Neither runs while another lmn train holds --out (RUN/lmn-run.lock)")
     p.add_argument(
         "--model-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
         help="override a field of the model's config, e.g. --model-opt d_model=64 (repeatable)",

@@ -189,3 +189,28 @@ def test_a_directory_holding_only_a_stale_lock_is_an_empty_one(tmp_path, capsys)
     assert status == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "final.json", "lmn-run.json",
                                                      "metrics.jsonl", "tokenizer.json"]
+
+
+@pytest.mark.slow
+def test_under_ddp_process_0_holds_the_lock_and_a_refusal_stops_every_process(tmp_path):
+    """Two processes (torchrun, gloo) on a run another trainer holds: process 0 is refused,
+    process 1 stops with it (no hang at a barrier); unheld, the two train and only one lock
+    file ever exists, gone at the end."""
+    import torch
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    run = _tiny_run(tmp_path, batch_size=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmn.cli",
+           "train", "--out", str(run), "--resume", "--max-iters", "3", "--threads", "1"]
+    with RunLock(run) as held:
+        held.acquire()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+        assert proc.returncode != 0
+        assert f"lmn train: error: {run} is in use by another lmn train (pid {os.getpid()}" in proc.stderr
+        assert "process 0 stopped with an error" in proc.stderr, proc.stderr[-3000:]
+    assert not (run / LOCK_FILE).exists()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "final.json").read_text())["step"] == 3 and not (run / LOCK_FILE).exists()

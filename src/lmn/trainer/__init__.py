@@ -7,6 +7,7 @@ module                 what it holds
 ``config``             :class:`TrainConfig`, the presets, what may change on resume
 ``models``             a kind's config resolved against the task, building the model
 ``rundir``             the run directory's files: checkpoints, metrics, loading a run
+``lock``               one trainer per run directory (``lmn-run.lock``)
 ``distributed``        data-parallel setup (torchrun) and its collectives
 ``evaluation``         the periodic estimate and the whole-split evaluation
 ``loop``               :func:`train`: setup, the loop, the finish

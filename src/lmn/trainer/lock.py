@@ -113,8 +113,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunLocked(f"{self.run_dir} is in use by another lmn train ({_describe(lock_holder(self.run_dir))}); "
-                                "wait for it to end, or stop it, then try again") from None
+                raise self._locked(lock_holder(self.run_dir)) from None
             except OSError as err:
                 if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
                     os.close(fd)
@@ -123,8 +122,7 @@ class RunLock:
                 if holder and holder.get("host") == socket.gethostname() and _alive(holder.get("pid")) \
                         and holder.get("pid") != os.getpid():
                     os.close(fd)
-                    raise RunLocked(f"{self.run_dir} is in use by another lmn train ({_describe(holder)}); "
-                                    "wait for it to end, or stop it, then try again") from None
+                    raise self._locked(holder) from None
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
@@ -138,6 +136,10 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
         return True
+
+    def _locked(self, holder: dict | None) -> RunLocked:
+        return RunLocked(f"{self.run_dir} is in use by another lmn train ({_describe(holder)}); "
+                         "wait for it to end, or stop it, then try again")
 
     def release(self) -> None:
         """Remove the lock file and let go of the lock (the file first: a trainer that opened

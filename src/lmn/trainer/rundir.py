@@ -283,8 +283,9 @@ def removal_plan(run_dir: Path) -> list[Path]:
             foreign += [f"{entry.name}/{n}" for n in inside if n not in CHECKPOINT_FILES]
             plan += [entry / n for n in inside if n in CHECKPOINT_FILES] + [entry]
         if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise CheckpointError(f"refusing --force: {root} holds files lmn did not write inside its checkpoints "
-                                  f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them out first")
+                                  f"({shown}); move them out first")
         plan.append(root)
     return plan
 
@@ -444,15 +445,14 @@ def _save_weights(model: nn.Module, path: Path, metadata: dict) -> None:
 def _save_state(state: dict, path: Path) -> None:
     """``torch.save`` through a Python file, so that a failed write is the ``OSError`` it is
     (given a path, torch writes itself and says only ``PytorchStreamWriter failed``)."""
-    with open(path, "wb") as f:
-        try:
+    try:
+        with open(path, "wb") as f:
             torch.save(state, f)
-            f.flush()
-        except RuntimeError as err:
-            os_err = _as_os_error(err)
-            if os_err is None:
-                raise
-            raise OSError(os_err.errno, os_err.strerror, str(path)) from None
+    except (RuntimeError, OSError) as err:
+        os_err = _as_os_error(err)
+        if os_err is None:
+            raise
+        raise OSError(os_err.errno, os_err.strerror, str(path)) from None
 
 
 def _write_failure(err: OSError, step: int, tmp: Path, final: Path, run_dir: Path) -> str:
@@ -660,8 +660,12 @@ def _load_one(run_dir: Path, ckpt: Checkpoint, model: nn.Module, kind: str, mode
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first informative line of ``err`` (past a heading such as torch's "Error(s) in
+    loading state_dict for LMN:")."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return lines[1]
+    return lines[0] if lines else type(err).__name__
 
 
 def checkpoint_train_config(ckpt: Checkpoint) -> dict | None:
