@@ -691,19 +691,22 @@ def _show(value) -> str:
 
 def check_config_unchanged(run_dir: str | os.PathLike, saved: dict) -> None:
     """Resuming: config.json's ``"train"`` (``saved``, the parsed file) must be what the
-    newest intact checkpoint recorded, but for :data:`RESUMABLE_FIELDS` (a flag given on
-    resume rewrites them). A checkpoint without the record (written before lmn kept it)
-    is not checked.
+    newest checkpoint recorded, but for :data:`RESUMABLE_FIELDS` (a flag given on resume
+    rewrites them); every checkpoint of a run records the same. A run whose checkpoints
+    have no record (written before lmn kept it) is not checked. Nothing is hashed here:
+    whether the checkpoint is intact is the loader's to find out.
 
     Raises:
         CheckpointError: naming each field that differs, ``train.lr 0.001 -> 0.5``.
     """
     run_dir = Path(run_dir)
-    with warnings.catch_warnings():  # said once, when the checkpoint is loaded
-        warnings.simplefilter("ignore", CheckpointWarning)
-        ckpt = newest_checkpoint(run_dir, need_state=True)
-    recorded = checkpoint_train_config(ckpt)
-    if recorded is None or not isinstance(saved.get("train"), dict):
+    for ckpt in list_checkpoints(run_dir):
+        recorded = checkpoint_train_config(ckpt)
+        if recorded is not None:
+            break
+    else:
+        return
+    if not isinstance(saved.get("train"), dict):
         return
     old, now = _with_defaults(recorded), _with_defaults(saved["train"])
     diffs = []
