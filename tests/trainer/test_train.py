@@ -477,7 +477,7 @@ def test_generate_loads_the_committed_run(capsys):
     assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 21
     status, _, err = run_cli("generate", "--checkpoint", REPO / "docs" / "results" / "runs" / "gpt2-s1337",
                              capsys=capsys)
-    assert status == 2 and "LMN runs only" in err
+    assert status == 2 and "has no streaming decoder" in err and "lmn, loglinear-mamba2" in err
 
 
 def test_generate_max_level_caps_the_tree_at_the_trained_levels(capsys):
