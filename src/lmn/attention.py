@@ -24,6 +24,17 @@ from .kernels import use_fused
 from .tree import ceil_log
 
 
+def plain_linear(*modules: nn.Module) -> bool:
+    """Whether every module is a plain ``nn.Linear`` (not a subclass), whose ``weight`` and
+    ``bias`` the fast paths may read and fuse directly. Anything else -- a PEFT LoRA layer,
+    a dynamically quantized linear, a parametrized one -- is called as a module, so the
+    function it computes is the one used (``tests/runtime/test_ecosystem.py``)."""
+    for m in modules:
+        if type(m) is not nn.Linear:
+            return False
+    return True
+
+
 class SingleVectorAttention(nn.Module):
     def __init__(self, config: LMNConfig):
         super().__init__()
@@ -47,7 +58,7 @@ class SingleVectorAttention(nn.Module):
         version counter), which saves two ``cat`` per streaming step.
         """
         mods = (self.q, self.v) if which == "qv" else (self.q, self.k, self.v)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (a compiled graph fuses the cat itself)
             return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
         try:
             key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in mods for p in (m.weight, m.bias))
@@ -65,8 +76,10 @@ class SingleVectorAttention(nn.Module):
 
     def _project(self, nodes: Tensor) -> Tensor:
         # (B, n_banks, n, E, d) -> (B, n_banks, n, E, 2, H, dh): W_q and W_v in one matmul
-        w, b = self._fused("qv")
         B, nb, n, e, _ = nodes.shape
+        if not plain_linear(self.q, self.v):  # (an adapted or quantized linear: its own call)
+            return torch.cat([self.q(nodes), self.v(nodes)], dim=-1).view(B, nb, n, e, 2, self.n_heads, self.d_head)
+        w, b = self._fused("qv")
         return F.linear(nodes, w, b).view(B, nb, n, e, 2, self.n_heads, self.d_head)
 
     def project_nodes(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,9 +145,12 @@ class SingleVectorAttention(nn.Module):
     def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """W_q and W_v of tokens ``(B, n, d)`` as slots: ``(B, H, n, d_head)`` each."""
         B, n, _ = x.shape
-        q = F.linear(x, self.q.weight, self.q.bias).view(B, n, self.n_heads, self.d_head).transpose(1, 2)
-        v = F.linear(x, self.v.weight, self.v.bias).view(B, n, self.n_heads, self.d_head).transpose(1, 2)
-        return q, v
+        if plain_linear(self.q, self.v):
+            q, v = F.linear(x, self.q.weight, self.q.bias), F.linear(x, self.v.weight, self.v.bias)
+        else:
+            q, v = self.q(x), self.v(x)
+        return (q.view(B, n, self.n_heads, self.d_head).transpose(1, 2),
+                v.view(B, n, self.n_heads, self.d_head).transpose(1, 2))
 
     def _parallel(self, x: Tensor, levels: list[Tensor], tree, chunk: int = 4096, prefix=None, pin=None) -> Tensor:
         """Parallel form.
@@ -162,7 +178,10 @@ class SingleVectorAttention(nn.Module):
         H, dh = self.n_heads, self.d_head
         if chunk != tree.chunk(chunk):
             raise ValueError(f"chunk must be a power of the stride {tree.stride}, got {chunk}")
-        if prefix is None and pin is None and use_fused(self.fused_kernels, x, dh):  # fused Triton kernels
+        # fused Triton kernels (they read W_q and W_v as tensors: plain linears only; "auto" leaves
+        # a compiled graph to the compiler's own kernels)
+        if (prefix is None and pin is None and plain_linear(self.q, self.v) and use_fused(self.fused_kernels, x, dh)
+                and not (self.fused_kernels == "auto" and torch.compiler.is_compiling())):
             from .kernels.triton_sva import fused_attention
 
             return fused_attention(self, x, levels, tree)
@@ -206,8 +225,13 @@ class SingleVectorAttention(nn.Module):
         Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
-        w, b = self._fused("qkv")
-        q, k, v = F.linear(x, w, b).view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
+        plain = plain_linear(self.q, self.k, self.v, self.o)
+        if plain:
+            w, b = self._fused("qkv")
+            qkv = F.linear(x, w, b)
+        else:  # an adapted or quantized linear: each called as a module
+            qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        q, k, v = qkv.view(B, 3, H, 1, dh).unbind(1)  # (B, H, 1, dh) each
         if pin is not None:  # the mechanisms' slots follow the tree's, with their score bias
             slot_q, slot_v = torch.cat([slot_q, pin.q], dim=2), torch.cat([slot_v, pin.v], dim=2)
         # slot 0 (the token itself) joins the cached slots: one matmul for all scores
@@ -218,7 +242,9 @@ class SingleVectorAttention(nn.Module):
         else:
             probs = torch.softmax(scores * self.scale, dim=2)
         out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
-        return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
+        if plain:
+            return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
+        return self.o(out.reshape(B, H * dh))
 
 
 # ---------------------------------------------------------------------- chunk kernels

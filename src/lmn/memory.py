@@ -103,7 +103,8 @@ class LogMemory(nn.Module):
         levels; any other configuration takes this PyTorch loop.
         """
         B, T, d = x.shape
-        if self._fusable(x) and use_fused(self.fused_kernels, x, 0):
+        if self._fusable(x) and use_fused(self.fused_kernels, x, 0) and not (
+                self.fused_kernels == "auto" and torch.compiler.is_compiling()):  # (compiled: the compiler's kernels)
             from .kernels.triton_tree import fused_build
 
             return fused_build(self, x)

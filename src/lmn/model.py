@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, vjp
+from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, plain_linear, vjp
 from .config import LMNConfig
 from .memory import LogMemory
 from .mechanisms import ExtraSlots, Slots, mechanism_names, mechanisms_for
@@ -93,7 +93,9 @@ class FeedForward(nn.Module):
         self.recompute = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.recompute and torch.is_grad_enabled():
+        # (the chunked recompute reads the weights as tensors: plain linears only; an adapted
+        # or quantized one runs as modules)
+        if self.recompute and torch.is_grad_enabled() and plain_linear(self.up, self.down):
             return _ChunkedFeedForward.apply(
                 x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, self.chunk_rows
             )
@@ -102,8 +104,12 @@ class FeedForward(nn.Module):
 
     def plain(self, y: Tensor) -> Tensor:
         """The feed-forward as one formula of functional calls (no module calls): what the
-        streaming step, the exported step and the reference compute."""
-        return F.linear(F.silu(F.linear(y, self.up.weight, self.up.bias)), self.down.weight, self.down.bias)
+        streaming step, the exported step and the reference compute (module calls where a
+        linear is not a plain ``nn.Linear``: :func:`lmn.attention.plain_linear`)."""
+        up, down = self.up, self.down
+        if type(up) is nn.Linear and type(down) is nn.Linear:  # (plain_linear, inlined: per token)
+            return F.linear(F.silu(F.linear(y, up.weight, up.bias)), down.weight, down.bias)
+        return down(F.silu(up(y)))
 
 
 class _CheckpointedBlock(torch.autograd.Function):
@@ -417,6 +423,12 @@ class LMN(nn.Module):
         return capped.train(self.training)
 
     # ------------------------------------------------------------------ validation
+    def _reference_tensor(self) -> Tensor:
+        """A parameter of the model's device and compute dtype: the head's weight, or (a
+        head without a float weight tensor, e.g. a dynamically quantized one) the final norm's."""
+        w = getattr(self.head, "weight", None)
+        return w if isinstance(w, Tensor) and w.is_floating_point() else self.ln_f.weight
+
     def _check_tokens(self, idx: Tensor, what: str) -> None:
         if not isinstance(idx, Tensor):
             raise TypeError(f"{what} must be a torch.Tensor of token ids, got {type(idx).__name__}")
@@ -424,6 +436,9 @@ class LMN(nn.Module):
             raise TypeError(f"{what} must hold integer token ids (e.g. torch.long), got dtype {idx.dtype}")
         if idx.numel() == 0:
             raise ValueError(f"{what} is empty (shape {tuple(idx.shape)}); give at least one token")
+        if torch.compiler.is_compiling():  # a data-dependent check has no graph: skipped when
+            # compiled (eager calls keep it; the compiled embedding's own bounds check remains)
+            return
         lo, hi = (int(v) for v in torch.aminmax(idx))
         V = self.config.vocab_size
         if lo < 0 or hi >= V:
@@ -446,7 +461,7 @@ class LMN(nn.Module):
             raise ValueError("state belongs to a model with a different configuration")
         if state.device != device:
             raise ValueError(f"state is on {state.device} but tokens are on {device}; use state.to(device)")
-        dtype = self.head.weight.dtype
+        dtype = self._reference_tensor().dtype
         if state.dtype != dtype:
             raise ValueError(f"state holds {state.dtype} tensors but the model computes in {dtype}; use state.to({dtype})")
 
@@ -454,7 +469,8 @@ class LMN(nn.Module):
         """Token embedding (+ sinusoids for positions ``start, start+1, ...``)."""
         if idx.dtype not in (torch.int64, torch.int32):  # e.g. uint8 ids (checked in range already)
             idx = idx.long()
-        h = F.embedding(idx, self.tok_emb.weight)
+        emb = self.tok_emb
+        h = F.embedding(idx, emb.weight) if type(emb) is nn.Embedding else emb(idx)  # (an adapted one: its call)
         if self.config.pos_encoding == "sinusoidal":
             T = idx.shape[1] if idx.dim() == 2 else 1
             pos = torch.arange(start, start + T, device=idx.device)
@@ -541,7 +557,7 @@ class LMN(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None) -> LMNState:
         """Empty state for ``batch_size`` streams (position 0)."""
         check_int("batch_size", batch_size, min=1)
-        ref = self.head.weight
+        ref = self._reference_tensor()
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
         return LMNState(self.config, batch_size, 0, [block.init_state(batch_size, device, dtype) for block in self.blocks])
@@ -557,6 +573,10 @@ class LMN(nn.Module):
         """
         if not isinstance(state, LMNState):
             raise TypeError(f"state must be an LMNState (from init_state or a prefill), got {type(state).__name__}")
+        if torch.compiler.is_compiling():
+            raise RuntimeError("LMN.step is not compiled: its per-token control flow (which tree levels a token "
+                               "completes) would recompile at every position. Compile the parallel form "
+                               "(torch.compile(model)) and step the eager model, or use lmn.native / lmn.graphs")
         if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.shape[1] == 1:
             tokens = tokens[:, 0]
         if isinstance(tokens, Tensor) and tokens.dim() != 1:
@@ -576,7 +596,10 @@ class LMN(nn.Module):
             h, layers[l] = block.forward(h, layers[l], pos)
         state.pos = pos + 1
         h = F.layer_norm(h if pos else h.squeeze(1), self.ln_f.normalized_shape, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
-        return F.linear(h, self.head.weight, self.head.bias), state
+        head = self.head
+        if type(head) is nn.Linear:
+            return F.linear(h, head.weight, head.bias), state
+        return head(h), state  # an adapted or quantized head: its own call
 
     # ------------------------------------------------------------------ generation
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

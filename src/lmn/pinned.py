@@ -154,14 +154,14 @@ class PinnedMemory(Mechanism):
         B = x.shape[0]
         if t == 0:
             return x.new_zeros(B, 0, x.shape[2]), x.new_zeros(B, 0)
-        w = F.linear(x, self.write.weight, self.write.bias)[..., 0]  # (B, T)
+        w = self.write(x)[..., 0]  # (B, T)
         pins = torch.tensor(reference_sets(w, t, self.m), device=x.device)  # (B, n)
         return (torch.stack([x[b, pins[b]] for b in range(B)]),
                 torch.stack([F.logsigmoid(w[b, pins[b]]) for b in range(B)]))
 
     def reference_state(self, x: Tensor, T: int, project) -> PinnedSet:
         B = x.shape[0]
-        w = F.linear(x, self.write.weight, self.write.bias)[..., 0]
+        w = self.write(x)[..., 0]
         pins = torch.tensor(reference_sets(w, T, self.m), device=x.device)
         px = torch.stack([x[b, pins[b]] for b in range(B)])
         q, v = project(px)

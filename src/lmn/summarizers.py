@@ -73,6 +73,13 @@ class LinearSummarizer(nn.Module):
         return W, self.bias.detach().to(torch.float64).reshape(C)
 
 
+def _plain_conv(*convs: nn.Module) -> bool:
+    """Whether every module is a plain ``nn.Conv1d``, whose weight the fast forms read
+    directly; an adapted one (a PEFT LoRA layer, ...) runs through its own call and has no
+    stated affine form (like :func:`lmn.attention.plain_linear`)."""
+    return all(type(c) is nn.Conv1d for c in convs)
+
+
 def _children_to_channels(children: Tensor) -> Tensor:
     # (..., n_banks, m, k, d) -> (..., m, k, n_banks*d)
     return children.movedim(-4, -2).flatten(-2)
@@ -105,6 +112,8 @@ class ConvSummarizer(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel_size=stride, stride=stride)
 
     def forward(self, children: Tensor) -> Tensor:
+        if not _plain_conv(self.conv):  # an adapted convolution (e.g. PEFT LoRA): called as a module
+            return self.reference(children)
         # A kernel-k/stride-k convolution over [child_0, ..., child_k-1] is a linear map of
         # the concatenated children: W[:, :, r] acts on child r.
         joined = _children_to_channels(children).flatten(-2)  # (..., m, k*C)
@@ -114,7 +123,9 @@ class ConvSummarizer(nn.Module):
     def reference(self, children: Tensor) -> Tensor:
         return _conv_reference(children, [self.conv], self.n_banks)
 
-    def affine(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor] | None:
+        if not _plain_conv(self.conv):  # its weight is not the function it computes
+            return None
         w = self.conv.weight.detach().to(torch.float64)
         return w.permute(0, 2, 1).flatten(1), self.conv.bias.detach().to(torch.float64)
 
@@ -131,6 +142,8 @@ class DepthwiseSeparableSummarizer(nn.Module):
         self.pointwise = nn.Conv1d(channels, channels, kernel_size=1)
 
     def forward(self, children: Tensor) -> Tensor:
+        if not _plain_conv(self.depthwise, self.pointwise):  # an adapted convolution: called as a module
+            return self.reference(children)
         w = self.depthwise.weight  # (C, 1, k)
         ch = _children_to_channels(children)  # (..., m, k, C)
         mixed = ch[..., 0, :] * w[:, 0, 0]
@@ -143,7 +156,9 @@ class DepthwiseSeparableSummarizer(nn.Module):
     def reference(self, children: Tensor) -> Tensor:
         return _conv_reference(children, [self.depthwise, self.pointwise], self.n_banks)
 
-    def affine(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor] | None:
+        if not _plain_conv(self.depthwise, self.pointwise):
+            return None
         dw = self.depthwise.weight.detach().to(torch.float64)[:, 0]  # (C, k)
         pw = self.pointwise.weight.detach().to(torch.float64)[:, :, 0]  # (C, C)
         W = torch.cat([pw * dw[:, r] for r in range(dw.shape[1])], dim=1)  # pw @ diag(dw[:, r])

@@ -66,6 +66,8 @@ class TrainConfig:
                                         "same losses)")
     fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state with FSDP2 "
                       "(fully_shard per block, then the root) instead of replicating them with DDP")
+    compile: bool = _opt(False, "run the training step's model through torch.compile (evaluation stays eager; "
+                         "on CPU it needs a C++ compiler; not with --fsdp or --gradient-checkpointing)")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (cuda if available)")
     threads: int = _opt(1, "torch CPU threads per process, set by the lmn command (0 = torch's default)")
     out_dir: str = _opt("", "run directory (default runs/<model>-seed<seed>)")
@@ -119,6 +121,9 @@ class TrainConfig:
                 torch.device(self.device)
             except (RuntimeError, ValueError):
                 raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}") from None
+        if self.compile and (self.fsdp or self.gradient_checkpointing):  # (neither combination is tested)
+            raise ValueError(f"--compile with --{'fsdp' if self.fsdp else 'gradient-checkpointing'} is not supported; "
+                             "use one of them")
         if not self.out_dir:
             self.out_dir = f"runs/{self.model}-seed{self.seed}"
 
@@ -199,7 +204,7 @@ PRESETS: dict[str, dict] = {
 # Fields that may change when a run is resumed: they do not change what is computed
 # (``data`` is checked by the task's record, e.g. the corpus sha256, instead of by name).
 RESUMABLE_FIELDS = frozenset({"max_iters", "device", "threads", "log_interval", "ckpt_interval", "out_dir", "data",
-                              "gradient_checkpointing", "fsdp"})
+                              "gradient_checkpointing", "fsdp", "compile"})
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:

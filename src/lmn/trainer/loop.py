@@ -301,6 +301,8 @@ def _wrap(run: Run) -> None:
     elif dist.enabled:
         ids = [run.device] if run.device.type == "cuda" else None
         run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    if cfg.compile:  # the training step's model only: evaluation's shapes vary, it runs run.model eagerly
+        run.train_model = torch.compile(run.train_model)
     run.metrics = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if dist.is_main else None
     where = f"resuming at step {run.step}" if resume else f"run dir {run_dir}"
     run.progress.message(f"{cfg.model}: {n_params:,} parameters | {run.task.describe()} | {dist.world_size} "
