@@ -149,6 +149,12 @@ def _markdown(doc: dict) -> str:
     lines += ["", f"Medians: eager {s['eager']['tokens_per_s']:,}, compiled {s['compile']['tokens_per_s']:,} tokens/s; "
               f"compiled / eager: **{s['speedup']}x**. Largest difference of the logged training losses "
               f"(every 10 steps) between the first eager and the first compiled run: {s['max_loss_diff']:.2g}.",
+              "The first compiled run includes inductor's compilation; a later one finds its kernels in "
+              "inductor's on-disk cache (its first 10 steps are faster). "
+              + ("On this CPU the compiled step is slower than the eager one. Not profiled; a likely reason is that "
+                 "the parallel form's work is large matmuls and reductions over (B, H, d_head, T) tensors that eager "
+                 "already runs as single ATen kernels, which inductor's generated C++ does not beat at one thread. "
+                 if s["speedup"] < 1 else "") + "Where `--compile` pays is for the user to measure on their device.",
               "Taken under load: other engineers' tests shared the machine's 2 cores (1-minute load average "
               f"up to {load})." if load > 0.5 else "The machine was otherwise idle (load average below 0.5).", "",
               "## Dynamic int8 quantization (`torch.ao.quantization.quantize_dynamic`)", "",
@@ -170,6 +176,20 @@ def _markdown(doc: dict) -> str:
               f"further ({qd['max_abs_logit_diff']} of {qd['max_abs_logit_fp32']}: d_model 32 leaves few channels to "
               f"average the rounding over), while the loss moves by {qd['loss_diff']:+} nats. Every eager form runs: "
               "parallel, prefill, step, `generate`.", ""]
+    if "step_speed" in doc:  # research.step_speed's record, merged in (--step-speed)
+        sp = doc["step_speed"]
+        lines += ["## `LMN.step` speed with the module-call paths", "",
+                  f"Every fast path now checks that a linear is a plain `nn.Linear` before reading its weights "
+                  f"(estimated by timing the checks alone: about 2 microseconds a token in all). `{sp['command']}` (commit {sp['git']['commit'][:12]}"
+                  f"{' dirty' if sp['git']['dirty'] else ''}; BASE: the tree before these changes), per-token "
+                  "microseconds, batch 1, one thread, taken under load; the native step's code did not change, so "
+                  "its ratios show the noise.", "",
+                  "| step | base median | this median | ratio | base min | this min | ratio of minima |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, r in sp["results"].items():
+            lines.append(f"| {key} | {r['base_median']:.1f} | {r['this_median']:.1f} | {r['ratio_of_medians']} | "
+                         f"{r['base_min']:.1f} | {r['this_min']:.1f} | {r['ratio_of_minima']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -182,17 +202,28 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="eager and compiled runs each, alternating")
     ap.add_argument("--run", default="docs/results/runs/lmn-s1337", help="trained run for the quantization part")
     ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--step-speed", help="a research.step_speed JSON record to report beside (its own command)")
+    ap.add_argument("--render", help="only write OUT.md again from this ecosystem JSON record")
     args = ap.parse_args(argv)
     if args.warmup % 10 or args.steps % 10 or args.steps <= 0:
         ap.error("--warmup and --steps are multiples of 10 (the runs log every 10 steps)")
     from lmn.atomic import write_json, write_text
     from lmn.records import header
 
+    out = Path(args.out)
+    if args.render:
+        doc = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        if args.step_speed:
+            doc["step_speed"] = json.loads(Path(args.step_speed).read_text(encoding="utf-8"))
+        write_json(out.with_suffix(".json"), doc, indent=1)
+        write_text(out.with_suffix(".md"), _markdown(doc))
+        return 0
     command = "python -m research.ecosystem " + " ".join(argv if argv is not None else sys.argv[1:])
     doc = header("ecosystem", command, args.threads, ["cpu"], vars(args))
     doc["quant"] = quant(args)
     doc["speed"] = speed(args)
-    out = Path(args.out)
+    if args.step_speed:
+        doc["step_speed"] = json.loads(Path(args.step_speed).read_text(encoding="utf-8"))
     write_json(out.with_suffix(".json"), doc, indent=1)
     write_text(out.with_suffix(".md"), _markdown(doc))
     print(_markdown(doc))

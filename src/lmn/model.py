@@ -422,6 +422,27 @@ class LMN(nn.Module):
         capped.gradient_checkpointing = self.gradient_checkpointing
         return capped.train(self.training)
 
+    def adapted_modules(self) -> list[str]:
+        """Names of the submodules that are no longer the class the model made there: a PEFT
+        LoRA layer, a dynamically quantized linear, a parametrized one. Every form of the
+        model calls them as modules; the fixed-layout forms, which copy plain weights (the
+        native step, the exported step, CUDA graphs), cannot, and refuse such a model
+        (:meth:`refuse_adapted`)."""
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            made = {name: type(m) for name, m in LMN(self.config).named_modules()}
+        return [name for name, m in self.named_modules() if name in made and type(m) is not made[name]]
+
+    def refuse_adapted(self, who: str, instead: str = "use LMN.step") -> None:
+        """Raise a ValueError naming the adapted submodules (:meth:`adapted_modules`), if any:
+        ``who`` reads plain weights."""
+        names = self.adapted_modules()
+        if names:
+            kind = lambda m: f"{type(m).__module__}.{type(m).__qualname__}"  # noqa: E731  (peft's is "Linear" too)
+            shown = ", ".join(f"{n} ({kind(self.get_submodule(n))})" for n in names[:3])
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise ValueError(f"{who} copies the weights of plain modules, but {shown}{more} are adapted or "
+                             f"quantized layers; merge them first (PEFT: merge_and_unload()) or {instead}")
+
     # ------------------------------------------------------------------ validation
     def _reference_tensor(self) -> Tensor:
         """A parameter of the model's device and compute dtype: the head's weight, or (a

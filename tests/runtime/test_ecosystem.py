@@ -77,6 +77,18 @@ def test_peft_lora_adapter_is_used_by_every_form_and_equals_the_merged_model(nam
     assert not torch.equal(generate(base, prompt, 24, temperature=0), expected)
 
 
+def test_adapted_modules_are_named_for_the_fixed_layout_forms():
+    peft = pytest.importorskip("peft")
+    base = _model("default")
+    assert base.adapted_modules() == []
+    base.refuse_adapted("NativeStepper")  # a plain model passes
+    lmn = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, target_modules=["q", "head"])).base_model.model
+    assert lmn.adapted_modules() == ["blocks.0.attn.q", "blocks.1.attn.q", "head"]
+    with pytest.raises(ValueError, match=r"NativeStepper copies .* blocks\.0\.attn\.q \(peft\..*merge_and_unload"):
+        lmn.refuse_adapted("NativeStepper")
+    assert _quantized(base).adapted_modules()[:1] == ["blocks.0.attn.q"]
+
+
 def test_peft_lora_training_with_gradient_checkpointing_trains_the_adapter():
     """The chunked feed-forward recompute reads weights as tensors: with an adapted linear
     the block runs its modules instead, so the loss and the adapter's gradients are the
