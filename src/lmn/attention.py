@@ -58,6 +58,10 @@ class SingleVectorAttention(nn.Module):
         version counter), which saves two ``cat`` per streaming step.
         """
         mods = (self.q, self.v) if which == "qv" else (self.q, self.k, self.v)
+        if not plain_linear(*mods):  # (the model's own paths call such a linear as a module; the native step comes here)
+            raise ValueError("the fused [W_q; W_k; W_v] reads plain nn.Linear weights, but this attention's "
+                             f"projections are {', '.join(sorted({type(m).__module__ + '.' + type(m).__qualname__ for m in mods}))}; "
+                             "merge an adapter first (PEFT: merge_and_unload()) or use LMN.step")
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (a compiled graph fuses the cat itself)
             return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
         try:

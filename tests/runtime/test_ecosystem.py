@@ -87,6 +87,8 @@ def test_adapted_modules_are_named_for_the_fixed_layout_forms():
     with pytest.raises(ValueError, match=r"NativeStepper copies .* blocks\.0\.attn\.q \(peft\..*merge_and_unload"):
         lmn.refuse_adapted("NativeStepper")
     assert _quantized(base).adapted_modules()[:1] == ["blocks.0.attn.q"]
+    with pytest.raises(ValueError, match="reads plain nn.Linear weights, .*peft.*merge_and_unload"):
+        lmn.blocks[0].attn._fused("qkv")  # what the native step copies: refused, not the base weights
 
 
 def test_peft_lora_training_with_gradient_checkpointing_trains_the_adapter():
