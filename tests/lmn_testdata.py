@@ -1,4 +1,5 @@
-"""Where the tests find Tiny Shakespeare: $LMN_DATA_DIR, else <repo>/../shared/data."""
+"""What the tests share: where they find Tiny Shakespeare ($LMN_DATA_DIR, else
+<repo>/../shared/data), a small corpus cut from it, and running the ``lmn`` command in-process."""
 
 from __future__ import annotations
 
@@ -28,3 +29,20 @@ def small_corpus(tmp_path: Path, n_chars: int = 20_000) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# `lmn train` options of a run that takes a second (add --data, --out, --max-iters)
+TINY_TRAIN_ARGS = ["--preset", "smoke", "--block-size", "16", "--batch-size", "2", "--eval-iters", "1",
+                   "--no-whole-val", "--model-opt", "d_model=8", "--model-opt", "n_layers=1", "--threads", "1"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``(exit status, stdout, stderr)`` of ``lmn ARGV`` run in this process (``capsys``: pytest's)."""
+    from lmn.cli import main
+
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err

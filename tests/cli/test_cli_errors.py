@@ -10,22 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmn.cli import main
 from lmn.trainer import preset_config, train
-from tests.lmn_testdata import REPO
+from tests.lmn_testdata import REPO, run_cli
 
 TINY = dict(max_iters=2, eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
             model_config={"d_model": 8, "n_layers": 1})
 TEXT = "to be, or not to be: that is the question.\nwhether 'tis nobler in the mind to suffer\n" * 40
-
-
-def run_cli(capsys, *argv):
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def one_line_error(status, err, *needles):

@@ -172,24 +172,20 @@ def test_the_kind_is_registered_at_the_paper_budget():
 
 
 def test_lmn_train_then_generate_streams_it(tmp_path, capsys):
-    from lmn.cli import main
-    from tests.lmn_testdata import small_corpus
+    from tests.lmn_testdata import run_cli, small_corpus
 
     run = tmp_path / "run"
-    argv = ["train", "--preset", "smoke", "--model", "loglinear-mamba2", "--data", str(small_corpus(tmp_path)),
-            "--out", str(run), "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
-            "--block-size", "16", "--batch-size", "2", "--no-whole-val"]
-    assert main(argv) == 0, capsys.readouterr().err
-    capsys.readouterr()
+    status, _, err = run_cli(capsys, "train", "--preset", "smoke", "--model", "loglinear-mamba2",
+                             "--data", small_corpus(tmp_path), "--out", run, "--max-iters", 2, "--eval-interval", 2,
+                             "--eval-iters", 1, "--block-size", 16, "--batch-size", 2, "--no-whole-val")
+    assert status == 0, err
     texts = []
     for _ in range(2):
-        assert main(["generate", "--checkpoint", str(run), "--prompt", "Th", "--tokens", "12", "--seed", "3"]) == 0
-        texts.append(capsys.readouterr().out)
+        status, out, _ = run_cli(capsys, "generate", "--checkpoint", run, "--prompt", "Th", "--tokens", 12, "--seed", 3)
+        assert status == 0
+        texts.append(out)
     assert texts[0] == texts[1] and len(texts[0].rstrip("\n")) == 14 and texts[0].startswith("Th")
     for extra, needle in ((["--native"], "--native runs an LMN's C step"),
                           (["--max-level", "2"], "--max-level caps an LMN's tree")):
-        with pytest.raises(SystemExit) as stop:
-            main(["generate", "--checkpoint", str(run), "--prompt", "Th", "--tokens", "2", *extra])
-        status = stop.value.code
-        err = capsys.readouterr().err
+        status, _, err = run_cli(capsys, "generate", "--checkpoint", run, "--prompt", "Th", "--tokens", 2, *extra)
         assert status == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from lmn import LMN, LMNConfig
 from lmn import atomic
 from lmn.export import StreamStep, export_onnx, export_program
 from tests.core.test_atomic import FullDisk
+from tests.lmn_testdata import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
@@ -164,17 +165,6 @@ def test_streams_at_different_positions_share_one_call():
 
 
 # ----------------------------------------------------------------------------- issue 23
-def _cli(capsys, *argv):
-    from lmn.cli import main
-
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def _export_args(out, fmt, *more):
     return [str(a) for a in ("export", "--checkpoint", RUN, "--format", fmt, "--out", out, *more)]
 
@@ -298,10 +288,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_one(read
     meta = tmp_path / f"lmn_step.{fmt}.json"
     # too little room, known before writing: nothing written
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    status, _, err = _cli(capsys, *_export_args(out, fmt))
+    status, _, err = run_cli(capsys, *_export_args(out, fmt))
     monkeypatch.undo()
     assert status == 1 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"lmn export: error: OSError: [Errno 28] No space left on device (") and \
+    assert err.startswith("lmn export: error: OSError: [Errno 28] No space left on device (") and \
         err.rstrip().endswith(f"bytes to write, 1,000 free): {str(out)!r}"), err
     assert list(tmp_path.iterdir()) == []
     # the disk fills part-way through the model, over a previous export (--force): that export stays
@@ -309,7 +299,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_one(read
         shutil.copy(readme_pair / name, tmp_path / name)
     before = _files(tmp_path)
     monkeypatch.setattr(atomic, "open", FullDisk(100_000), raising=False)
-    status, _, err = _cli(capsys, *_export_args(out, fmt, "--force"))
+    status, _, err = run_cli(capsys, *_export_args(out, fmt, "--force"))
     monkeypatch.undo()
     assert status == 1 and err.splitlines() == [f"lmn export: error: OSError: [Errno 28] No space left on device: "
                                                 f"{str(out)!r}"], err

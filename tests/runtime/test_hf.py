@@ -20,6 +20,7 @@ import torch
 pytest.importorskip("transformers", minversion="5.24")  # lmn.hf needs transformers 5 (its "cache")
 
 from lmn import LMN, LMNConfig, state_nbytes  # noqa: E402
+from tests.lmn_testdata import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
@@ -149,17 +150,6 @@ def test_pipeline_and_convert_of_the_committed_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------- issue 23: convert, whole or not at all
-def _cli(capsys, *argv):
-    from lmn.cli import main
-
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def _snapshot(root):
     return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
@@ -218,7 +208,7 @@ def test_a_full_disk_during_convert_is_one_line_and_keeps_the_previous_directory
 
     out, before = _previous(converted, tmp_path)
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))
-    status, _, err = _cli(capsys, "convert", RUN, out, "--force")  # too little room, known before writing
+    status, _, err = run_cli(capsys, "convert", RUN, out, "--force")  # too little room, known before writing
     monkeypatch.undo()
     assert status == 1 and len(err.splitlines()) == 1 and "5,000 free" in err, err
     assert err.rstrip().endswith(f"free): {str(out / 'model.safetensors')!r}"), err
@@ -229,11 +219,11 @@ def test_a_full_disk_during_convert_is_one_line_and_keeps_the_previous_directory
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(modeling_utils, "safe_save_file", fill_the_disk)
-    status, _, err = _cli(capsys, "convert", RUN, out, "--force")
+    status, _, err = run_cli(capsys, "convert", RUN, out, "--force")
     assert status == 1 and err.splitlines() == [f"lmn convert: error: OSError: [Errno 28] No space left on device: "
                                                 f"{str(out / 'model.safetensors')!r}"], err
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
-    status, _, err = _cli(capsys, "convert", RUN, tmp_path / "new")  # a new directory: nothing at all
+    status, _, err = run_cli(capsys, "convert", RUN, tmp_path / "new")  # a new directory: nothing at all
     assert status == 1 and "No space left on device" in err and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 

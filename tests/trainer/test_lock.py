@@ -14,22 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from lmn.cli import main
 from lmn.trainer import preset_config, train
 from lmn.trainer.lock import LOCK_FILE, RunLock, RunLocked, lock_holder
-from tests.lmn_testdata import small_corpus
-
-TINY = ["--preset", "smoke", "--block-size", "16", "--batch-size", "2", "--eval-iters", "1", "--no-whole-val",
-        "--model-opt", "d_model=8", "--model-opt", "n_layers=1", "--threads", "1"]
-
-
-def run_cli(capsys, *argv):
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
+from tests.lmn_testdata import TINY_TRAIN_ARGS as TINY
+from tests.lmn_testdata import run_cli, small_corpus
 
 
 def first_line(err: str) -> str:

@@ -32,6 +32,16 @@ class ConfigMixin:
             check_int(f"{type(self).__name__}.{name}", getattr(self, name), min=1)
 
 
+def check_heads(expand: int, hidden_size: int, head_dim: int, n_groups: int) -> None:
+    """Mamba-2's head layout: ``expand * hidden_size`` splits into heads of ``head_dim``, and
+    the heads into ``n_groups`` groups (sizes already checked to be positive integers)."""
+    inner = expand * hidden_size
+    if inner % head_dim:
+        raise ValueError(f"expand * hidden_size ({inner}) must be divisible by head_dim ({head_dim})")
+    if (inner // head_dim) % n_groups:
+        raise ValueError(f"the {inner // head_dim} heads must be divisible by n_groups ({n_groups})")
+
+
 def check_idx(idx: Tensor, vocab_size: int, max_len: int | None = None) -> None:
     """``idx`` must be ``(B, T)`` integer ids in ``[0, vocab_size)``, ``T <= max_len``."""
     if not isinstance(idx, Tensor) or idx.dim() != 2:

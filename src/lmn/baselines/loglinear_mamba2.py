@@ -46,6 +46,7 @@ heads, 12 shared levels) 72,544 (Mamba-2 70,192, LMN 71,489).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ from torch import Tensor, nn
 
 from ..kinds.base import BenchSpec, Decoder, ModelKind
 from ..validation import check_int
-from ._common import ConfigMixin, check_idx
+from ._common import ConfigMixin, check_heads, check_idx
 
 FORMS = ("chunked", "quadratic", "step")
 
@@ -85,11 +86,7 @@ class LogLinearMamba2Config(ConfigMixin):
             raise TypeError(f"LogLinearMamba2Config.lambda_per_head must be true or false, got {self.lambda_per_head!r}")
         if self.chunk_size & (self.chunk_size - 1):
             raise ValueError(f"LogLinearMamba2Config.chunk_size must be a power of two, got {self.chunk_size}")
-        inner = self.expand * self.hidden_size
-        if inner % self.head_dim:
-            raise ValueError(f"expand * hidden_size ({inner}) must be divisible by head_dim ({self.head_dim})")
-        if (inner // self.head_dim) % self.n_groups:
-            raise ValueError(f"the {inner // self.head_dim} heads must be divisible by n_groups ({self.n_groups})")
+        check_heads(self.expand, self.hidden_size, self.head_dim, self.n_groups)
 
     @property
     def inner(self) -> int:
@@ -105,15 +102,23 @@ class LogLinearMamba2Config(ConfigMixin):
 
 
 # ----------------------------------------------------------------------------- the Fenwick levels
+@functools.lru_cache(maxsize=64)
 def level_matrix(length: int, num_levels: int, device=None) -> Tensor:
     """``(L, L)`` int64: the lambda index of key ``j`` for query ``i`` inside an aligned chunk
-    (``0`` on the diagonal, ``min(msb(i xor j) + 1, num_levels - 1)`` below it, 0 above)."""
+    (``0`` on the diagonal, ``min(msb(i xor j) + 1, num_levels - 1)`` below it, 0 above).
+    Cached: every chunk (and every decoded token) of a length reads the same one."""
     i = torch.arange(length, device=device)
     x = i[:, None] ^ i[None, :]
     msb = torch.zeros_like(x)
     nz = x > 0
     msb[nz] = torch.floor(torch.log2(x[nz].double())).long() + 1
     return msb.clamp(max=num_levels - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _causal(length: int, device=None) -> Tensor:
+    """``(L, L)`` bool: key ``j <= i`` (cached like :func:`level_matrix`)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
 @dataclass
@@ -209,7 +214,7 @@ class LogLinearMixer(nn.Module):
 
         # inside the chunk: the masked L x L form
         levels = level_matrix(L, cfg.num_levels, device=u.device)
-        causal = torch.ones(L, L, dtype=torch.bool, device=u.device).tril()
+        causal = _causal(L, u.device)
         seg = (cs.transpose(1, 2)[..., :, None] - cs.transpose(1, 2)[..., None, :])  # (B, H, L, L)
         decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
         lam_ij = torch.gather(lam.permute(0, 2, 1, 3), 3, levels.expand(Bsz, H, L, L))  # (B, H, L, L)
@@ -381,20 +386,20 @@ def _checkpointing(model: nn.Module) -> None:
 
 
 def _stream(model, idx, max_new_tokens, temperature, top_k, generator, native):
-    """Sampled ``(B,)`` tokens: prefill ``idx``, then one step per token."""
+    """Sampled ``(B,)`` tokens (:func:`lmn.generation.sample_next`): prefill ``idx``, then one
+    step per token."""
+    from ..generation import sample_next
+
     if native:
         raise ValueError("the loglinear-mamba2 model has no native decoder; drop --native")
     with torch.no_grad():
         logits, state = model.prefill(idx)
         logits = logits[:, -1]
-        for _ in range(max_new_tokens):
-            logits = logits / max(temperature, 1e-8)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            token = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+        for n in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, generator)
             yield token
-            logits, state = model.step(token, state)
+            if n + 1 < max_new_tokens:
+                logits, state = model.step(token, state)
 
 
 KINDS = {"loglinear-mamba2": ModelKind(

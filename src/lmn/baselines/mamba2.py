@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
-from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
+from ._common import ConfigMixin, HFDecoder, HFModel, check_heads, import_transformers
 
 
 @dataclass
@@ -42,11 +42,7 @@ class Mamba2BaselineConfig(ConfigMixin):
     def __post_init__(self) -> None:
         self._check_positive_ints("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand",
                                   "head_dim", "n_groups", "conv_kernel", "chunk_size")
-        inner = self.expand * self.hidden_size
-        if inner % self.head_dim:
-            raise ValueError(f"expand * hidden_size ({inner}) must be divisible by head_dim ({self.head_dim})")
-        if (inner // self.head_dim) % self.n_groups:
-            raise ValueError(f"the {inner // self.head_dim} heads must be divisible by n_groups ({self.n_groups})")
+        check_heads(self.expand, self.hidden_size, self.head_dim, self.n_groups)
 
     def to_hf(self):
         return import_transformers("mamba2").Mamba2Config(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..baselines._common import import_transformers
+from ..baselines._common import check_heads, import_transformers
 from ..kinds.base import BenchSpec, ModelKind
 from .common import NoDecoder, SequenceForecaster, TSConfigMixin
 
@@ -40,11 +40,7 @@ class Mamba2TSConfig(TSConfigMixin):
         self._check_adapter()
         self._check_positive_ints("hidden_size", "num_hidden_layers", "state_size", "expand", "head_dim",
                                   "n_groups", "conv_kernel", "chunk_size")
-        inner = self.expand * self.hidden_size
-        if inner % self.head_dim:
-            raise ValueError(f"expand * hidden_size ({inner}) must be divisible by head_dim ({self.head_dim})")
-        if (inner // self.head_dim) % self.n_groups:
-            raise ValueError(f"the {inner // self.head_dim} heads must be divisible by n_groups ({self.n_groups})")
+        check_heads(self.expand, self.hidden_size, self.head_dim, self.n_groups)
 
 
 class Mamba2Backbone(nn.Module):

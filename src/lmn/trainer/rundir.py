@@ -566,7 +566,7 @@ def _candidates(run_dir: Path) -> list[Checkpoint]:
 def _passed_over(problems: list[str], ckpt: Checkpoint) -> None:
     for problem in problems:
         warnings.warn(f"passing over a damaged checkpoint: {problem}; using {ckpt.name} (step {ckpt.step})",
-                      CheckpointWarning, stacklevel=4)
+                      CheckpointWarning, stacklevel=5)
 
 
 def newest_checkpoint(run_dir: str | os.PathLike, *, need_state: bool) -> Checkpoint:
@@ -576,16 +576,25 @@ def newest_checkpoint(run_dir: str | os.PathLike, *, need_state: bool) -> Checkp
     Raises:
         CheckpointError: the run has none, or every one is damaged.
     """
-    run_dir = Path(run_dir)
+    def verified(ckpt: Checkpoint) -> Checkpoint:
+        _verify(ckpt, need_state)
+        return ckpt
+
+    return _first_intact(Path(run_dir), verified)
+
+
+def _first_intact(run_dir: Path, attempt):
+    """``attempt(checkpoint)`` for the newest checkpoint where it raises no
+    :class:`DamagedCheckpoint`; the ones passed over are said in one CheckpointWarning."""
     problems = []
     for ckpt in _candidates(run_dir):
         try:
-            _verify(ckpt, need_state)
+            result = attempt(ckpt)
         except DamagedCheckpoint as err:
             problems.append(str(err))
             continue
         _passed_over(problems, ckpt)
-        return ckpt
+        return result
     raise DamagedCheckpoint(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
 
 
@@ -616,16 +625,8 @@ def load_checkpoint(
         CheckpointError: none loads, or the checkpoint is of another configuration.
     """
     run_dir = Path(run_dir)
-    problems = []
-    for ckpt in _candidates(run_dir):
-        try:
-            state = _load_one(run_dir, ckpt, model, kind, model_config, require_state, restore)
-        except DamagedCheckpoint as err:
-            problems.append(str(err))
-            continue
-        _passed_over(problems, ckpt)
-        return state
-    raise DamagedCheckpoint(f"no intact checkpoint in {run_dir}: {'; '.join(problems)}")
+    return _first_intact(run_dir, lambda ckpt: _load_one(run_dir, ckpt, model, kind, model_config,
+                                                         require_state, restore))
 
 
 def _load_one(run_dir: Path, ckpt: Checkpoint, model: nn.Module, kind: str, model_config: dict,
