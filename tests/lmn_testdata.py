@@ -46,3 +46,30 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         status = exit_.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def kill_while_writing(argv, started, what: str) -> int:
+    """Run ``lmn ARGV`` in a subprocess whose ``os.fsync`` never returns, wait until
+    ``started(pid)`` says its output is being written, SIGKILL it there; returns the pid."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, sys, time; os.fsync = lambda fd: time.sleep(600); "
+            "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not started(proc.pid):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"{what} never started writing"
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return proc.pid

@@ -7,10 +7,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from lmn import LMN, LMNConfig
 from lmn import atomic
 from lmn.export import StreamStep, export_onnx, export_program
 from tests.core.test_atomic import FullDisk
-from tests.lmn_testdata import run_cli
+from tests.lmn_testdata import kill_while_writing, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
@@ -333,29 +331,16 @@ def test_a_killed_export_leaves_the_previous_export(readme_pair, tmp_path, fmt):
     for name in (out.name, out.name + ".json"):
         shutil.copy(readme_pair / name, tmp_path / name)
     before = _files(tmp_path)
-    code = ("import os, sys, time; os.fsync = lambda fd: time.sleep(600); "
-            "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, _export_args(out, fmt, "--max-tokens", "99",
-                                                                                 "--force"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    tmp = atomic.temporary_name(out).with_name(f".{out.name}.tmp{proc.pid}")
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp.exists() and tmp.stat().st_size > 0):
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the export never started writing"
-            time.sleep(0.05)
-        time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    def temporary(pid):
+        return atomic.temporary_name(out).with_name(f".{out.name}.tmp{pid}")
+
+    pid = kill_while_writing(_export_args(out, fmt, "--max-tokens", "99", "--force"),
+                             lambda pid: temporary(pid).exists() and temporary(pid).stat().st_size > 0, "the export")
+    tmp = temporary(pid)
     left = _files(tmp_path)
     assert {k: v for k, v in left.items() if not k.startswith(".")} == before
     assert sorted(k for k in left if k.startswith(".")) == sorted(
-        {tmp.name} | ({f".{out.name}.json.tmp{proc.pid}"} & set(left)))
+        {tmp.name} | ({f".{out.name}.json.tmp{pid}"} & set(left)))
     if fmt == "onnx":
         from lmn.export import OrtStepper
 

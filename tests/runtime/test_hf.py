@@ -7,11 +7,9 @@ import errno
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import torch
 pytest.importorskip("transformers", minversion="5.24")  # lmn.hf needs transformers 5 (its "cache")
 
 from lmn import LMN, LMNConfig, state_nbytes  # noqa: E402
-from tests.lmn_testdata import run_cli  # noqa: E402
+from tests.lmn_testdata import kill_while_writing, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "docs" / "results" / "runs" / "lmn-s1337"
@@ -248,23 +246,8 @@ def test_a_killed_convert_leaves_the_previous_directory(converted, tmp_path):
     import lmn.hf  # noqa: F401  (registers the model type)
 
     out, before = _previous(converted, tmp_path)
-    code = ("import os, sys, time; os.fsync = lambda fd: time.sleep(600); "
-            "from lmn.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, "convert", str(RUN), str(out), "--force"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    tmp = tmp_path / f".hf.tmp{proc.pid}"
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp / "model.safetensors").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the conversion never started writing"
-            time.sleep(0.05)
-        time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    pid = kill_while_writing(["convert", RUN, out, "--force"],
+                             lambda pid: (tmp_path / f".hf.tmp{pid}" / "model.safetensors").exists(), "the conversion")
+    tmp = tmp_path / f".hf.tmp{pid}"
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [tmp.name, "hf"]
     AutoModelForCausalLM.from_pretrained(out)

@@ -37,8 +37,8 @@ Choices of lmn (named, not the paper's):
 * ``num_levels = 12``: levels from 11 up share the last weight, so any length runs (the
   reference code fixes 15 levels for 16K tokens); the state keeps every level;
 * the paper's chunked kernel is Triton; here the chunked form is plain PyTorch with a Python
-  loop over chunks of 16 (of 8 to 256, the fastest training step on CPU at T = 256; the
-  README gives the times).
+  loop over chunks of 16 (of 8 to 256, the fastest training step on CPU at T = 256; long
+  windows pay for the loop, see docs/results/bench/loglinear_train.md).
 
 Parameters for 65 symbols, tied head: ``paper`` (d 48, 4 layers, state 16, head_dim 8, 12
 heads, 12 shared levels) 72,544 (Mamba-2 70,192, LMN 71,489).
