@@ -23,6 +23,11 @@ from .config import LMNConfig
 from .kernels import use_fused
 from .tree import ceil_log
 
+# LMNConfig.level_gate: score-bias entries per layer and head. Entry 0 is the token itself,
+# entry l + 1 the slots of tree level l (level 0: earlier raw tokens, as the "digits" rule
+# keeps them); levels from GATE_LEVELS - 2 up share the last entry.
+GATE_LEVELS = 16
+
 
 def plain_linear(*modules: nn.Module) -> bool:
     """Whether every module is a plain ``nn.Linear`` (not a subclass), whose ``weight`` and
@@ -46,10 +51,29 @@ class SingleVectorAttention(nn.Module):
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
         self.o = nn.Linear(d, d)
+        # the per-level score bias (LMNConfig.level_gate), zero at initialisation
+        self.level_gate = config.level_gate
+        if config.level_gate != "none":
+            self.level_bias = nn.Parameter(torch.zeros(self.n_heads, GATE_LEVELS))
+        if config.level_gate == "data":
+            self.level_proj = nn.Linear(d, GATE_LEVELS)  # shared by the heads (as lmn's log-linear peer shares its λ)
+            with torch.no_grad():
+                self.level_proj.weight.zero_()
+                self.level_proj.bias.zero_()
         self._fused_cache: dict = {}
         self.fused_kernels = "auto"  # set by LMN.fused_kernels: the Triton path (lmn.kernels)
 
     # ------------------------------------------------------------------ helpers
+    def level_scores(self, x: Tensor) -> Tensor | None:
+        """The per-level score bias of tokens ``x (..., d)``: ``(..., H, GATE_LEVELS)``
+        (``None`` without ``level_gate``): the learned bias per head and level, plus for
+        ``"data"`` ``W_l x + b_l`` per level (one projection shared by the heads)."""
+        if self.level_gate == "none":
+            return None
+        if self.level_gate == "bias":
+            return self.level_bias.expand(*x.shape[:-1], -1, -1)
+        return self.level_bias + self.level_proj(x)[..., None, :]
+
     def _fused(self, which: str) -> tuple[Tensor, Tensor]:
         """Concatenated weights: ``"qv"`` = [W_q; W_v] (the slot side) or ``"qkv"``.
 
@@ -143,7 +167,7 @@ class SingleVectorAttention(nn.Module):
         Returns ``(B, T, d)`` or ``(B, d)``.
         """
         if type(read) is CachedRead:
-            return self._one(x, read.slot_q, read.slot_v, read.extra)
+            return self._one(x, read.slot_q, read.slot_v, read.extra, read.slot_levels)
         return self._parallel(x, read.levels, read.tree, read.chunk, read.prefix, read.extra)
 
     def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,7 +208,8 @@ class SingleVectorAttention(nn.Module):
             raise ValueError(f"chunk must be a power of the stride {tree.stride}, got {chunk}")
         # fused Triton kernels (they read W_q and W_v as tensors: plain linears only; "auto" leaves
         # a compiled graph to the compiler's own kernels)
-        if (prefix is None and pin is None and plain_linear(self.q, self.v) and use_fused(self.fused_kernels, x, dh)
+        if (prefix is None and pin is None and self.level_gate == "none" and plain_linear(self.q, self.v)
+                and use_fused(self.fused_kernels, x, dh)
                 and not (self.fused_kernels == "auto" and torch.compiler.is_compiling())):
             from .kernels.triton_sva import fused_attention
 
@@ -197,6 +222,9 @@ class SingleVectorAttention(nn.Module):
         # extra slots of the memory mechanisms (lmn.mechanisms.ExtraSlots), shifted like v
         pins = [] if pin is None else [F.pad(pin.q, (1, 0)), F.pad(pin.v, (1, 0)),
                                        F.pad(pin.bias, (1, 0), value=float("-inf"))]
+        gate = self.level_scores(x)  # (B, T, H, G) or None: per column like the extra slots, after them
+        if gate is not None:
+            pins.append(F.pad(gate.permute(0, 2, 3, 1), (1, 0)))  # (B, H, G, T+1)
         del q  # (the dels keep no-grad inference memory low; autograd keeps what it needs)
         v_t = F.pad(v.permute(0, 2, 3, 1), (1, 0))  # (B, H, dh, T+1)
         del v
@@ -207,7 +235,9 @@ class SingleVectorAttention(nn.Module):
         del k
         c0 = 0 if prefix is None else prefix[0]
         slot_level, slot_r = _slot_specs(groups, x.device)
-        meta = _Plan(chunk, c0, T1, tree, blocks, slot_level, slot_r, len(pins))
+        gate_slots = None if gate is None else (0,) + tuple(  # slot 0, the token: entry 0
+            min(g.level + 1, GATE_LEVELS - 1) for g in groups for _ in range(g.entries.shape[3]))
+        meta = _Plan(chunk, c0, T1, tree, blocks, slot_level, slot_r, len(pins), gate_slots)
         nodes_qv = [*pins, *(g.entries for g in groups)]
 
         # With several chunks under autograd, no chunk's scores or probabilities are kept:
@@ -222,10 +252,11 @@ class SingleVectorAttention(nn.Module):
         return self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
 
     # ------------------------------------------------------------------ streaming form
-    def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None) -> Tensor:
+    def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None, slot_levels=None) -> Tensor:
         """One position. ``x: (B, d)``; ``slot_q``/``slot_v``: cached projections of the
         memory nodes ``(B, H, S, d_head)``; ``pin``: the memory mechanisms' slots
-        (:class:`lmn.mechanisms.Slots`, with their score bias) or None.
+        (:class:`lmn.mechanisms.Slots`, with their score bias) or None; ``slot_levels``:
+        the tree level of every cached slot ``(S,)`` (needed with ``level_gate``).
         Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
@@ -240,11 +271,17 @@ class SingleVectorAttention(nn.Module):
             slot_q, slot_v = torch.cat([slot_q, pin.q], dim=2), torch.cat([slot_v, pin.v], dim=2)
         # slot 0 (the token itself) joins the cached slots: one matmul for all scores
         scores = torch.matmul(torch.cat([q, slot_q], dim=2), k.transpose(-1, -2))  # (B, H, 1+S, 1)
+        scores = scores * self.scale
         if pin is not None:
             bias = F.pad(pin.bias, (scores.shape[2] - pin.bias.shape[1], 0))  # (B, 1+S)
-            probs = torch.softmax(scores * self.scale + bias[:, None, :, None], dim=2)
-        else:
-            probs = torch.softmax(scores * self.scale, dim=2)
+            scores = scores + bias[:, None, :, None]
+        if self.level_gate != "none":  # the tree slots' level bias (slot 0, the token: entry 0)
+            if slot_levels is None:
+                raise ValueError("a step of a model with level_gate needs the level of every cached slot")
+            entry = F.pad((slot_levels + 1).clamp(max=GATE_LEVELS - 1), (1, 0))
+            g = self.level_scores(x).index_select(-1, entry)  # (B, H, 1 + S_tree)
+            scores = scores + F.pad(g, (0, scores.shape[2] - g.shape[2]))[..., None]  # (mechanisms' slots: none)
+        probs = torch.softmax(scores, dim=2)
         out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
         if plain:
             return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
@@ -287,6 +324,7 @@ class CachedRead(NamedTuple):
     slot_q: Tensor
     slot_v: Tensor
     extra: object = None  # the memory mechanisms' slots (lmn.mechanisms)
+    slot_levels: Tensor | None = None  # (S,) the tree level of every cached slot (for level_gate)
 
 
 class _Plan(NamedTuple):
@@ -299,7 +337,9 @@ class _Plan(NamedTuple):
     blocks: list  # per slot group its block length (None: one entry for every position)
     slot_level: Tensor
     slot_r: Tensor
-    n_pin: int  # extra-slot tensors (the mechanisms') at the head of the node inputs
+    n_pin: int  # per-column tensors at the head of the node inputs: the mechanisms' slots, then the level gate
+    gate_slots: tuple | None = None  # level_gate: the gate entry of every tree slot (slot 0 first); its
+    # per-column scores (B, H, GATE_LEVELS, u) are the last of the n_pin tensors
 
 
 class SlotGroup(NamedTuple):
@@ -348,6 +388,9 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
     position counted from the start of the stream (for the presence mask)."""
     B, H, dh, width = v_loc.shape
     tree, slot_level, slot_r = meta.tree, meta.slot_level, meta.slot_r
+    gate = None
+    if meta.gate_slots is not None:  # the level gate's scores ride last among the per-column tensors
+        gate, pin_loc = pin_loc[-1], pin_loc[:-1]
     scores, blocks = [s_loc], []
     for qv, (_, nblk, r_c) in zip(qv_loc, plan):
         cols = nblk * r_c
@@ -357,6 +400,8 @@ def _attend_local(k_loc, v_loc, s_loc, qv_loc, plan, u_start: int, meta, pin_loc
             s = (k_blocks * qn[:, :, g]).sum(2)  # (B, H, nblk, r_c)
             scores.append(s.view(B, H, cols)[..., :width])
         blocks.append((r_c, nblk, vn))
+    if gate is not None:  # every tree slot's score gets its level's bias
+        scores = [s + gate[:, :, e] for s, e in zip(scores, meta.gate_slots)]
     if pin_loc:  # the mechanisms' slots: one vector per slot and position, with their score bias
         pq, pv, pb = pin_loc  # (B, H, m, dh, width) twice, (B, m, width)
         s_pin = (k_loc[:, :, None, :, :width] * pq).sum(3) + pb[:, None]  # (B, H, m, width)

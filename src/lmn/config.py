@@ -23,6 +23,7 @@ from .validation import MAX_LAYERS, check_choice, check_int
 
 RUNTIME_FIELDS = frozenset({"chunk_size", "dropout"})  # knobs that do not change the (inference) function
 POS_ENCODINGS = ("none", "sinusoidal")
+LEVEL_GATES = ("none", "bias", "data")  # LMNConfig.level_gate
 
 
 @contextmanager
@@ -47,8 +48,13 @@ class LMNConfig:
         n_heads: attention heads of the single-vector attention; must divide ``d_model``.
         n_banks: memory banks per layer (one summarizer each for ``"linear"``).
         summarizer: ``"linear"`` (per-bank Linear(stride*d -> d)), ``"conv"`` (one Conv1d
-            with kernel = stride = ``stride`` over all banks' channels) or ``"dwsep"``
-            (depthwise-separable version of ``"conv"``).
+            with kernel = stride = ``stride`` over all banks' channels), ``"dwsep"``
+            (depthwise-separable version of ``"conv"``), ``"residual"`` (the children's mean
+            plus a learned per-bank correction, zero at init) or ``"gated"`` (a convex
+            combination of the children, its weights a softmax of a learned score of them);
+            see :mod:`lmn.summarizers`.
+        node_norm: RMS-normalise every merged node (no learned scale), so that a node's
+            norm does not shrink or grow with its level.
         expand: k of the expander summarizer (0 disables it).
         ff_mult: hidden width of the feed-forward network is ``ff_mult * d_model``.
         pos_encoding: ``"none"`` (the paper's LMN) or ``"sinusoidal"`` (ablation: added to
@@ -76,6 +82,17 @@ class LMNConfig:
             they are read by the same single-vector attention as extra slots, each with
             ``log sigmoid(w_j)`` added to its score (so the write score learns). For
             information the tree's summaries would blur (see :mod:`lmn.memory`).
+        window: w, an exact local window beside the tree (0: none): position ``t`` also
+            reads the raw tokens ``t-1 .. t-w`` as slots (:mod:`lmn.window`); the streaming
+            state grows by those ``w`` tokens per layer, O(w + log n) in all.
+        sink: a null slot (:mod:`lmn.sink`): value zero, score ``w_s . x_t + b_s`` per head,
+            so a position can put its attention on nothing instead of on a tree slot.
+        level_gate: a score bias per tree level (the softmax form of log-linear attention's
+            per-level weight, Guo et al. 2025, arXiv 2506.04761): ``"none"`` (the paper),
+            ``"bias"`` (a learned bias per level and head) or ``"data"`` (that bias plus
+            ``W_l x_t + b_l``, one weight per level computed from the reading token, shared
+            by the heads). Entry 0 is the token itself, entry ``i + 1`` tree level ``i``;
+            entries from :data:`lmn.attention.GATE_LEVELS` - 1 up are shared.
         dropout: probability of zeroing an element of the token embedding and of each
             residual branch's output (attention, feed-forward) in training mode, as GPT-2's
             ``embd_pdrop``/``resid_pdrop`` (0: none, the paper's model). A training knob: in
@@ -99,6 +116,10 @@ class LMNConfig:
     max_level: int | None = None
     pinned: int = 0
     dropout: float = 0.0
+    node_norm: bool = False
+    window: int = 0
+    sink: bool = False
+    level_gate: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_banks", "ff_mult"):
@@ -124,6 +145,11 @@ class LMNConfig:
             read_rule(self.read)
             check_max_level(self.max_level)
         check_int("LMNConfig.pinned", self.pinned, min=0)
+        check_int("LMNConfig.window", self.window, min=0)
+        for name in ("node_norm", "sink"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LMNConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        check_choice("LMNConfig.level_gate", self.level_gate, LEVEL_GATES)
         if self.norm_eps is not None and not (
             isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
             and 0 < self.norm_eps < math.inf

@@ -1,7 +1,7 @@
 """Memory mechanisms beside the tree: extra slots a position reads, each with a score bias.
 
 A mechanism is one :class:`Mechanism` subclass in its own file and one
-:func:`register_mechanism` line (the built-in one: :mod:`lmn.pinned`). The block
+:func:`register_mechanism` line (the built-in ones: :mod:`lmn.pinned`, :mod:`lmn.window`, :mod:`lmn.sink`). The block
 (:class:`lmn.model.LMNBlock`) makes every mechanism its config enables, hands each the
 layer's normalised input, and gives the attention what they return, joined with the tree's
 slots; the reference (:mod:`lmn.reference`) reads each mechanism's plain definition; the
@@ -10,7 +10,8 @@ name. A mechanism states:
 
 * its plain definition: :meth:`Mechanism.reference_slots` (the vectors position ``t``
   reads, projected like every other slot, and their score bias) and
-  :meth:`Mechanism.reference_state`;
+  :meth:`Mechanism.reference_state` (:meth:`Mechanism.reference_read` projects the slots;
+  a mechanism whose slots are not tokens gives them projected there);
 * its parallel form (a sequence, or a piece continuing a stream):
   :meth:`Mechanism.read_piece`;
 * its one-token form: :meth:`Mechanism.read_one`;
@@ -108,6 +109,13 @@ class Mechanism(nn.Module):
         """*Plain.* The state after the ``T`` tokens of ``x``."""
         raise NotImplementedError
 
+    def reference_read(self, x: Tensor, t: int, attn) -> tuple[Tensor, Tensor, Tensor]:
+        """*Plain.* What position ``t`` reads, projected: ``q``/``v (B, n, d)`` and the score
+        bias ``(B, n)``. By default :meth:`reference_slots` through the attention's ``W_q``
+        and ``W_v`` (a mechanism whose slots are not projected tokens overrides this)."""
+        vectors, bias = self.reference_slots(x, t)
+        return attn.q(vectors), attn.v(vectors), bias
+
 
 def state_tensors(record) -> dict[str, Tensor]:
     """The named tensors of a mechanism's state record."""
@@ -137,9 +145,15 @@ def mechanisms_for(config) -> list[type[Mechanism]]:
 
 
 def refuse(config, what: str, instead: str) -> None:
-    """A clear error when ``config`` enables a mechanism the form ``what`` does not run."""
+    """A clear error when ``config`` enables a mechanism the form ``what`` does not run (the
+    fixed-layout forms run the tree's plain read only: no mechanism, no per-level score bias)."""
     for cls in mechanisms_for(config):
         raise ValueError(f"{what} does not run {cls.describe(config)}; {instead}")
+    if getattr(config, "level_gate", "none") != "none":
+        raise ValueError(f"{what} does not run the per-level score bias (this model has level_gate = "
+                         f"{config.level_gate!r}); {instead}")
 
 
-from . import pinned as _pinned  # noqa: E402,F401  (registers the built-in mechanism)
+from . import pinned as _pinned  # noqa: E402,F401  (register the built-in mechanisms, in this order)
+from . import window as _window  # noqa: E402,F401
+from . import sink as _sink  # noqa: E402,F401

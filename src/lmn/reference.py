@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import GATE_LEVELS
 from .model import LMN, sinusoidal_encoding
 from .state import LayerState, LMNState
 from .tree import kept, read_nodes
@@ -67,18 +68,25 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
         for t in range(T):
             read = read_nodes(t, k, cfg.read, cfg.max_level)
             S = torch.cat([x[:, t, None]] + [slots_of(i, j) for i, j in read], dim=1)
-            bias = S.new_zeros(B, S.shape[1])
-            n_extra = 0
-            for mech in mechanisms:  # their slots follow the tree's, each with its score bias
-                vectors, g = mech.reference_slots(x, t)  # (B, n, d), (B, n)
-                S, bias, n_extra = torch.cat([S, vectors], dim=1), torch.cat([bias, g], dim=1), n_extra + g.shape[1]
             q = F.linear(S, attn.q.weight, attn.q.bias)  # slots -> W_q,  (B, n_slots, d)
             v = F.linear(S, attn.v.weight, attn.v.bias)
+            bias = S.new_zeros(B, S.shape[1])
+            n_tree = S.shape[1]  # slots of position t: self, tree, then the mechanisms'
+            for mech in mechanisms:  # their slots follow the tree's, each with its score bias
+                mq, mv, g = mech.reference_read(x, t, attn)  # (B, n, d) twice, (B, n)
+                q, v, bias = torch.cat([q, mq], dim=1), torch.cat([v, mv], dim=1), torch.cat([bias, g], dim=1)
             key = F.linear(x[:, t], attn.k.weight, attn.k.bias)  # token -> W_k
+            if cfg.level_gate != "none":  # the tree slots' per-level bias: the token entry 0, level i entry i + 1
+                gate = attn.level_bias[None].expand(B, -1, -1)  # (B, H, GATE_LEVELS)
+                if cfg.level_gate == "data":
+                    gate = gate + F.linear(x[:, t], attn.level_proj.weight, attn.level_proj.bias)[:, None, :]
+                entries = [0] + [min(i + 1, GATE_LEVELS - 1) for i, j in read for _ in range(slots_of(i, j).shape[1])]
             heads = []
             for hd in range(H):
                 sl = slice(hd * dh, (hd + 1) * dh)
                 score = (q[:, :, sl] * key[:, None, sl]).sum(-1) / math.sqrt(dh) + bias  # (B, n_slots)
+                if cfg.level_gate != "none":
+                    score = score + F.pad(gate[:, hd, entries], (0, score.shape[1] - len(entries)))
                 p = torch.softmax(score, dim=-1)
                 heads.append((p[:, :, None] * v[:, :, sl]).sum(1))  # (B, dh)
             outs.append(F.linear(torch.cat(heads, dim=-1), attn.o.weight, attn.o.bias))
@@ -89,7 +97,6 @@ def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
                 last = T // k**i
                 stacked = torch.stack([node(i, j) for j in range(last - max(r, 1), last)], dim=2)
                 nodes.append(stacked[:, :, stacked.shape[2] - r :])
-            n_tree = S.shape[1] - n_extra  # slots of position T-1: self, tree, then the mechanisms'
             heads_of = lambda z: z.unflatten(-1, (H, dh)).transpose(1, 2)  # (B, n, d) -> (B, H, n, dh)  # noqa: E731
             extra = {name: mech.reference_state(x, T, attn.project_tokens) for name, mech in zip(block.mechanisms, mechanisms)}
             layers.append(LayerState(nodes, heads_of(q[:, 1:n_tree]), heads_of(v[:, 1:n_tree]), extra))

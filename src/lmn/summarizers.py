@@ -52,25 +52,14 @@ class LinearSummarizer(nn.Module):
             nn.init.xavier_normal_(self.bias).mul_(0.1)
 
     def forward(self, children: Tensor) -> Tensor:
-        joined = children.flatten(-2)  # (..., n_banks, m, k*d): the children side by side
-        return torch.matmul(joined, self.weight) + self.bias  # (..., n_banks, m, d)
+        return _per_bank(children, self.weight, self.bias)  # the children side by side, one Linear per bank
 
     def reference(self, children: Tensor) -> Tensor:
-        outs = []
-        for b in range(self.weight.shape[0]):
-            joined = torch.cat(children[..., b, :, :, :].unbind(-2), dim=-1)  # (..., m, k*d)
-            outs.append(joined @ self.weight[b] + self.bias[b])
-        return torch.stack(outs, dim=-3)
+        return _per_bank_reference(children, self.weight, self.bias)
 
     def affine(self) -> tuple[Tensor, Tensor]:
-        nb, kd, d = self.weight.shape
-        k, C = kd // d, nb * d
-        w = self.weight.detach().to(torch.float64)
-        W = torch.zeros(C, k * C, dtype=torch.float64, device=w.device)
-        for b in range(nb):  # block-diagonal over banks: bank b reads only its own children
-            for r in range(k):
-                W[b * d : (b + 1) * d, r * C + b * d : r * C + (b + 1) * d] = w[b, r * d : (r + 1) * d].T
-        return W, self.bias.detach().to(torch.float64).reshape(C)
+        C = self.weight.shape[0] * self.weight.shape[2]
+        return _bank_matrix(self.weight.detach().to(torch.float64)), self.bias.detach().to(torch.float64).reshape(C)
 
 
 def _plain_conv(*convs: nn.Module) -> bool:
@@ -166,6 +155,118 @@ class DepthwiseSeparableSummarizer(nn.Module):
         return W, b
 
 
+def _per_bank(children: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``(..., n_banks, m, k, d)`` children, each bank's joined children through its own
+    ``Linear``: ``weight (n_banks, k*d, out)``, ``bias (n_banks, 1, out)`` -> ``(..., n_banks, m, out)``."""
+    return torch.matmul(children.flatten(-2), weight) + bias
+
+
+def _per_bank_reference(children: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """:func:`_per_bank`, one bank and one child at a time (the plain form)."""
+    outs = []
+    for b in range(weight.shape[0]):
+        joined = torch.cat(children[..., b, :, :, :].unbind(-2), dim=-1)  # (..., m, k*d)
+        outs.append(joined @ weight[b] + bias[b])
+    return torch.stack(outs, dim=-3)
+
+
+class ResidualSummarizer(nn.Module):
+    """A residual merge that keeps a node's scale and content down the tree: the mean of
+    the children plus a learned per-bank correction,
+
+        parent_b = (1/k) sum_r child_r  +  [child_0, ..., child_k-1] @ W_b + c_b
+
+    with ``W_b (k*d, d)`` and ``c_b`` initialised to zero, so that at initialisation every
+    node is the mean of the tokens it covers (the compressor the Compressive Transformer
+    found best, Rae et al. 2020, arXiv 1911.05507, Table 4) instead of a product of small
+    matrices (the paper's ``0.1 * xavier`` shrinks a node at every level). Affine: the
+    native step and the export run it as its matrix.
+    """
+
+    def __init__(self, d_model: int, n_banks: int, stride: int = 2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_banks, stride * d_model, d_model))
+        self.bias = nn.Parameter(torch.zeros(n_banks, 1, d_model))
+
+    def forward(self, children: Tensor) -> Tensor:
+        return children.mean(-2) + _per_bank(children, self.weight, self.bias)
+
+    def reference(self, children: Tensor) -> Tensor:
+        k = children.shape[-2]
+        mean = sum(children[..., r, :] for r in range(k)) / k
+        return mean + _per_bank_reference(children, self.weight, self.bias)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        nb, kd, d = self.weight.shape
+        k, C = kd // d, nb * d
+        W = _bank_matrix(self.weight.detach().to(torch.float64))
+        eye = torch.eye(C, dtype=torch.float64, device=W.device) / k
+        return W + torch.cat([eye] * k, dim=1), self.bias.detach().to(torch.float64).reshape(C)
+
+
+class GatedSummarizer(nn.Module):
+    """A gated merge whose gate is computed from the children: per bank, a convex
+    combination of the children with weights ``softmax`` of a learned score of all of them,
+
+        a = softmax([child_0, ..., child_k-1] @ G_b + g_b)   (k weights),
+        parent_b = sum_r a_r child_r
+
+    ``G_b (k*d, k)``, ``g_b`` start at zero (the mean). A node is a weighted mean of tokens,
+    so it keeps their scale, and a sharp gate carries one child up unchanged: a salient token
+    can reach the top of the tree intact, as a pooled summary cannot. Not affine: the native
+    step refuses it (by name); the export merges with the module itself.
+    """
+
+    def __init__(self, d_model: int, n_banks: int, stride: int = 2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_banks, stride * d_model, stride))
+        self.bias = nn.Parameter(torch.zeros(n_banks, 1, stride))
+
+    def forward(self, children: Tensor) -> Tensor:
+        gate = torch.softmax(_per_bank(children, self.weight, self.bias), dim=-1)  # (..., nb, m, k)
+        return torch.matmul(gate[..., None, :], children)[..., 0, :]  # (..., nb, m, d)
+
+    def reference(self, children: Tensor) -> Tensor:
+        gate = torch.softmax(_per_bank_reference(children, self.weight, self.bias), dim=-1)
+        return sum(gate[..., r, None] * children[..., r, :] for r in range(children.shape[-2]))
+
+
+class NormalisedNodes(nn.Module):
+    """A summarizer whose every merged node is RMS-normalised (no learned scale): each node
+    has the norm ``sqrt(d)`` whatever its level, so deep summaries cannot fade into the
+    slot bias (``LMNConfig.node_norm``; wraps the configured summarizer as ``inner``).
+    Not affine: the native step refuses it by name."""
+
+    def __init__(self, inner: nn.Module, eps: float | None = None):
+        super().__init__()
+        self.inner, self.eps = inner, eps
+
+    def _norm(self, x: Tensor) -> Tensor:
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+    def forward(self, children: Tensor) -> Tensor:
+        return self._norm(self.inner(children))
+
+    def reference(self, children: Tensor) -> Tensor:
+        inner = getattr(self.inner, "reference", self.inner)
+        y = inner(children)
+        eps = torch.finfo(y.dtype).eps if self.eps is None else self.eps
+        return y / torch.sqrt((y * y).mean(-1, keepdim=True) + eps)
+
+
+def _bank_matrix(w: Tensor) -> Tensor:
+    """Per-bank weights ``(n_banks, k*d, d)`` (used as ``joined @ w[b]``) as one matrix
+    ``(C, k*C)`` on the children laid out child-major then bank-major (block-diagonal over banks)."""
+    nb, kd, d = w.shape
+    k, C = kd // d, nb * d
+    W = torch.zeros(C, k * C, dtype=w.dtype, device=w.device)
+    for b in range(nb):  # bank b reads only its own children
+        for r in range(k):
+            W[b * d : (b + 1) * d, r * C + b * d : r * C + (b + 1) * d] = w[b, r * d : (r + 1) * d].T
+    return W
+
+
 # The registry of summarizers, the only list of them: ``LMNConfig.summarizer`` must name one
 # (lmn.config checks against summarizer_names()). A summarizer class is built as
 # ``cls(d_model, n_banks, stride)`` and follows the contract in the module docstring.
@@ -190,10 +291,13 @@ def summarizer_names() -> tuple[str, ...]:
 register_summarizer("linear", LinearSummarizer)
 register_summarizer("conv", ConvSummarizer)
 register_summarizer("dwsep", DepthwiseSeparableSummarizer)
+register_summarizer("residual", ResidualSummarizer)
+register_summarizer("gated", GatedSummarizer)
 
 
 def build_summarizer(config: LMNConfig) -> nn.Module:
-    return SUMMARIZER_CLASSES[config.summarizer](config.d_model, config.n_banks, config.stride)
+    made = SUMMARIZER_CLASSES[config.summarizer](config.d_model, config.n_banks, config.stride)
+    return NormalisedNodes(made, config.norm_eps) if getattr(config, "node_norm", False) else made
 
 
 def affine_form(summarizer: nn.Module) -> tuple[Tensor, Tensor] | None:
