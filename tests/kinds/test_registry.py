@@ -24,6 +24,7 @@ TINY = {
     "mamba2": {"hidden_size": 8, "num_hidden_layers": 1, "head_dim": 4, "chunk_size": 8},
     "rwkv": {"hidden_size": 8, "num_hidden_layers": 2},
     "loglinear-mamba2": {"hidden_size": 8, "num_hidden_layers": 1, "head_dim": 4, "chunk_size": 4},
+    "s4d": {"d_model": 8, "n_layers": 1, "d_state": 4},
 }
 
 
@@ -52,17 +53,18 @@ def test_unknown_kind_and_bad_sizes_are_clear_errors():
         _build("rwkv", num_hidden_layers=1)
     with pytest.raises(ValueError, match="divisible by head_dim"):
         _build("mamba2", head_dim=3)
-    assert kind_names("train") == ("lmn", "gpt2", "mamba", "mamba2", "rwkv", "loglinear-mamba2", *TS_KINDS)
+    assert kind_names("train") == ("lmn", "gpt2", "mamba", "mamba2", "rwkv", "loglinear-mamba2", "s4d", *TS_KINDS)
 
 
-@pytest.mark.parametrize("name, params", [("mamba2", 70_192), ("rwkv", 71_460), ("loglinear-mamba2", 72_544)])
+@pytest.mark.parametrize("name, params", [("mamba2", 70_192), ("rwkv", 71_460), ("loglinear-mamba2", 72_544),
+                                          ("s4d", 71_360)])
 def test_recurrent_peers_match_the_paper_budget(name, params):
     kind = get_kind(name)
     model = kind.build(kind.size_config("paper"))
     assert kind.bench.reported_params(model, model.config) == params  # LMN: 71,489
 
 
-@pytest.mark.parametrize("name", ["mamba2", "rwkv", "gpt2", "lmn", "lmn-native", "loglinear-mamba2"])
+@pytest.mark.parametrize("name", ["mamba2", "rwkv", "gpt2", "lmn", "lmn-native", "loglinear-mamba2", "s4d"])
 def test_decoder_continues_the_parallel_forward(name):
     """Prefill in two chunks, then single steps: the logits of one parallel pass."""
     if get_kind(name).bench.unavailable() is not None:

@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "mamba2": "lmn.baselines.mamba2",
     "rwkv": "lmn.baselines.rwkv",
     "loglinear-mamba2": "lmn.baselines.loglinear_mamba2",
+    "s4d": "lmn.baselines.s4d",
     # forecasting kinds (values in, forecast out; lmn.timeseries), for regression tasks such as etth1
     "lmn-ts": "lmn.timeseries.lmn_ts",
     "transformer-ts": "lmn.timeseries.transformer_ts",
