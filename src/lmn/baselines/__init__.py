@@ -1,7 +1,8 @@
 """Baselines and recurrent peers: thin wrappers over HuggingFace ``transformers`` models
 with random init (nothing is downloaded), each registered as a model kind
-(:mod:`lmn.kinds`): ``gpt2``, ``mamba``, ``mamba2``, ``rwkv``; and ``loglinear-mamba2``, written
-here in plain PyTorch (:mod:`lmn.baselines.loglinear_mamba2`).
+(:mod:`lmn.kinds`): ``gpt2``, ``mamba``, ``mamba2``, ``rwkv``; and ``loglinear-mamba2`` and
+``s4d``, written here in plain PyTorch (:mod:`lmn.baselines.loglinear_mamba2`,
+:mod:`lmn.baselines.s4d`).
 
 Every wrapper has the trainer's model contract -- ``forward(idx (B, T)) -> logits
 (B, T, vocab)`` and ``num_parameters()`` -- and a small config dataclass with
