@@ -82,6 +82,12 @@ def _add_train_parser(sub) -> None:
         "--task-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
         help="set an option of the task (repeatable; the text task has none)",
     )
+    p.add_argument("--log", action="append", default=[], metavar="LOGGER",
+                   help="also log the metrics to tensorboard (RUN/tb/) or wandb (RUN/wandb/; mode $WANDB_MODE, or "
+                   "wandb:offline / wandb:online), beside RUN/metrics.jsonl; repeatable or comma-separated (default: "
+                   "none). Needs pip install 'torch-lmn[tensorboard]' / 'torch-lmn[wandb]'; give it again on --resume")
+    p.add_argument("--wandb-project", default=None, metavar="NAME",
+                   help="wandb project of --log wandb (default: the run's recorded one, else $WANDB_PROJECT, else lmn)")
     for f in fields(TrainConfig):
         if f.name in _NO_FLAG:
             continue
@@ -99,7 +105,12 @@ def _cmd_train(args) -> int:
     import torch
 
     from .trainer import PRESETS, TrainConfig, preset_config, saved_config, train
+    from .trainer.loggers import check_available, parse_log
 
+    log = parse_log(args.log)
+    if args.wandb_project is not None and not any(spec.startswith("wandb") for spec in log):
+        raise UsageError("--wandb-project names the project of --log wandb; add --log wandb (or drop it)")
+    check_available(log)  # before the run's config is read
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in _NO_FLAG and getattr(args, f.name) is not None}
     model_opts, task_opts = dict(args.model_opt), dict(args.task_opt)
@@ -128,7 +139,8 @@ def _cmd_train(args) -> int:
         cfg = preset_config(preset, model_config=model_opts, task_options=task_opts, **overrides)
     if cfg.threads:  # a process-wide setting: the command's to make, not the library's
         torch.set_num_threads(cfg.threads)
-    summary = train(cfg, resume=args.resume, force=args.force, preset=preset)
+    summary = train(cfg, resume=args.resume, force=args.force, preset=preset, log=log,
+                    wandb_project=args.wandb_project)
     if summary.get("whole_val_loss") is not None and summary.get("final_val_loss") is not None:
         print(f"{cfg.out_dir}: final val {summary['final_val_loss']:.4f} | whole val {summary['whole_val_loss']:.4f} "
               f"nats ({summary['whole_val_bits_per_char']:.4f} bits/char)")

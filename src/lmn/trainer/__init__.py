@@ -12,6 +12,7 @@ module                 what it holds
 ``evaluation``         the periodic estimate and the whole-split evaluation
 ``loop``               :func:`train`: setup, the loop, the finish
 ``progress``           the progress line, the deferred Ctrl-C, machine info
+``loggers``            ``--log tensorboard`` / ``wandb`` beside metrics.jsonl (imported on use)
 =====================  ================================================================
 
 ``import lmn`` does not import this package (it needs ``safetensors`` for checkpoints).

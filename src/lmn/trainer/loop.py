@@ -22,6 +22,9 @@ a checkpoint or summary of them is written: the last good checkpoint stays the n
 record written is strict JSON (a non-finite number is null, named under ``"non_finite"``).
 Under DDP/FSDP what process 0 alone does (the lock, the run directory, checkpoints) ends in
 one agreement: when it fails, every process stops.
+
+Experiment loggers (``log=("tensorboard", "wandb")``, :mod:`lmn.trainer.loggers`) get each
+record after metrics.jsonl has it, on process 0, and are closed however the session ends.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -50,9 +53,10 @@ from .models import (build_model, check_model_config, check_positions, check_req
 from .optim import clip_gradients, make_optimizer, set_lr
 from ..records import git_commit
 from .lock import LOCK_FILE, RunLock
+from .loggers import check_available, close_loggers, log_record, logger_files, open_loggers, parse_log
 from .progress import DeferredStop, Progress, machine_info
 from .rundir import (CONFIG_FILE, FINAL_FILE, METRICS_FILE, CheckpointError, atomic_write_text,
-                     check_config_unchanged, check_resume_compatible, check_resume_model, clean_stale,
+                     check_config_unchanged, check_logger_dirs, check_resume_compatible, check_resume_model, clean_stale,
                      discard_checkpoints_after, is_empty_run_dir, last_eval, legacy_files, lmn_files, load_checkpoint,
                      prepare_run_dir, read_metrics, read_run_manifest, record_files, remove_run_files, save_best,
                      save_checkpoint, saved_config, write_run_manifest)
@@ -85,6 +89,9 @@ class Run:
     autocast: object = None
     train_model: nn.Module | None = None  # the DDP wrapper, or the model itself
     metrics: IO | None = None  # metrics.jsonl, open on the main process only
+    log_specs: tuple = ()  # --log: the experiment loggers asked for (lmn.trainer.loggers.parse_log)
+    wandb_project: str | None = None
+    loggers: list = field(default_factory=list)  # open on the main process only
     step: int = 0
     start_step: int = 0
     from_checkpoint: bool = False  # resumed: a checkpoint of start_step exists already
@@ -104,9 +111,11 @@ class Run:
         return self.elapsed_before + time.perf_counter() - self.t_start
 
     def log(self, record: dict) -> None:
+        """One record: to metrics.jsonl (written and flushed first), then to the loggers."""
         if self.metrics is not None:
             self.metrics.write(json_line(record))
             self.metrics.flush()
+        log_record(self.loggers, record)
 
 
 def strict_json(doc: dict) -> dict:
@@ -141,7 +150,7 @@ def _on_main(dist: Dist, fn) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset: str | None = None,
-          stream=None) -> dict:
+          stream=None, log=(), wandb_project: str | None = None) -> dict:
     """Run (or resume) training as configured; returns the final summary (final.json).
 
     Args:
@@ -151,9 +160,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
         force: start over in an existing lmn run directory (deleting only what lmn wrote).
         preset: name recorded in config.json.
         stream: where progress goes (default stderr); only process 0 writes.
+        log: experiment loggers beside metrics.jsonl (:func:`lmn.trainer.loggers.parse_log`:
+            ``"tensorboard"``, ``"wandb"``, ``"wandb:offline"``, comma-separated or a list);
+            their packages are checked before anything else.
+        wandb_project: the wandb project (default: the one the run recorded, else
+            ``$WANDB_PROJECT``, else ``lmn``).
     Raises:
         ValueError, CorpusError, CheckpointError: bad configuration, data or checkpoint.
     """
+    specs = parse_log(log)
+    check_available(specs)  # before anything is read, written or trained
     dist, device = init_distributed(cfg.device)
     dist.share(cfg.batch_size)  # divisible by the number of processes
     check_fsdp(cfg, dist.world_size)
@@ -161,7 +177,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, preset
     lock = RunLock(cfg.out_dir)
     try:
         _on_main(dist, lambda: _lock_existing(lock))  # before the directory is read: one trainer at a time
-        return _train(cfg, dist, device, lock, resume=resume, force=force, preset=preset, stream=stream)
+        return _train(cfg, dist, device, lock, resume=resume, force=force, preset=preset, stream=stream,
+                      log_specs=specs, wandb_project=wandb_project)
     finally:
         lock.release()
 
@@ -175,8 +192,11 @@ def _lock_existing(lock: RunLock) -> None:
         lock.acquire()
 
 
-def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool, force: bool, preset, stream) -> dict:
+def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool, force: bool, preset, stream,
+           log_specs: tuple = (), wandb_project: str | None = None) -> dict:
     run_dir, from_checkpoint = prepare_run_dir(cfg, resume=resume, force=force)
+    if log_specs:
+        _on_main(dist, lambda: check_logger_dirs(run_dir, logger_files(log_specs)))
     saved = saved_config(run_dir) if resume and (run_dir / CONFIG_FILE).is_file() else None
     if saved is not None:  # what the run is, before the options are read as another kind's
         check_resume_model(run_dir, cfg.model, saved)
@@ -198,6 +218,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool,
         preset = preset or saved.get("preset")
     run = _build(cfg, task, run_dir, dist, device, preset, stream)
     run.lock = lock
+    run.log_specs, run.wandb_project = log_specs, wandb_project
     if not from_checkpoint:
         if resume:
             run.progress.message(f"{run_dir} has no checkpoint yet: starting at step 0")
@@ -207,9 +228,16 @@ def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool,
         _restore(run)
         _write_run_dir(run)
     _wrap(run)
-    with DeferredStop(enabled=not dist.enabled) as stop:
-        _loop(run, stop)
-    return _finish(run)
+    try:
+        _on_main(dist, lambda: _open_loggers(run))
+        with DeferredStop(enabled=not dist.enabled) as stop:
+            _loop(run, stop)
+        summary = _finish(run)
+    except BaseException as err:  # diverged, stopped, failed: the loggers close too, then it goes on
+        _close(run, err)
+        raise
+    _close(run, None)
+    return summary
 
 
 # ----------------------------------------------------------------------------- setup
@@ -270,11 +298,11 @@ def _write_run_dir(run: Run) -> None:
             discard_checkpoints_after(run_dir, run.step)  # damaged ones, passed over
             if read_run_manifest(run_dir) is None:  # a run of checkpoint format 1: its record begins now
                 write_run_manifest(run_dir, legacy_files(run_dir))
-            record_files(run_dir, LOCK_FILE, CONFIG_FILE, METRICS_FILE)
+            record_files(run_dir, LOCK_FILE, CONFIG_FILE, METRICS_FILE, *logger_files(run.log_specs))
         else:
             if lmn_files(run_dir) is not None:
                 remove_run_files(run_dir)
-            write_run_manifest(run_dir, [CONFIG_FILE, METRICS_FILE])
+            write_run_manifest(run_dir, [CONFIG_FILE, METRICS_FILE, *logger_files(run.log_specs)])
         doc = {"preset": run.preset, "train": cfg.to_dict(), run.task.record_key: run.task.record(),
                "params": n_params, "versions": versions(cfg.model)}
         atomic_write_text(run_dir / CONFIG_FILE, atomic.dumps_json(doc, indent=2, where=run_dir / CONFIG_FILE))
@@ -307,6 +335,25 @@ def _wrap(run: Run) -> None:
     where = f"resuming at step {run.step}" if resume else f"run dir {run_dir}"
     run.progress.message(f"{cfg.model}: {n_params:,} parameters | {run.task.describe()} | {dist.world_size} "
                          f"process(es) on {run.device} | {where}")
+
+
+def _open_loggers(run: Run) -> None:
+    """The experiment loggers (process 0), given config.json once."""
+    if not run.log_specs:
+        return
+    config = json.loads((run.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    run.loggers = open_loggers(run.log_specs, run.run_dir, resumed=run.from_checkpoint, step=run.step,
+                               config=config, wandb_project=run.wandb_project)
+    run.progress.message(f"logging to {', '.join(run.log_specs)} as well as {run.run_dir / METRICS_FILE}")
+
+
+def _close(run: Run, error: BaseException | None) -> None:
+    """Close the loggers (``error``: what ended the session) and metrics.jsonl, whose
+    lines are each flushed already."""
+    loggers, run.loggers = run.loggers, []
+    close_loggers(loggers, error)
+    if run.metrics is not None and not run.metrics.closed:
+        run.metrics.close()
 
 
 # ----------------------------------------------------------------------------- loop

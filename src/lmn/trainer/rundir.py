@@ -22,6 +22,9 @@ One run = one directory::
       step-00000039/   the previous one, kept as a fallback
     final.json         the summary Table 1 is made from (at the end)
     best.safetensors   --keep-best only: the weights of the best validation estimate
+    tb/                --log tensorboard only: its event files (:mod:`lmn.trainer.loggers`)
+    wandb/             --log wandb only: wandb's run files
+    wandb-run.json     --log wandb only: the wandb run id, which --resume continues
 
 A checkpoint is written into ``checkpoints/.tmp-step-N-PID/`` (files, then their checksums,
 each fsynced), then made current by one ``rename`` to ``checkpoints/step-N``: a kill at any
@@ -34,7 +37,9 @@ a killed save) when it starts, and keeps the newest two checkpoints.
 
 ``--force`` removes what the manifest records and, in ``checkpoints/``, lmn's own step
 directories (their files only: a step directory holding anything else is refused); other
-files there, and ``checkpoints/`` itself when it is not empty then, stay. Manifests of
+files there, and ``checkpoints/`` itself when it is not empty then, stay. The loggers'
+directories (``tb/``, ``wandb/``), recorded when lmn made them for a logger, go whole: what
+is in them is the logger's. A run does not write into one that it did not record. Manifests of
 format 1 listed the names lmn *may* write; of those, ``final.json`` and
 ``best.safetensors`` are removed only when their contents are lmn's.
 
@@ -79,9 +84,14 @@ STATE_FILE = "trainer_state.pt"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 FINAL_FILE = "final.json"
 BEST_FILE = "best.safetensors"  # --keep-best: the weights of the best validation estimate
+TB_DIR = "tb"  # --log tensorboard: event files
+WANDB_DIR = "wandb"  # --log wandb: wandb's run files
+WANDB_RUN_FILE = "wandb-run.json"  # --log wandb: the wandb run id (resumed runs continue it)
+LOGGER_DIRS = (TB_DIR, WANDB_DIR)  # directories lmn makes for a logger; --force removes them whole
 # What lmn may write in a run directory (the task adds its own files, e.g. tokenizer.json);
 # the manifest records which of them it did write.
-RUN_FILES = (RUN_MANIFEST, LOCK_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE, BEST_FILE)
+RUN_FILES = (RUN_MANIFEST, LOCK_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, FINAL_FILE, BEST_FILE, TB_DIR,
+             WANDB_DIR, WANDB_RUN_FILE)
 # What a run directory of checkpoint format 1 held (no manifest).
 LEGACY_RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, FINAL_FILE)
 # Names an older record (a format-1 manifest, a run without one) lists without saying they
@@ -256,7 +266,9 @@ def removal_plan(run_dir: Path) -> list[Path]:
     without touching anything. Files: the names the manifest records as written (of an
     older record, the uncertain ones only when their contents are lmn's), never the lock
     or a directory. In ``checkpoints/`` (when lmn made it): each ``step-N`` directory's
-    files, then the directory, then ``checkpoints/`` if nothing else is left in it.
+    files, then the directory, then ``checkpoints/`` if nothing else is left in it. A
+    logger's directory (:data:`LOGGER_DIRS`, when recorded): everything in it, deepest
+    first (links as links), then itself.
 
     Raises:
         CheckpointError: not an lmn run, or a step directory holds files lmn did not write.
@@ -287,7 +299,31 @@ def removal_plan(run_dir: Path) -> list[Path]:
             raise CheckpointError(f"refusing --force: {root} holds files lmn did not write inside its checkpoints "
                                   f"({shown}); move them out first")
         plan.append(root)
+    for name in LOGGER_DIRS:
+        top = run_dir / name
+        if name in names and top.is_dir() and not top.is_symlink():
+            for here, dirs, files in os.walk(top, topdown=False):  # links to directories are listed, not followed
+                plan += [Path(here) / n for n in sorted(files)]
+                plan += [Path(here) / n for n in sorted(dirs)]
+            plan.append(top)
     return plan
+
+
+def check_logger_dirs(run_dir: Path, names) -> None:
+    """The loggers' names (``names``: those a run is about to write) must be new in
+    ``run_dir`` or recorded as lmn's: a ``tb/`` or ``wandb/`` of someone else's is not
+    written into (``--force`` would then remove it).
+
+    Raises:
+        ValueError: naming the path and what to do.
+    """
+    run_dir = Path(run_dir)
+    recorded = set(lmn_files(run_dir) or ()) if run_dir.is_dir() else set()
+    for name in names:
+        path = run_dir / name
+        if (path.exists() or path.is_symlink()) and name not in recorded:
+            raise ValueError(f"{path} exists and lmn did not write it (its run manifest {RUN_MANIFEST} does not "
+                             f"record it); --log would write there: move it away, or choose another --out")
 
 
 def remove_run_files(run_dir: Path) -> None:
