@@ -33,6 +33,9 @@ def main() -> int:
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     meta = description(args.model, session)
+    if "chars" not in meta:  # a bytes or bpe run: its vocabulary is meta["tokenizer"] (lmn.data.tokenizer_from_dict)
+        sys.exit(f"error: this example streams character-level runs; {args.model} was exported from a "
+                 f"{meta.get('tokenizer', {}).get('kind')!r} run")
     chars = meta["chars"]
     stoi = {c: i for i, c in enumerate(chars)}
     unknown = sorted(set(args.prompt) - set(stoi))

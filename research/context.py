@@ -39,11 +39,11 @@ BUCKETS = ((1, 64), (65, 512), (513, 4096), (4097, 32768))
 
 
 def _val_ids(run_doc: dict, tokenizer) -> torch.Tensor:
-    from lmn.data import load_corpus, split_tokens
+    from lmn.data import encode_splits, load_corpus
 
     train_cfg = run_doc["train"]
     _, text = load_corpus(train_cfg["data"])
-    return split_tokens(tokenizer.encode(text), train_cfg["train_frac"])[1]
+    return encode_splits(tokenizer, text, train_cfg["train_frac"])[1]  # the run's validation ids, any tokenizer
 
 
 @torch.no_grad()

@@ -94,11 +94,11 @@ def quant(args) -> dict:
     torch.set_num_threads(args.threads)
     model, tokenizer, doc = load_run(args.run)
     cfg = doc["train"]
-    from lmn.data.batches import split_tokens
+    from lmn.data import encode_splits
     from lmn.data.corpus import resolve_corpus
 
     text = resolve_corpus(cfg["data"], download=False).read_text(encoding="utf-8")  # the corpus the run names
-    _, val = split_tokens(torch.as_tensor(tokenizer.encode(text)), cfg["train_frac"])
+    _, val = encode_splits(tokenizer, text, cfg["train_frac"])  # the run's validation ids, any tokenizer
     T = cfg["block_size"]
     ids = val[: args.windows * T + 1].long()
     x, y = ids[:-1].view(args.windows, T), ids[1:].view(args.windows, T)

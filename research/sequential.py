@@ -181,7 +181,7 @@ def estimate(model, ids: torch.Tensor, block: int, batches: int, batch: int, see
 def main(argv=None) -> int:
     from lmn.atomic import write_json, write_text
     from lmn.records import header
-    from lmn.data import load_corpus, split_tokens
+    from lmn.data import encode_splits, load_corpus
     from lmn.trainer import load_run
 
     p = argparse.ArgumentParser(prog="python -m research.sequential", description=__doc__.split("\n\n")[0])
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
             torch.manual_seed(args.seed)
             model = build_model(run_doc["train"]["model"], run_doc["train"]["model_config"])
         _, text = load_corpus(run_doc["train"]["data"])
-        train_ids, val_ids = split_tokens(tokenizer.encode(text), run_doc["train"]["train_frac"])
+        train_ids, val_ids = encode_splits(tokenizer, text, run_doc["train"]["train_frac"])
         print(f"arm {mode} ...", flush=True)
         t0 = time.perf_counter()
         log = [] if mode == "none" else fine_tune(model, train_ids, mode, args.steps, args.batch, args.block,

@@ -2,6 +2,7 @@
 
     lmn train --preset paper-lmn --seed 1337 --out runs/lmn-s1337
     lmn train --out runs/lmn-s1337 --resume
+    lmn train --preset paper-lmn --task-opt tokenizer=bpe:1024 --out runs/lmn-bpe
     lmn generate --checkpoint runs/lmn-s1337 --prompt "ROMEO:" --tokens 500
     lmn plot runs/lmn-s1337 runs/gpt2-s1337 -o curves.png
 
@@ -60,6 +61,7 @@ _NO_FLAG = {"model_config", "task_options"}  # set with --model-opt / --task-opt
 
 
 def _add_train_parser(sub) -> None:
+    from .data.tokenizer import TOKENIZER_SPEC_HELP
     from .trainer import PRESETS, TrainConfig
 
     p = sub.add_parser(
@@ -80,7 +82,9 @@ def _add_train_parser(sub) -> None:
     )
     p.add_argument(
         "--task-opt", action="append", type=_model_opt, default=[], metavar="KEY=VALUE",
-        help="set an option of the task (repeatable; the text task has none)",
+        help="set an option of the task (repeatable). The text task's: tokenizer=SPEC, one of "
+        f"{TOKENIZER_SPEC_HELP}; saved as RUN/tokenizer.json and read back by generate, convert, export and "
+        "the probes; losses are nats per token, and val_bpb (bits per byte) compares tokenizers",
     )
     p.add_argument("--log", action="append", default=[], metavar="LOGGER",
                    help="also log the metrics to tensorboard (RUN/tb/) or wandb (RUN/wandb/; mode $WANDB_MODE, or "
@@ -142,8 +146,11 @@ def _cmd_train(args) -> int:
     summary = train(cfg, resume=args.resume, force=args.force, preset=preset, log=log,
                     wandb_project=args.wandb_project)
     if summary.get("whole_val_loss") is not None and summary.get("final_val_loss") is not None:
+        per = [f"{summary[k]:.4f} {unit}" for k, unit in (("whole_val_bits_per_char", "bits/char"),
+                                                          ("whole_val_bpb", "bits/byte")) if k in summary]
+        per = f" ({', '.join(per)})" if per else ""
         print(f"{cfg.out_dir}: final val {summary['final_val_loss']:.4f} | whole val {summary['whole_val_loss']:.4f} "
-              f"nats ({summary['whole_val_bits_per_char']:.4f} bits/char)")
+              f"nats{per}")
     return 0
 
 
@@ -155,11 +162,11 @@ def _add_generate_parser(sub) -> None:
         description="Prefill the prompt, then sample with LMN's streaming state (constant-size memory).",
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by lmn train")
-    p.add_argument("--prompt", default="\n", help="text to continue; every character must be in the run's vocabulary "
-                   "(default: a newline)")
-    p.add_argument("--tokens", type=int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--prompt", default="\n", help="text to continue, encoded with the run's tokenizer (a char run: "
+                   "every character must be in its vocabulary; bytes and bpe runs take any text) (default: a newline)")
+    p.add_argument("--tokens", type=int, default=500, help="tokens to generate, characters for a char run (default 500)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters (default: all)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: nondeterministic)")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
     p.add_argument("--native", action="store_true", help="run the streaming steps through the C kernel "
@@ -227,10 +234,11 @@ def _cmd_generate(args) -> int:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sys.stdout
     out.write(args.prompt)
+    decode = tokenizer.stream_decoder()  # a character whose bytes span several tokens comes out whole
     for tok in kind.stream(model, idx, args.tokens, args.temperature, args.top_k, generator, args.native):
-        out.write(tokenizer.decode(tok))
+        out.write(decode(tok))
         out.flush()
-    out.write("\n")
+    out.write(decode.flush() + "\n")
     return 0
 
 
@@ -381,7 +389,7 @@ def _add_convert_parser(sub) -> None:
         "convert",
         help="write a trained LMN run as a HuggingFace transformers model (lmn.hf)",
         description="Turn an lmn train run directory into a transformers model directory (config.json, "
-        "model.safetensors, the character tokenizer); load it after `import lmn.hf` with AutoModelForCausalLM. "
+        "model.safetensors, the run's tokenizer); load it after `import lmn.hf` with AutoModelForCausalLM. "
         "OUT is written whole beside itself and then put in place: it is the previous directory or the new one, "
         "never a mixture (a full disk or a kill leaves the previous one as it was).",
     )
@@ -426,7 +434,9 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
     """Export the model of an ``lmn train`` run (``lmn export``): ``(model file, its JSON
     description)``, by :func:`lmn.export.export_model`. ``out`` defaults to
     ``RUN/lmn_step.FMT``, the description is ``OUT.json`` (``lmn_step.onnx.json``); the
-    tokenizer's characters go into it (``"chars"``), so that a runtime needs nothing else."""
+    run's tokenizer goes into it (``"tokenizer"``: its ``tokenizer.json``, any kind, read
+    back with :func:`lmn.data.tokenizer_from_dict`; a char run's characters also as
+    ``"chars"``), so that a runtime needs nothing else."""
     from .export import DEFAULT_MAX_TOKENS, export_model
     from .model import LMN
     from .trainer import load_run
@@ -439,7 +449,8 @@ def export_run(run_dir, fmt: str, out: str | os.PathLike | None = None, max_toke
         raise ValueError(f"{run_dir} is a {doc['train'].get('model')!r} run; export takes LMN runs")
     path = Path(out) if out is not None else Path(run_dir) / f"lmn_step.{fmt}"
     return export_model(model, path, fmt, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, batch_size,
-                        force, extra={"chars": list(tokenizer.chars), "source_run": str(run_dir)})
+                        force, extra={**({"chars": list(tokenizer.chars)} if tokenizer.kind == "char" else {}),
+                                      "tokenizer": tokenizer.to_dict(), "source_run": str(run_dir)})
 
 
 def _cmd_export(args) -> int:

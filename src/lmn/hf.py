@@ -1,5 +1,6 @@
 """LMN for HuggingFace ``transformers``: a config, a causal-LM model whose generation cache
-is LMN's own O(log n) streaming state, and a character tokenizer.
+is LMN's own O(log n) streaming state, and the run's tokenizer (a character tokenizer, or a
+fast byte-level one for ``bytes`` and ``bpe:N`` runs: :func:`hf_tokenizer`).
 
     import lmn.hf                                   # registers model type "lmn" with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -39,7 +40,7 @@ from torch import Tensor
 
 try:
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PretrainedConfig,
-                              PreTrainedModel, PreTrainedTokenizer)
+                              PreTrainedModel, PreTrainedTokenizer, PreTrainedTokenizerFast)
     from transformers.modeling_outputs import CausalLMOutputWithPast
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("lmn.hf needs HuggingFace transformers >= 5.24: pip install 'torch-lmn[hf]'") from err
@@ -188,7 +189,7 @@ class LMNForCausalLM(LMNPreTrainedModel, GenerationMixin):
         self.lmn = LMN(config.lmn_config())
         self.post_init()
         if self.generation_config is not None and self.generation_config.pad_token_id is None:
-            self.generation_config.pad_token_id = config.vocab_size  # LMNCharTokenizer's <pad>
+            self.generation_config.pad_token_id = config.vocab_size  # the tokenizer's <pad> (hf_tokenizer)
 
     @classmethod
     def from_lmn(cls, model: LMN, **config_kwargs) -> "LMNForCausalLM":
@@ -274,7 +275,7 @@ class LMNForCausalLM(LMNPreTrainedModel, GenerationMixin):
         if input_ids.shape[0] != cache.batch_size:
             raise ValueError(f"input_ids has batch size {input_ids.shape[0]}, the cache {cache.batch_size}")
         # generate feeds the pad id to rows that have finished (after an eos): their outputs are
-        # discarded, so any id will do; LMNCharTokenizer's <pad> is the id just past the vocabulary
+        # discarded, so any id will do; the tokenizer's <pad> is the id just past the vocabulary
         input_ids = input_ids.masked_fill(input_ids == self.config.vocab_size, 0)
         if len(cache.groups) == 1:  # one group: no scatter (the usual case)
             rows, state = cache.groups[0]
@@ -357,6 +358,20 @@ class LMNCharTokenizer(PreTrainedTokenizer):
         return (str(path),)
 
 
+def hf_tokenizer(tokenizer) -> PreTrainedTokenizer | PreTrainedTokenizerFast:
+    """The ``transformers`` tokenizer of an lmn tokenizer (:func:`lmn.data.load_tokenizer`):
+    :class:`LMNCharTokenizer` for ``char``; for ``bytes`` and ``bpe`` a
+    ``PreTrainedTokenizerFast`` over the same byte-level vocabulary (the same ids). Either
+    way ``<pad>`` is the id just past the vocabulary and padding is on the left."""
+    if tokenizer.kind == "char":
+        return LMNCharTokenizer.from_char_tokenizer(tokenizer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.library_tokenizer(), pad_token="<pad>",
+                                   padding_side="left", clean_up_tokenization_spaces=False)
+    if fast.pad_token_id != tokenizer.vocab_size:  # (the vocabulary is numbered 0..V-1 without gaps)
+        raise ValueError(f"<pad> got id {fast.pad_token_id}, expected {tokenizer.vocab_size}")
+    return fast
+
+
 # ----------------------------------------------------------------------------- registration
 AutoConfig.register(MODEL_TYPE, LMNHFConfig, exist_ok=True)
 AutoModelForCausalLM.register(LMNHFConfig, LMNForCausalLM, exist_ok=True)
@@ -422,10 +437,10 @@ def convert_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, force: b
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        LMNCharTokenizer.from_char_tokenizer(tokenizer).save_pretrained(tmp)
+        hf_tokenizer(tokenizer).save_pretrained(tmp)
         (tmp / "lmn_run.json").write_text(dumps_json({"converted_from": str(run_dir), "train": doc.get("train")},
                                                      indent=2, where=out / "lmn_run.json"), encoding="utf-8")
     return out
 
 
-__all__ = ["LMNCache", "LMNCharTokenizer", "LMNForCausalLM", "LMNHFConfig", "MODEL_TYPE", "convert_run"]
+__all__ = ["LMNCache", "LMNCharTokenizer", "LMNForCausalLM", "LMNHFConfig", "MODEL_TYPE", "convert_run", "hf_tokenizer"]

@@ -44,6 +44,9 @@ COMMON_STEP = 1000
 def protocol_label(train: dict) -> str:
     """``"paper"``, or the settings in which ``train`` departs from the paper's protocol."""
     diffs = [f"{k}={train[k]:g}" for k, v in PAPER_PROTOCOL.items() if k in train and train[k] != v]
+    tokenizer = (train.get("task_options") or {}).get("tokenizer", "char")
+    if tokenizer != "char":  # the paper's runs are character-level: others are summarised apart
+        diffs.append(f"tokenizer={tokenizer}")
     return "paper" if not diffs else ", ".join(diffs)
 
 
@@ -58,6 +61,8 @@ def run_command(cfg: dict, out: str) -> str:
     args = ["lmn", "train"] + (["--preset", preset] if known else ["--model", train["model"]])
     args += cli_flags(train, base, skip=("model_config", "task_options", "out_dir", "threads", "device")
                       + (("model",) if known else ()))
+    for key, value in train.get("task_options", {}).items():  # e.g. tokenizer=bpe:1024
+        args += ["--task-opt", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     return " ".join(args + ["--out", out])
 
 
@@ -96,8 +101,10 @@ def collect_run(run_dir: Path) -> dict:
             step=final["step"],
             final_train_loss=final["final_train_loss"],
             final_val_loss=final["final_val_loss"],
+            final_val_bpb=final.get("final_val_bpb"),  # bits per byte (runs made before it: None)
             whole_val_loss=final.get("whole_val_loss"),
             whole_val_bits_per_char=final.get("whole_val_bits_per_char"),
+            whole_val_bpb=final.get("whole_val_bpb"),
             wall_time_s=final["wall_time_s"],
             train_time_s=final["train_time_s"],
             tokens_per_s=final["tokens_per_s"],
@@ -114,6 +121,7 @@ def collect_run(run_dir: Path) -> dict:
             step=last.get("step", 0),
             final_train_loss=last.get("train_loss"),
             final_val_loss=last.get("val_loss"),
+            final_val_bpb=last.get("val_bpb"),
             wall_time_s=last.get("elapsed_s"),
         )
     return row
@@ -138,8 +146,9 @@ def build_table1(run_dirs: list[Path]) -> dict:
         key = model if sum(m == model for m, _ in groups) == 1 else f"{model} [{protocol}]"
         summary[key] = {
             stat: _mean_std([r[stat] for r in group])
-            for stat in ("final_train_loss", "final_val_loss", "whole_val_loss", "whole_val_bits_per_char",
-                         "val_loss_at_common_step", "wall_time_s", "tokens_per_s")
+            for stat in ("final_train_loss", "final_val_loss", "final_val_bpb", "whole_val_loss",
+                         "whole_val_bits_per_char", "whole_val_bpb", "val_loss_at_common_step", "wall_time_s",
+                         "tokens_per_s")
             if all(r.get(stat) is not None for r in group)
         }
         summary[key].update(model=model, protocol=protocol, params=group[0]["params"])

@@ -111,6 +111,12 @@ class Task:
             out["accuracy"] = sums["correct"] / sums["count"]
         return out
 
+    def bits_per_byte(self, split: str, loss: float) -> float | None:
+        """``loss`` (mean nats per token on ``split``) in bits per byte of the text its
+        tokens stand for, or None for a task that is not text (the text task's
+        ``val_bpb``, which compares across tokenizers)."""
+        return None
+
     # ---- run directory
     def record(self) -> dict:
         """What the task trained on, written to config.json (and checked on resume)."""

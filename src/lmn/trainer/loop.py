@@ -389,11 +389,12 @@ def _maybe_evaluate(run: Run) -> None:
         return
     t0 = time.perf_counter()
     losses = estimate_loss(run.model, run.task, cfg, run.step, run.dist, run.device, run.autocast)
+    bpb = run.task.bits_per_byte("val", losses["val"]) if "val" in losses else None
     run.last_eval = {"type": "eval", "step": run.step, **{f"{s}_loss": v for s, v in losses.items()},
-                     "elapsed_s": run.elapsed()}
+                     **({} if bpb is None else {"val_bpb": bpb}), "elapsed_s": run.elapsed()}
     _track_best(run, losses["val"])
     run.log(run.last_eval)
-    shown = " | ".join(f"{s} {v:.4f}" for s, v in losses.items())
+    shown = " | ".join(f"{s} {v:.4f}" for s, v in losses.items()) + ("" if bpb is None else f" ({bpb:.4f} bits/byte)")
     run.progress.message(f"eval step {run.step}: {shown} ({time.perf_counter() - t0:.1f}s)")
 
 
@@ -496,6 +497,8 @@ def _finish(run: Run) -> dict:
                "seed": cfg.seed}
     for split in task.splits:
         summary[f"final_{split}_loss"] = run.last_eval[f"{split}_loss"] if run.last_eval else None
+    if run.last_eval is not None and "val_bpb" in run.last_eval:  # (a text task's; not in runs made before it)
+        summary["final_val_bpb"] = run.last_eval["val_bpb"]
     if run.best is not None:
         summary.update(best_step=run.best["step"], best_val_loss=run.best["val_loss"], stopped_early=run.stopped_early)
     if cfg.keep_best and run.best is not None:  # the best weights: saved, and used for the whole-split evaluation

@@ -9,9 +9,9 @@ One run = one directory::
     lmn-run.lock       while a trainer runs: who holds the run (:mod:`lmn.trainer.lock`)
     config.json        the fully resolved TrainConfig (+ the task's record, e.g. the corpus,
                        parameter count, versions)
-    tokenizer.json     the character vocabulary of the corpus (text task)
+    tokenizer.json     the text task's tokenizer (char, bytes or bpe; lmn.data.load_tokenizer)
     metrics.jsonl      one JSON record per line: "train" (step, loss, tokens/s),
-                       "eval" (step, <split>_loss), "final" (whole-split metrics)
+                       "eval" (step, <split>_loss, val_bpb for text), "final" (whole-split metrics)
     checkpoints/
       step-00000040/   one checkpoint, complete or absent:
         model.safetensors   weights (metadata: model kind, model config, step)
@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from .. import atomic
-from ..data import CharTokenizer
+from ..data import load_tokenizer
 from ..data.corpus import sha256_file
 from ..limits import check_run_model
 from .config import RESUMABLE_FIELDS, TrainConfig
@@ -868,9 +868,10 @@ def last_eval(run_dir: Path, upto: int) -> dict | None:
     return evals[-1] if evals else None
 
 
-def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, CharTokenizer, dict]:
+def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, object, dict]:
     """Model (eval mode), tokenizer and config.json of a trained run directory, from its
-    newest checkpoint with intact weights."""
+    newest checkpoint with intact weights. The tokenizer is the run's own, of any kind
+    (:func:`lmn.data.load_tokenizer`: char, bytes or bpe)."""
     run_dir = Path(run_dir)
     doc = saved_config(run_dir)
     try:
@@ -878,11 +879,12 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} is not a valid run config ({err})") from None
     try:
-        tokenizer = CharTokenizer.load(run_dir / TOKENIZER_FILE)
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     if cfg.model_config.get("vocab_size") != tokenizer.vocab_size:
-        raise CheckpointError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} characters but the model "
+        unit = "characters" if tokenizer.kind == "char" else "symbols"
+        raise CheckpointError(f"{run_dir}: tokenizer has {tokenizer.vocab_size} {unit} but the model "
                               f"expects vocab_size {cfg.model_config.get('vocab_size')}")
     try:  # completed with fields added since the run was made (they default to its behaviour)
         model_config = normalize_model_config(cfg.model, cfg.model_config)
