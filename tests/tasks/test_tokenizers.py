@@ -319,6 +319,13 @@ def test_bad_tokenizer_option_is_one_line(tmp_path, capsys):
         assert not (tmp_path / "r").exists()
 
 
+def test_a_corpus_too_short_counts_tokens(tmp_path, capsys):
+    corpus = write_corpus(tmp_path, "ab" * 300)  # 600 bytes, a handful of BPE tokens
+    status, _, err = run_cli(capsys, "train", *TINY_TRAIN_ARGS, "--data", corpus, "--out", tmp_path / "r",
+                             "--max-iters", "1", "--block-size", "64", "--task-opt", "tokenizer=bpe:300")
+    assert status == 2 and "bpe:300 tokens give a train split of" in err and "characters" not in err, err
+
+
 def test_help_documents_the_tokenizer_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

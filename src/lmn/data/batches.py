@@ -26,8 +26,10 @@ def split_tokens(ids: Tensor, train_frac: float = 0.9) -> tuple[Tensor, Tensor]:
     return ids[:n], ids[n:]
 
 
-def check_split_sizes(train: Tensor, val: Tensor, block_size: int, what: str = "corpus") -> None:
-    """Each split must hold at least one full window plus its shifted target.
+def check_split_sizes(train: Tensor, val: Tensor, block_size: int, what: str = "corpus",
+                      unit: str = "characters") -> None:
+    """Each split must hold at least one full window plus its shifted target (``unit``: what
+    the ids are, in the message: characters, or tokens of a byte or BPE tokenizer).
 
     Raises:
         CorpusError: naming the sizes and what to change.
@@ -36,9 +38,9 @@ def check_split_sizes(train: Tensor, val: Tensor, block_size: int, what: str = "
     if len(train) < need or len(val) < need:
         total = len(train) + len(val)
         raise CorpusError(
-            f"{what} is too short: {total} characters give a train split of {len(train)} and a validation "
+            f"{what} is too short: {total} {unit} give a train split of {len(train)} and a validation "
             f"split of {len(val)}, but each needs at least block_size + 1 = {need}; use a longer corpus "
-            f"(at least about {need * 10 + 10} characters) or a smaller --block-size"
+            f"(at least about {need * 10 + 10} {unit}) or a smaller --block-size"
         )
 
 

@@ -58,7 +58,8 @@ class TextTask(Task):
                               f"({self.tokenizer.chars!r}, {len(text):,} times): there is nothing to predict; "
                               "give a text with at least 2 different characters")
         train, val = encode_splits(self.tokenizer, text, train_frac)
-        check_split_sizes(train, val, block_size, what=f"corpus {str(path)!r}")
+        unit = "characters" if self.tokenizer.kind == "char" else f"{self.tokenizer.spec} tokens"
+        check_split_sizes(train, val, block_size, what=f"corpus {str(path)!r}", unit=unit)
         self.ids = {"train": train, "val": val}
         self.vocab_size, self.seq_len = self.tokenizer.vocab_size, block_size
         self._byte_lengths = self.tokenizer.byte_lengths()  # (V,) UTF-8 bytes per id
