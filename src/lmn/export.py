@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 from .atomic import dumps_json, write_together
 from .config import LMNConfig
+from .documents import reset_rows
 from .layout import fill_fixed
 from .mechanisms import refuse
 from .model import LMN, sinusoidal_encoding
@@ -440,6 +441,18 @@ def export_model(model: LMN, path: str | os.PathLike, fmt: str, max_tokens: int 
     return path, meta
 
 
+def restart_rows(state: dict, rows: list[int]) -> dict:
+    """Restart the streams ``rows`` of a state in the exported layout, in place: position 0
+    and zeros, the state of an empty stream (:meth:`StreamStep.initial_state`). The
+    exported step keeps a position per row, so a row starts a new document while the
+    others go on (torch tensors or numpy arrays; returns ``state``)."""
+    if rows:
+        state["pos"][rows] = 0
+        for name in ("nodes", "slot_q", "slot_v"):
+            state[name][:, rows] = 0
+    return state
+
+
 # ----------------------------------------------------------------------------- runtimes
 class OrtStepper:
     """Streams through an exported ONNX step with onnxruntime: ``step(tokens (B,)) -> logits``
@@ -489,8 +502,14 @@ class OrtStepper:
                          f"{'are' if len(rows) > 1 else 'is'} full: {held:,} tokens, the exported state's capacity; "
                          "re-export with a larger --max-tokens")
 
-    def step(self, tokens):
+    def step(self, tokens, reset=None):
+        """``reset``: rows whose token starts a new document (``True`` or a ``(B,)`` bool
+        array): those streams restart before it (:func:`restart_rows`), the others go on."""
         tokens = self._np.asarray(tokens, dtype=self._np.int64).reshape(self.batch_size)
+        if reset is not None and reset is not False:
+            rows = reset_rows(reset, self.batch_size, "OrtStepper.step's reset")
+            if rows:  # (copies: a loaded state may share memory with the caller's tensors)
+                self.state = restart_rows({k: self._np.array(v, copy=True) for k, v in self.state.items()}, rows)
         if self.capacity is not None and (self.state["pos"] >= self.capacity).any():
             self._refuse(self._np.flatnonzero(self.state["pos"] >= self.capacity))
         out = dict(zip(self.outputs, self.session.run(None, {"token": tokens, **self.state})))
@@ -506,4 +525,4 @@ class OrtStepper:
 
 
 __all__ = ["FORMAT", "INPUTS", "OUTPUTS", "OrtStepper", "StreamStep", "description_path", "export_model",
-           "export_onnx", "export_program", "levels_for", "read_description"]
+           "export_onnx", "export_program", "levels_for", "read_description", "restart_rows"]

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .export import DEFAULT_MAX_TOKENS, StreamStep
+from .documents import reset_rows
+from .export import DEFAULT_MAX_TOKENS, StreamStep, restart_rows
 from .validation import check_int
 
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (CUDA's allocator and lazy inits settle)
@@ -105,11 +106,20 @@ class GraphStepper:
         return self
 
     @torch.no_grad()
-    def step(self, tokens: Tensor) -> Tensor:
-        """Consume one token per stream (``(B,)`` ids); returns the logits ``(B, vocab)``."""
+    def step(self, tokens: Tensor, reset=None) -> Tensor:
+        """Consume one token per stream (``(B,)`` ids); returns the logits ``(B, vocab)``.
+
+        ``reset``: rows whose token starts a new document (``True`` or a ``(B,)`` bool
+        tensor): those streams restart before it (:func:`lmn.export.restart_rows`; the
+        step keeps a position per row), the others go on."""
         tokens = torch.as_tensor(tokens).reshape(-1)
         if tokens.shape[0] != self.batch_size:
             raise ValueError(f"step takes {self.batch_size} tokens (one per stream), got {tokens.shape[0]}")
+        if reset is not None and reset is not False:
+            rows = reset_rows(reset, self.batch_size, "GraphStepper.step's reset")
+            restart_rows(self.buffers, rows)  # (in place: the graph reads these buffers)
+            if len(rows) == self.batch_size:
+                self.count = 0  # (otherwise the longest stream's count stays: the capacity check is per batch)
         if self.capacity is not None and self.count >= self.capacity:
             raise ValueError(f"the streams are full: this stepper holds {self.capacity} tokens (max_tokens); "
                              "make one with a larger max_tokens")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmn.model import LMN, sinusoidal_encoding
+from lmn.documents import check_doc_starts, run_documents
 from lmn.mechanisms import refuse
 from lmn.tree import Tree
 
@@ -61,10 +62,13 @@ def slot_specs(tree: Tree, levels: list[Tensor]) -> tuple[list[int], list[int]]:
     return slot_level, slot_r
 
 
-def materialized_forward(model: LMN, idx: Tensor) -> Tensor:
-    """Logits ``(B, T, vocab)`` of ``model`` on ``idx (B, T)``, slots materialised."""
+def materialized_forward(model: LMN, idx: Tensor, doc_starts: Tensor | None = None) -> Tensor:
+    """Logits ``(B, T, vocab)`` of ``model`` on ``idx (B, T)``, slots materialised;
+    ``doc_starts``: packed rows (as :meth:`lmn.LMN.forward`), each document run alone."""
     cfg = model.config
     refuse(cfg, "the materialised benchmark form", "use the model's parallel form")
+    if doc_starts is not None:
+        return run_documents(lambda ids: materialized_forward(model, ids), idx, check_doc_starts(doc_starts, idx))
     B, T = idx.shape
     H, dh = cfg.n_heads, cfg.d_head
     h = F.embedding(idx, model.tok_emb.weight)  # (B, T, d)

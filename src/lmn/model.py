@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, plain_linear, vjp
 from .config import LMNConfig
+from .documents import check_doc_starts, format_rows, last_run, reset_rows, run_documents
 from .memory import LogMemory
 from .mechanisms import ExtraSlots, Slots, mechanism_names, mechanisms_for
 from .state import LayerState, LMNState
@@ -518,7 +519,8 @@ class LMN(nn.Module):
         return h
 
     # ------------------------------------------------------------------ parallel / prefill
-    def forward(self, idx: Tensor, return_state: bool = False, state: LMNState | None = None):
+    def forward(self, idx: Tensor, return_state: bool = False, state: LMNState | None = None,
+                doc_starts: Tensor | None = None):
         """Parallel form.
 
         Args:
@@ -527,10 +529,19 @@ class LMN(nn.Module):
             state: continue this stream (updated in place) instead of starting a new one;
                 implies ``return_state``. The new tokens are processed in parallel, in
                 pieces aligned to the stream's position (see :meth:`prefill`).
+            doc_starts: packed rows: ``(B, T)`` bool, True where a new document starts
+                (:mod:`lmn.documents`). Every document is computed exactly as if run
+                alone: the tree, the memory mechanisms and the positions restart at its
+                first token. Column 0 starts a document; with a ``state`` only where
+                marked (unmarked, the row's first run continues the stream). A returned
+                state is that of the rows' last documents, which must then start at the
+                same column in every row (one position per batch).
         Returns:
             logits ``(B, T, vocab_size)``, or ``(logits, state)``.
         """
         self._check_idx(idx)
+        if doc_starts is not None:
+            return self._forward_documents(idx, check_doc_starts(doc_starts, idx), return_state, state)
         if state is not None:
             logits = []
             for piece in self._pieces(idx, state, max_chunk=None):
@@ -551,15 +562,56 @@ class LMN(nn.Module):
             return logits
         return logits, LMNState(self.config, B, T, layers)
 
-    def prefill(self, idx: Tensor, state: LMNState | None = None, max_chunk: int | None = 4096):
+    def _forward_documents(self, idx: Tensor, doc_starts: Tensor, return_state: bool, state: LMNState | None):
+        """:meth:`forward` of packed rows: every document run alone by the parallel form
+        (:func:`lmn.documents.run_documents`), a row's first run continuing ``state``
+        where one is given and column 0 is not marked."""
+        continuing = state is not None
+        if continuing:
+            self._check_state(state, idx.shape[0], idx.device)
+        if not (return_state or continuing):
+            return run_documents(self, idx, doc_starts)
+        last = last_run(doc_starts, "LMN.forward returning a state", continuing)
+        if last.continues:  # no document starts in any row: the stream goes on
+            return self(idx, state=state)
+        c, parts = last.start, []
+        if c > 0:  # the documents before the last ones (the state is that of the last ones)
+            def go_on(rows: list[int], ids: Tensor) -> Tensor:
+                return self(ids, state=state.select(torch.tensor(rows, device=idx.device)))[0]
+
+            parts.append(run_documents(self, idx[:, :c], doc_starts[:, :c], continue_fn=go_on if continuing else None))
+        logits, fresh = self(idx[:, c:], return_state=True)
+        parts.append(logits)
+        if continuing:  # the caller's state object becomes the new stream's
+            state.layers, state.pos = fresh.layers, fresh.pos
+            fresh = state
+        return torch.cat(parts, dim=1), fresh
+
+    def prefill(self, idx: Tensor, state: LMNState | None = None, max_chunk: int | None = 4096,
+                doc_starts: Tensor | None = None):
         """Consume a (long) prompt with bounded memory: parallel passes over pieces of at
         most ``max_chunk`` tokens (best a power of the stride), each continuing the stream.
+
+        ``doc_starts`` (``(B, T)`` bool, as in :meth:`forward`): the prompt holds several
+        documents; the stream restarts at the last one (positions from its start), which
+        must start at the same column in every row. Column 0 continues ``state`` unless
+        marked. The earlier documents change nothing that a prefill returns, so they are
+        not computed.
 
         Returns ``(logits of the last position (B, vocab_size), state)``. Peak memory
         depends on ``max_chunk``, not on the prompt length.
         """
         self._check_idx(idx)
         check_int("max_chunk", max_chunk, min=1, allow_none=True)
+        if doc_starts is not None:
+            check_doc_starts(doc_starts, idx)
+            if state is not None:
+                self._check_state(state, idx.shape[0], idx.device)
+            last = last_run(doc_starts, "LMN.prefill", continuing=state is not None)
+            if not last.continues:
+                idx = idx[:, last.start:]
+                if state is not None:
+                    self.restart(state)
         state = self.init_state(idx.shape[0], device=idx.device) if state is None else state
         for piece in self._pieces(idx, state, max_chunk):
             last = self._extend(piece, state)[:, -1]
@@ -600,12 +652,24 @@ class LMN(nn.Module):
         dtype = ref.dtype if dtype is None else dtype
         return LMNState(self.config, batch_size, 0, [block.init_state(batch_size, device, dtype) for block in self.blocks])
 
-    def step(self, tokens: Tensor, state: LMNState):
+    def restart(self, state: LMNState) -> LMNState:
+        """Empty ``state`` in place: every stream back at position 0 (a new document)."""
+        ref = state.layers[0].slot_q
+        state.layers = [block.init_state(state.batch_size, ref.device, ref.dtype) for block in self.blocks]
+        state.pos = 0
+        return state
+
+    def step(self, tokens: Tensor, state: LMNState, reset=None):
         """Streaming form: consume one token per sequence.
 
         Args:
             tokens: ``(B,)`` or ``(B, 1)`` integer ids.
             state: from :meth:`init_state` or a prefill; updated in place.
+            reset: the token starts a new document: the stream restarts before it
+                (positions and memory from the document's start, :meth:`restart`).
+                ``True`` or a ``(B,)`` bool tensor; the state holds one position for its
+                batch, so it restarts every row or none (the exported step,
+                :mod:`lmn.export`, keeps a position per row and resets rows apart).
         Returns:
             ``(logits (B, vocab_size), state)``.
         """
@@ -623,6 +687,15 @@ class LMN(nn.Module):
             )
         self._check_tokens(tokens, "tokens")
         self._check_state(state, tokens.shape[0], tokens.device)
+        if reset is not None and reset is not False:
+            rows = reset_rows(reset, tokens.shape[0], "LMN.step's reset")
+            if rows and len(rows) < tokens.shape[0]:
+                raise ValueError(f"LMN.step restarts every stream or none (its state holds one position for the "
+                                 f"batch), but reset marks rows {format_rows(rows)} of {tokens.shape[0]}; step those "
+                                 "rows in a state of their own (state.select) or use the exported step (lmn.export), "
+                                 "which resets rows apart")
+            if rows:
+                self.restart(state)
         pos = state.pos
         h = self._embed(tokens, pos)  # (B, d)
         layers = state.layers

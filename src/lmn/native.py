@@ -46,6 +46,7 @@ from torch import Tensor
 
 from . import atomic
 from .config import LMNConfig
+from .documents import format_rows, reset_rows
 from .layout import fill_fixed, state_from_fixed
 from .mechanisms import refuse
 from .state import LMNState, state_nbytes
@@ -230,8 +231,12 @@ class NativeStepper:
             return math.inf
         return self.config.stride ** (self.max_levels + 1) - 1
 
-    def step(self, tokens: Tensor) -> Tensor:
-        """Consume one token per stream: ``(B,)`` or ``(B, 1)`` integer ids -> logits ``(B, vocab)``."""
+    def step(self, tokens: Tensor, reset=None) -> Tensor:
+        """Consume one token per stream: ``(B,)`` or ``(B, 1)`` integer ids -> logits ``(B, vocab)``.
+
+        ``reset``: the token starts a new document (``True`` or a ``(B,)`` bool tensor): the
+        streams restart before it (:meth:`reset`). The kernel steps every stream at one
+        position, so it restarts every row or none, like :meth:`lmn.LMN.step`."""
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
         if tokens.dim() == 2 and tokens.shape[1] == 1:
@@ -247,6 +252,14 @@ class NativeStepper:
             tokens = tokens.to(torch.int64)
         if tokens.device.type != "cpu":
             raise ValueError(f"tokens are on {tokens.device}; NativeStepper runs on the CPU")
+        if reset is not None and reset is not False:
+            rows = reset_rows(reset, self.batch_size, "NativeStepper.step's reset")
+            if rows and len(rows) < self.batch_size:
+                raise ValueError(f"the native step restarts every stream or none (its kernel steps the batch at one "
+                                 f"position), but reset marks rows {format_rows(rows)} of {self.batch_size}; use a "
+                                 "stepper per stream or the exported step (lmn.export), which resets rows apart")
+            if rows:
+                self.reset()
         if self.pos >= self.capacity:
             raise RuntimeError(f"stream is full: {self.pos} tokens is the capacity of max_levels={self.max_levels}")
         tokens = tokens.contiguous()

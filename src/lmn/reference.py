@@ -17,9 +17,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention import GATE_LEVELS
+from .documents import check_doc_starts, last_run
 from .model import LMN, sinusoidal_encoding
 from .state import LayerState, LMNState
 from .tree import kept, read_nodes
+
+
+def _reference_documents(model: LMN, idx: Tensor, doc_starts: Tensor, return_state: bool):
+    """:func:`reference_forward` of packed rows: a loop over rows and their documents."""
+    T = idx.shape[1]
+    rows = []
+    for r in range(idx.shape[0]):
+        cols = [0] + [c for c in range(1, T) if bool(doc_starts[r, c])]
+        rows.append(torch.cat([reference_forward(model, idx[r : r + 1, s:e])
+                               for s, e in zip(cols, cols[1:] + [T])], dim=1))
+    logits = torch.cat(rows, dim=0)
+    if not return_state:
+        return logits
+    c = last_run(doc_starts, "reference_forward returning a state").start
+    return logits, reference_forward(model, idx[:, c:], return_state=True)[1]
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float | None) -> Tensor:
@@ -27,10 +43,16 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float | None) -> Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def reference_forward(model: LMN, idx: Tensor, return_state: bool = False):
+def reference_forward(model: LMN, idx: Tensor, return_state: bool = False, doc_starts: Tensor | None = None):
     """Logits ``(B, T, vocab)`` of ``model`` on ``idx (B, T)`` by the plain definition;
     with ``return_state=True`` also the streaming state after the last token, made by the
-    definition of :mod:`lmn.state` (kept nodes and the projected slots of position T-1)."""
+    definition of :mod:`lmn.state` (kept nodes and the projected slots of position T-1).
+
+    ``doc_starts`` (``(B, T)`` bool, True where a document starts; column 0 always does):
+    packed rows, by definition each document run alone, one after the other; the state is
+    that of the rows' last documents, which must then start at the same column."""
+    if doc_starts is not None:
+        return _reference_documents(model, idx, check_doc_starts(doc_starts, idx), return_state)
     cfg = model.config
     B, T = idx.shape
     H, dh, nb, k = cfg.n_heads, cfg.d_head, cfg.n_banks, cfg.stride

@@ -9,6 +9,7 @@ from dataclasses import asdict, fields
 import torch
 from torch import Tensor, nn
 
+from ..documents import check_doc_starts, run_documents
 from ..kinds.base import Decoder
 from ..validation import check_int
 
@@ -92,8 +93,16 @@ class HFModel(nn.Module):
         # parameters() yields a tied weight once, so the head is not counted twice.
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, doc_starts: Tensor | None = None) -> Tensor:
+        """``doc_starts``: packed rows, ``(B, T)`` bool, True where a document starts
+        (:mod:`lmn.documents`): every document is run alone (:func:`lmn.documents.run_documents`,
+        exact for these causal models; GPT-2 masks its attention instead)."""
         check_idx(idx, self.config.vocab_size, self.max_positions())
+        if doc_starts is not None:
+            return run_documents(self._logits, idx, check_doc_starts(doc_starts, idx))
+        return self._logits(idx)
+
+    def _logits(self, idx: Tensor) -> Tensor:
         return self.hf(input_ids=idx, use_cache=False).logits
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
+from ..documents import block_causal_mask, check_doc_starts, document_positions
 from ..kinds.base import BenchSpec, ModelKind, hf_checkpointing
-from ._common import ConfigMixin, HFDecoder, HFModel, import_transformers
+from ._common import ConfigMixin, HFDecoder, HFModel, check_idx, import_transformers
 
 DEFAULT_POSITIONS = 512
 
@@ -77,6 +78,17 @@ class GPT2Baseline(HFModel):
 
     def max_positions(self) -> int:
         return self.config.n_positions
+
+    def forward(self, idx: Tensor, doc_starts: Tensor | None = None) -> Tensor:
+        """``doc_starts`` (packed rows, :mod:`lmn.documents`): GPT-2's own mechanism, one
+        pass with a block-diagonal causal attention mask and positions restarting at
+        every document (each document's logits are those of it alone)."""
+        check_idx(idx, self.config.vocab_size, self.max_positions())
+        if doc_starts is None:
+            return self._logits(idx)
+        doc_starts = check_doc_starts(doc_starts, idx)
+        return self.hf(input_ids=idx, attention_mask=block_causal_mask(doc_starts),
+                       position_ids=document_positions(doc_starts), use_cache=False).logits
 
 
 def _with_positions(config: dict, positions: int | None) -> dict:

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..documents import check_doc_starts, run_documents
 from ..kinds.base import BenchSpec, Decoder, ModelKind
 from ..validation import check_int
 from ._common import ConfigMixin, check_heads, check_idx
@@ -330,10 +331,14 @@ class LogLinearMamba2(nn.Module):
         logits = F.linear(self.norm_f(torch.cat(outs, dim=1)), self.embed.weight)
         return logits, LogLinearState(pos + idx.shape[1], caches)
 
-    def forward(self, idx: Tensor, form: str = "chunked") -> Tensor:
+    def forward(self, idx: Tensor, form: str = "chunked", doc_starts: Tensor | None = None) -> Tensor:
+        """Logits ``(B, T, vocab)``; ``doc_starts`` (packed rows, :mod:`lmn.documents`):
+        every document run alone (:func:`lmn.documents.run_documents`)."""
         check_idx(idx, self.config.vocab_size)
         if form not in FORMS:
             raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        if doc_starts is not None:
+            return run_documents(lambda ids: self(ids, form), idx, check_doc_starts(doc_starts, idx))
         state = self.init_state(idx.shape[0])
         if form == "step":
             return torch.cat([self.step(idx[:, t], state)[0][:, None] for t in range(idx.shape[1])], dim=1)

@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..documents import check_doc_starts, run_documents
 from ..kinds.base import BenchSpec, Decoder, ModelKind
 from ..validation import check_choice, check_int
 from ._common import ConfigMixin, check_idx
@@ -279,10 +280,14 @@ class S4D(nn.Module):
                 h, states[i] = block(h, states[i], want_state, conv)
         return self._head(h), states
 
-    def forward(self, idx: Tensor, form: str = "conv") -> Tensor:
+    def forward(self, idx: Tensor, form: str = "conv", doc_starts: Tensor | None = None) -> Tensor:
+        """Logits ``(B, T, vocab)``; ``doc_starts`` (packed rows, :mod:`lmn.documents`):
+        every document run alone (:func:`lmn.documents.run_documents`)."""
         check_idx(idx, self.config.vocab_size)
         if form not in FORMS:
             raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        if doc_starts is not None:
+            return run_documents(lambda ids: self(ids, form), idx, check_doc_starts(doc_starts, idx))
         if form == "recurrent":
             state = self.init_state(idx.shape[0])
             return torch.stack([self.step(idx[:, t], state)[0] for t in range(idx.shape[1])], dim=1)

@@ -37,21 +37,29 @@ class Batch:
         x: ``(B, T)`` int64 token ids.
         y: ``(B, T)`` int64 target ids, or ``(B, T, O)`` float targets (regression).
         mask: ``(B, T)`` bool, True where a position is scored; None scores every position.
+        doc_starts: ``(B, T)`` bool, True where a new document starts in a packed row
+            (:mod:`lmn.documents`); the trainer passes it to the model
+            (``model(x, doc_starts=...)``), which computes every document as if alone.
+            None (the default): each row is one stream, and the model is called as ``model(x)``.
     """
 
     x: Tensor
     y: Tensor
     mask: Tensor | None = None
+    doc_starts: Tensor | None = None
 
     def rows(self, lo: int, hi: int) -> "Batch":
         """Rows ``lo:hi`` (one process's share of a global batch)."""
-        return Batch(self.x[lo:hi], self.y[lo:hi], None if self.mask is None else self.mask[lo:hi])
+        def part(t):
+            return None if t is None else t[lo:hi]
+
+        return Batch(self.x[lo:hi], self.y[lo:hi], part(self.mask), part(self.doc_starts))
 
     def to(self, device) -> "Batch":
         def move(t):
             return None if t is None else t.to(device, non_blocking=True)
 
-        return Batch(move(self.x), move(self.y), move(self.mask))
+        return Batch(move(self.x), move(self.y), move(self.mask), move(self.doc_starts))
 
 
 class Task:

@@ -6,6 +6,8 @@ fresh random batches at each evaluation, yet independent of where a run was stop
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -25,10 +27,30 @@ def local_batch(task: Task, split: str, batch_size: int, generator, dist: Dist, 
     return (batch if (lo, hi) == (0, batch_size) else batch.rows(lo, hi)).to(device)
 
 
+def model_outputs(model: nn.Module, batch: Batch) -> Tensor:
+    """``model(batch.x)``, or ``model(batch.x, doc_starts=batch.doc_starts)`` when the batch
+    holds packed documents (:attr:`lmn.tasks.Batch.doc_starts`)."""
+    if batch.doc_starts is None:
+        return model(batch.x)
+    check_takes_documents(model)
+    return model(batch.x, doc_starts=batch.doc_starts)
+
+
+def check_takes_documents(model: nn.Module) -> None:
+    """A one-line error unless ``model`` (under its DDP / torch.compile wrappers) takes
+    ``doc_starts``."""
+    inner = model
+    while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):
+        inner = getattr(inner, "_orig_mod", None) or inner.module
+    if "doc_starts" not in inspect.signature(inner.forward).parameters:
+        raise ValueError(f"the task gives packed documents (Batch.doc_starts) but {type(inner).__name__} cannot reset "
+                         "at document boundaries (its forward takes no doc_starts); train this kind on unpacked rows")
+
+
 def batch_loss(model: nn.Module, task: Task, batch: Batch, autocast) -> Tensor:
     """The task's loss of ``model`` on ``batch`` (logits in float32)."""
     with autocast:
-        logits = model(batch.x)
+        logits = model_outputs(model, batch)
     return task.loss(logits, batch)
 
 
@@ -65,11 +87,11 @@ def evaluate_whole(model: nn.Module, task: Task, batch_size: int, dist: Dist, de
             # a sharded model's forward is a collective: the last round's idle processes run one too
             if is_sharded(model) and i == len(batches) - 1 and dist.rank > i % dist.world_size:
                 with autocast:
-                    model(batch.to(device).x)
+                    model_outputs(model, batch.to(device))
             continue
         batch = batch.to(device)
         with autocast:
-            logits = model(batch.x)
+            logits = model_outputs(model, batch)
         sums = task.score(logits, batch)
         acc += torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     dist.sum_(acc)
