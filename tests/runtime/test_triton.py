@@ -8,6 +8,7 @@ before triton is imported), on small shapes; with one, on CUDA. Skipped when tri
 not installed.
 """
 
+import itertools
 import os
 import subprocess
 import sys
@@ -174,3 +175,36 @@ def test_settings():
 def test_import_lmn_does_not_import_triton():
     code = "import sys, lmn, lmn.kernels; m = lmn.LMN(lmn.LMNConfig()); assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_packed_documents_through_the_fused_path_equal_them_alone(monkeypatch):
+    # issue 22, item 3: the packed form runs each document through the same parallel form
+    from lmn.documents import doc_starts_from_lengths
+
+    calls = []
+    kernel = triton_sva.fused_attention
+    monkeypatch.setattr(triton_sva, "fused_attention", lambda *a: calls.append(1) or kernel(*a))
+
+    torch.manual_seed(0)
+    model = _model(2, "digits", 2, 0, 16, 2)
+    layouts = [[5, 11, 1], [16, 1]]
+    starts = doc_starts_from_lengths(layouts, device=DEVICE)
+    idx = torch.randint(0, 11, starts.shape, device=DEVICE)
+
+    def alone():
+        return torch.cat([torch.cat([model(idx[r : r + 1, s : s + n]) for s, n in
+                                     zip([0, *itertools.accumulate(row)][:-1], row)], 1)
+                          for r, row in enumerate(layouts)])
+
+    w = torch.linspace(-1, 1, 11, device=DEVICE)
+    for fused in (True, False):
+        model.fused_kernels = fused
+        want = alone()
+        want_g = torch.autograd.grad((want * w).sum(), list(model.parameters()))
+        calls.clear()
+        got = model(idx, doc_starts=starts)
+        assert bool(calls) == fused, "the fused kernel ran" if calls else "the fused kernel did not run"
+        got_g = torch.autograd.grad((got * w).sum(), list(model.parameters()))
+        _check(f"fused={fused} logits", got, want)
+        for (n, _), a, b in zip(model.named_parameters(), got_g, want_g):
+            _check(f"fused={fused} grad {n}", a, b)
