@@ -3,6 +3,8 @@
     lmn train --preset paper-lmn --seed 1337 --out runs/lmn-s1337
     lmn train --out runs/lmn-s1337 --resume
     lmn train --preset paper-lmn --task-opt tokenizer=bpe:1024 --out runs/lmn-bpe
+    lmn data prepare my_texts/ --tokenizer bpe:4096 --out data/my_texts
+    lmn train --preset paper-lmn --dataset data/my_texts --out runs/lmn-mine
     lmn generate --checkpoint runs/lmn-s1337 --prompt "ROMEO:" --tokens 500
     lmn plot runs/lmn-s1337 runs/gpt2-s1337 -o curves.png
 
@@ -86,6 +88,11 @@ def _add_train_parser(sub) -> None:
         f"{TOKENIZER_SPEC_HELP}; saved as RUN/tokenizer.json and read back by generate, convert, export and "
         "the probes; losses are nats per token, and val_bpb (bits per byte) compares tokenizers",
     )
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="train on a token dataset written by lmn data prepare (short for --task dataset --data DIR): "
+                   "windows are read from its shards, never the whole corpus; its split and tokenizer are used "
+                   "(--train-frac and --task-opt do not apply); the run records its manifest's sha256 and --resume "
+                   "refuses another dataset")
     p.add_argument("--log", action="append", default=[], metavar="LOGGER",
                    help="also log the metrics to tensorboard (RUN/tb/) or wandb (RUN/wandb/; mode $WANDB_MODE, or "
                    "wandb:offline / wandb:online), beside RUN/metrics.jsonl; repeatable or comma-separated (default: "
@@ -118,6 +125,12 @@ def _cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in _NO_FLAG and getattr(args, f.name) is not None}
     model_opts, task_opts = dict(args.model_opt), dict(args.task_opt)
+    if args.dataset is not None:
+        if overrides.get("task", "dataset") != "dataset":
+            raise UsageError(f"--dataset trains the dataset task; drop --task {overrides['task']} (or --dataset)")
+        if "data" in overrides:
+            raise UsageError("--dataset DIR is the data of the run; drop --data (a corpus of the text task)")
+        overrides.update(task="dataset", data=args.dataset)
     if args.preset is not None and args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     preset = args.preset
@@ -151,6 +164,63 @@ def _cmd_train(args) -> int:
         per = f" ({', '.join(per)})" if per else ""
         print(f"{cfg.out_dir}: final val {summary['final_val_loss']:.4f} | whole val {summary['whole_val_loss']:.4f} "
               f"nats{per}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+def _add_data_parser(sub) -> None:
+    from .data.dataset import DEFAULT_SHARD_TOKENS
+    from .data.tokenizer import TOKENIZER_SPEC_HELP
+
+    p = sub.add_parser(
+        "data",
+        help="prepare token datasets on disk (lmn data prepare) for lmn train --dataset",
+        description="Token datasets: a corpus tokenised once into raw token shards that lmn train --dataset reads a "
+        "window at a time (lmn.data.dataset).",
+    )
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA", parser_class=_Parser)
+    data_sub.required = True
+    d = data_sub.add_parser(
+        "prepare", help="tokenise text files, folders or JSONL into a dataset directory",
+        description="Tokenise SOURCE... once into DIR: token shards (raw little-endian uint8/uint16/uint32, the "
+        "smallest that holds every id; np.memmap reads them), per split an int64 file of document start offsets, "
+        "the tokenizer, and manifest.json (sources and their sha256, tokenizer, dtype, token and document counts, "
+        "how the split was made). The input is streamed, so a corpus larger than RAM prepares; DIR is written whole "
+        "or not at all. A text file is one document; a .jsonl/.ndjson file one per line (--text-field); a folder "
+        "one per file, recursively, sorted by path, hidden names left out (or --glob). Split: by documents "
+        "(evenly spaced, deterministic), or by position for a single document (as --data's text task).",
+    )
+    d.add_argument("sources", nargs="+", metavar="SOURCE", help="text files, .jsonl files or folders, read in order")
+    d.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    d.add_argument("--tokenizer", required=True, metavar="SPEC", help=f"one of {TOKENIZER_SPEC_HELP}; bpe is fitted "
+                   "on the training split only")
+    d.add_argument("--val-frac", type=float, default=0.1, metavar="F",
+                   help="fraction of the documents (of a single document: of its characters, at the end) that "
+                   "validates (default 0.1)")
+    d.add_argument("--text-field", default="text", metavar="NAME", help="the field of a JSONL line holding its text "
+                   "(default text)")
+    d.add_argument("--glob", default=None, metavar="PATTERN", help="read only the files of a SOURCE folder matching "
+                   "PATTERN, relative to it (e.g. '**/*.txt'; default: every regular file, hidden names left out)")
+    d.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help=f"tokens per shard file at most (default 2**28 = {DEFAULT_SHARD_TOKENS:,})")
+    d.add_argument("--force", action="store_true", help="replace DIR when it holds a dataset already")
+    d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    d.set_defaults(func=_cmd_data_prepare)
+
+
+def _cmd_data_prepare(args) -> int:
+    from .data.dataset import SPLITS, log_to_stderr, prepare
+
+    if args.tokenizer.startswith("bpe"):
+        need("tokenizers", "bpe", f"--tokenizer {args.tokenizer}")
+    manifest = prepare(args.sources, args.out, args.tokenizer, val_frac=args.val_frac, text_field=args.text_field,
+                       glob=args.glob, shard_tokens=args.shard_tokens, force=args.force,
+                       log=None if args.quiet else log_to_stderr)
+    splits = manifest["splits"]
+    shown = ", ".join(f"{s} {splits[s]['tokens']:,} tokens ({splits[s]['documents']:,} documents, "
+                      f"{len(splits[s]['shards'])} shard(s))" for s in SPLITS)
+    print(f"{args.out}: {manifest['documents']['total']:,} documents, {shown}; {manifest['tokenizer']['spec']} "
+          f"(vocab {manifest['tokenizer']['vocab_size']:,}), {manifest['dtype']}")
     return 0
 
 
@@ -492,8 +562,8 @@ def _cmd_probe(args) -> int:
 # ----------------------------------------------------------------------------- main
 # Subcommand registrars, in --help order. A `bench` subcommand goes here as
 # `_add_bench_parser(sub)`, calling `p.set_defaults(func=_cmd_bench)`.
-SUBCOMMANDS = [_add_train_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser, _add_convert_parser,
-               _add_export_parser, _add_probe_parser]
+SUBCOMMANDS = [_add_train_parser, _add_data_parser, _add_generate_parser, _add_plot_parser, _add_bench_parser,
+               _add_convert_parser, _add_export_parser, _add_probe_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

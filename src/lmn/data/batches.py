@@ -63,17 +63,25 @@ def get_batch(
     return gather_windows(data, window_starts(len(data), block_size, batch_size, generator), block_size)
 
 
+def sequential_starts(n_tokens: int, block_size: int, batch_size: int) -> Iterator[tuple[Tensor, int]]:
+    """``(starts (b,), length)`` of the non-overlapping windows that cover every target of a
+    stream of ``n_tokens`` tokens once (targets ``1 .. n_tokens - 1``): full windows of
+    ``block_size``, ``batch_size`` at a time, then one shorter window holding the remainder
+    (what :func:`sequential_windows` gathers; :class:`lmn.data.dataset.TokenSplit` reads the
+    same windows from disk)."""
+    n_targets = n_tokens - 1
+    n_full = n_targets // block_size
+    for first in range(0, n_full, batch_size):
+        yield torch.arange(first, min(first + batch_size, n_full)) * block_size, block_size
+    rest = n_targets - n_full * block_size
+    if rest:
+        yield torch.tensor([n_full * block_size]), rest
+
+
 def sequential_windows(data: Tensor, block_size: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Non-overlapping windows covering every target ``data[1:]`` exactly once, batched.
 
     Full windows come ``batch_size`` at a time; a final shorter window holds the remainder.
     """
-    n_targets = len(data) - 1
-    n_full = n_targets // block_size
-    for first in range(0, n_full, batch_size):
-        starts = torch.arange(first, min(first + batch_size, n_full)) * block_size
-        yield gather_windows(data, starts, block_size)
-    rest = n_targets - n_full * block_size
-    if rest:
-        start = n_full * block_size
-        yield data[None, start : start + rest], data[None, start + 1 : start + 1 + rest]
+    for starts, length in sequential_starts(len(data), block_size, batch_size):
+        yield gather_windows(data, starts, length)

@@ -87,6 +87,14 @@ class BPETokenizer(ByteLevelTokenizer):
     @classmethod
     def fit(cls, text: str, vocab_size: int) -> "BPETokenizer":
         """Learn merges on ``text`` (the training split) up to ``vocab_size`` symbols."""
+        return cls.fit_pieces(_pieces(text), vocab_size)
+
+    @classmethod
+    def fit_pieces(cls, pieces, vocab_size: int) -> "BPETokenizer":
+        """Learn merges on the texts of the iterable ``pieces`` (read one at a time: the
+        library keeps the count of each distinct pre-tokenized word, not the texts) up to
+        ``vocab_size`` symbols. A word cut between two pieces counts as two words: cut
+        where the pre-tokenizer splits anyway (:func:`lmn.data.dataset.safe_cut`)."""
         tk = require_tokenizers()
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -95,7 +103,7 @@ class BPETokenizer(ByteLevelTokenizer):
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                       special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(_pieces(text), trainer)
+        tok.train_from_iterator(pieces, trainer)
         return cls(json.loads(tok.to_str()), vocab_size)
 
     def __eq__(self, other) -> bool:

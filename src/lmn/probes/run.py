@@ -624,8 +624,8 @@ def main(argv: list[str] | None = None, prog: str = "lmn probe") -> int:
     args = build_parser(prog).parse_args(argv)
     from ..tasks import task_class, task_names
 
-    if args.task == "text" or args.task not in task_names():
-        names = [n for n in task_names() if n != "text"]
+    if args.task in ("text", "dataset") or args.task not in task_names():  # (the corpus tasks are not probes)
+        names = [n for n in task_names() if n not in ("text", "dataset")]
         raise ValueError(f"unknown probe {args.task!r}; choose a task ({', '.join(names)})")
     task_class(args.task)
     name = args.name or args.task
