@@ -25,6 +25,9 @@ TASKS: dict[str, str] = {
     "selective-copy": "lmn.tasks.selective_copy:SelectiveCopyTask",
     "listops": "lmn.tasks.listops:ListOpsTask",
     "etth1": "lmn.tasks.etth1:ETTh1Task",  # multivariate forecasting (issue 11), for the lmn.timeseries kinds
+    # long-range classification on real data (issue 22): sequential Fashion-MNIST, UCR sets
+    "sfashion-mnist": "lmn.tasks.fashion_mnist:FashionMNISTTask",
+    "ucr": "lmn.tasks.ucr:UCRTask",
     "dataset": "lmn.tasks.dataset:DatasetTask",  # a token dataset on disk (lmn data prepare; lmn train --dataset)
 }
 _REGISTERED: dict[str, type] = {}
