@@ -58,6 +58,9 @@ DEFAULT_CELLS = {
     "distance": ["block_size=512"],
     "selective-copy": ["block_size=256"],
     "listops": ["block_size=512"],
+    # real data (issue 22): T is the data's sequence length
+    "sfashion-mnist": ["block_size=784"],
+    "ucr": ["block_size=1460,set=ACSF1", "block_size=427,set=OSULeaf", "block_size=251,set=ArrowHead"],
 }
 BUDGET_KEYS = ("steps", "batch_size", "eval_interval", "eval_iters", "lrs", "seeds", "sweep", "model_size",
                "task_options", "weight_decay", "lr_from")
