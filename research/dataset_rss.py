@@ -7,7 +7,8 @@ shards) and trains a tiny LMN from it for a few steps, each command in a fresh p
 whose peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) it reports. Holding the
 corpus would add S MB (its uint8 ids) or 8 S MB (int64 ids) to training's peak.
 
-    python -m research.dataset_rss --sizes 8,200,1000 --work /tmp/rss --out docs/results/real_data_rss.json
+    python -m research.dataset_rss --sizes 8,200,1000 --text-sizes 8,200 --work /tmp/rss \
+        --out docs/results/real_data_rss.json
 
 The defaults of the training command: ``--preset smoke`` at d_model 16, 2 layers, block 256,
 batch 16, 30 steps, an estimate every 10 steps on 8 batches per split, and the whole
@@ -69,8 +70,13 @@ def run_lmn(argv: list[str]) -> tuple[float, float]:
     return int(last.split()[1]) / 1024, wall
 
 
-def measure(work: Path, megabytes: float, train_args=TRAIN_ARGS) -> dict:
-    """Write, prepare and train on a corpus of ``megabytes`` MB under ``work``; the figures."""
+# The text task on the same file, for comparison: it reads the corpus and holds its ids.
+TEXT_ARGS = ["--task-opt", "tokenizer=bytes", "--train-frac", "0.99"]
+
+
+def measure(work: Path, megabytes: float, train_args=TRAIN_ARGS, text_task: bool = False) -> dict:
+    """Write, prepare and train on a corpus of ``megabytes`` MB under ``work``; the figures.
+    ``text_task``: also train with ``--data`` on the same file (the same split and batches)."""
     work = Path(work)
     corpus, ds, run = work / "corpus.txt", work / "ds", work / "run"
     size = write_corpus(corpus, megabytes)
@@ -78,11 +84,19 @@ def measure(work: Path, megabytes: float, train_args=TRAIN_ARGS) -> dict:
     manifest = json.loads((ds / "manifest.json").read_text())
     train_rss, train_s = run_lmn(["train", "--dataset", ds, "--out", run, "--force", *train_args])
     final = json.loads((run / "final.json").read_text())
-    return {"corpus_mb": size / 1e6, "train_tokens": manifest["splits"]["train"]["tokens"],
-            "val_tokens": manifest["splits"]["val"]["tokens"], "dtype": manifest["dtype"],
-            "prepare_peak_rss_mib": round(prep_rss, 1), "prepare_s": round(prep_s, 1),
-            "train_peak_rss_mib": round(train_rss, 1), "train_s": round(train_s, 1),
-            "whole_val_tokens": final.get("whole_val_tokens"), "steps": final["step"]}
+    row = {"corpus_mb": size / 1e6, "train_tokens": manifest["splits"]["train"]["tokens"],
+           "val_tokens": manifest["splits"]["val"]["tokens"], "dtype": manifest["dtype"],
+           "prepare_peak_rss_mib": round(prep_rss, 1), "prepare_s": round(prep_s, 1),
+           "train_peak_rss_mib": round(train_rss, 1), "train_s": round(train_s, 1),
+           "whole_val_tokens": final.get("whole_val_tokens"), "whole_val_loss": final.get("whole_val_loss"),
+           "steps": final["step"]}
+    if text_task:
+        text_rss, text_s = run_lmn(["train", "--data", corpus, "--out", work / "text-run", "--force", *TEXT_ARGS,
+                                    *train_args])
+        text_final = json.loads((work / "text-run" / "final.json").read_text())
+        row.update(text_task_peak_rss_mib=round(text_rss, 1), text_task_s=round(text_s, 1),
+                   text_task_whole_val_loss=text_final.get("whole_val_loss"))
+    return row
 
 
 def machine() -> str:
@@ -101,19 +115,23 @@ def machine() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m research.dataset_rss", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="8,200", help="corpus sizes in MB, comma-separated (default 8,200)")
+    p.add_argument("--text-sizes", default="", help="sizes at which the text task (--data) trains on the same file "
+                   "too, for comparison (default none; it holds the corpus: about 10 bytes of memory per byte)")
     p.add_argument("--work", required=True, help="scratch directory (corpora, datasets, runs; deleted per size)")
     p.add_argument("--out", default=None, help="JSON file for the figures (default: print them)")
     args = p.parse_args(argv)
     import shutil
 
     rows = []
+    text_sizes = {float(s) for s in args.text_sizes.split(",") if s}
     for mb in [float(s) for s in args.sizes.split(",")]:
         work = Path(args.work) / f"{mb:g}MB"
-        rows.append(measure(work, mb))
+        rows.append(measure(work, mb, text_task=mb in text_sizes))
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(work, ignore_errors=True)
     doc = {"machine": machine(), "prepare": ["lmn", "data", "prepare", "CORPUS", "--out", "DS", *PREPARE_ARGS],
-           "train": ["lmn", "train", "--dataset", "DS", "--out", "RUN", *TRAIN_ARGS], "rows": rows}
+           "train": ["lmn", "train", "--dataset", "DS", "--out", "RUN", *TRAIN_ARGS],
+           "text_task": ["lmn", "train", "--data", "CORPUS", "--out", "RUN", *TEXT_ARGS, *TRAIN_ARGS], "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     else:
