@@ -217,9 +217,9 @@ def _cmd_data_prepare(args) -> int:
                        glob=args.glob, shard_tokens=args.shard_tokens, force=args.force,
                        log=None if args.quiet else log_to_stderr)
     splits = manifest["splits"]
-    shown = ", ".join(f"{s} {splits[s]['tokens']:,} tokens ({splits[s]['documents']:,} documents, "
+    shown = ", ".join(f"{s} {splits[s]['tokens']:,} tokens ({splits[s]['documents']:,} document(s), "
                       f"{len(splits[s]['shards'])} shard(s))" for s in SPLITS)
-    print(f"{args.out}: {manifest['documents']['total']:,} documents, {shown}; {manifest['tokenizer']['spec']} "
+    print(f"{args.out}: {manifest['documents']['total']:,} document(s), {shown}; {manifest['tokenizer']['spec']} "
           f"(vocab {manifest['tokenizer']['vocab_size']:,}), {manifest['dtype']}")
     return 0
 

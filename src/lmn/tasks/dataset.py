@@ -13,7 +13,10 @@ run across lines; the documents' offsets are in the dataset for packing with res
 The run records the manifest's sha256 and keeps a copy of it (``RUN/dataset.json``) and the
 dataset's tokenizer (``RUN/tokenizer.json``, so that generate, convert and export work);
 ``--resume`` refuses a dataset whose manifest differs, naming what differs. The dataset may
-move (``--resume --dataset NEWDIR``) as long as its manifest is the same.
+move (``--resume --dataset NEWDIR``) as long as its manifest is the same. When the task is
+made, each shard's size is checked against the manifest (a truncated shard is one line);
+their sha256 are in the manifest but not checked then, since that would read the whole
+corpus.
 """
 
 from __future__ import annotations

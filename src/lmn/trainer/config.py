@@ -30,9 +30,11 @@ class TrainConfig:
         default_factory=dict,
         metadata={"help": "overrides of the model's own config (vocab_size comes from the task)"},
     )
-    task: str = _opt("text", "task (see lmn.tasks); text: next-character prediction on --data")
+    task: str = _opt("text", "task (see lmn.tasks); text: next-character prediction on --data; dataset: the same "
+                     "on a token dataset directory (--dataset DIR)")
     task_options: dict = field(default_factory=dict, metadata={"help": "options of the task (--task-opt KEY=VALUE)"})
-    data: str = _opt("tinyshakespeare", "corpus name (tinyshakespeare) or path to a UTF-8 text file")
+    data: str = _opt("tinyshakespeare", "corpus name (tinyshakespeare) or path to a UTF-8 text file (the dataset "
+                     "task: the directory lmn data prepare wrote)")
     train_frac: float = _opt(0.9, "leading fraction of the corpus used for training; the rest validates")
     block_size: int = _opt(512, "tokens per training window")
     batch_size: int = _opt(16, "windows per step (global batch, split across DDP processes)")
