@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import sys
 from pathlib import Path
+from typing import Iterable
 
 
 def package_files(package: str) -> tuple[Path, list[Path]]:
@@ -34,23 +35,35 @@ def package_files(package: str) -> tuple[Path, list[Path]]:
     return root, files
 
 
-def build(package: str, min_bytes: int) -> tuple[str, dict]:
-    root, files = package_files(package)
-    parts, used, size = [], [], 0
-    for path in files:
+def select_files(package: str, items: Iterable[tuple[str, bytes]], min_bytes: int) -> list[tuple[str, str]]:
+    """The corpus rule on ``(relative path, raw bytes)`` pairs, given in sorted order of the
+    path: each file decoded as UTF-8 with universal newlines (what ``Path.read_text`` does),
+    left out unless it is non-blank pure ASCII, kept as ``(path, chunk)`` with its chunk the
+    ``# ===== package/path`` line and the text (ending in a newline), until the chunks reach
+    ``min_bytes``. ``items`` is read lazily, so the files after the last one kept are never
+    read. Also used by ``research/corpus.py`` on the ``.py`` members of a downloaded wheel."""
+    kept, size = [], 0
+    for rel, data in items:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             continue
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
         if not text.isascii() or not text.strip():
             continue
-        rel = path.relative_to(root).as_posix()
         chunk = f"# ===== {package}/{rel}\n{text if text.endswith(chr(10)) else text + chr(10)}"
-        parts.append(chunk)
-        used.append(rel)
+        kept.append((rel, chunk))
         size += len(chunk)
         if size >= min_bytes:
             break
+    return kept
+
+
+def build(package: str, min_bytes: int) -> tuple[str, dict]:
+    root, files = package_files(package)
+    kept = select_files(package, ((p.relative_to(root).as_posix(), p.read_bytes()) for p in files), min_bytes)
+    parts = [chunk for _rel, chunk in kept]
+    used = [rel for rel, _chunk in kept]
     corpus = "".join(parts)
     if len(corpus) < min_bytes:
         raise SystemExit(f"{package} has only {len(corpus):,} bytes of ASCII .py source (< {min_bytes:,})")
