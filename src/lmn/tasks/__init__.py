@@ -59,8 +59,20 @@ def task_class(name: str) -> type:
 
 
 def make_task(cfg) -> Task:
-    """The task a :class:`lmn.trainer.TrainConfig` names, built from it (loads its data)."""
-    task = task_class(cfg.task).from_config(cfg)
+    """The task a :class:`lmn.trainer.TrainConfig` names, built from it (loads its data).
+
+    Raises:
+        ValueError: ``cfg.packing`` with a task that has no documents to pack (before its
+            data is read).
+    """
+    cls = task_class(cfg.task)
+    if getattr(cfg, "packing", False) and not cls.packs_documents:
+        raise ValueError(f"--packing resets the model's memory at document boundaries, but task {cfg.task!r} knows of "
+                         f"none inside its rows (the text task's corpus is one stream), so it would change nothing; "
+                         f"drop --packing, or "
+                         f"prepare documents with lmn data prepare (a folder of files, or JSONL) and train with "
+                         f"--dataset DIR --packing")
+    task = cls.from_config(cfg)
     if task.loss_kind not in LOSS_KINDS:
         raise ValueError(f"task {cfg.task!r} has loss_kind {task.loss_kind!r}; expected one of {', '.join(LOSS_KINDS)}")
     return task

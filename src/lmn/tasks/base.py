@@ -74,6 +74,9 @@ class Task:
         splits: the splits the periodic estimate reports (``train`` first).
         whole_split: the split a whole-split evaluation covers, or None if the task has none.
         record_key: the key under which :meth:`record` is written in config.json.
+        packs_documents: the task knows where documents start in its streams and gives
+            ``Batch.doc_starts`` when made with ``packing`` (``lmn train --packing``); the
+            others are refused with ``--packing`` (:func:`lmn.tasks.make_task`).
     """
 
     name = "task"
@@ -84,6 +87,7 @@ class Task:
     splits: tuple[str, ...] = ("train", "val")
     whole_split: str | None = None
     record_key = "task"
+    packs_documents = False
 
     # ---- data
     def batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:

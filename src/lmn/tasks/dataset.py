@@ -7,8 +7,20 @@ It is the text task on another store: the same batches (``batch_size`` windows o
 trainer's generator, so ``--resume`` continues exactly), the same whole-split evaluation
 (non-overlapping windows over the validation split) and the same metrics (nats per token,
 ``val_bpb`` from the UTF-8 bytes the manifest counts). The split is the dataset's own
-(``--train-frac`` is not used). Windows run across document boundaries, as the text task's
-run across lines; the documents' offsets are in the dataset for packing with resets.
+(``--train-frac`` is not used).
+
+Packing (``lmn train --packing``, ``TrainConfig.packing``; off by default). Off, windows run
+across document boundaries as the text task's run across lines, and the model's memory reads
+from one document into the next (nanoGPT-style training). On, each window -- for training,
+the estimates and the whole-split evaluation alike -- carries ``Batch.doc_starts``, True at
+every column where a document begins (from the split's document offsets,
+:meth:`lmn.data.dataset.TokenSplit.document_starts`), so the model computes each document's
+piece of a window as if it were alone: nothing crosses a boundary, positions count from the
+document's start, and the prediction at a document's first token reads that token alone. A
+window that starts mid-document sees that document from its column 0 only. The windows (and
+the generator draws), the targets and the tokens scored are the same either way: a
+document's first token is still a target, predicted at the last column of the document
+before (there is no separator token). Packing changes only what each prediction may read.
 
 The run records the manifest's sha256 and keeps a copy of it (``RUN/dataset.json``) and the
 dataset's tokenizer (``RUN/tokenizer.json``, so that generate, convert and export work);
@@ -49,8 +61,11 @@ class DatasetTask(TextTask):
     name = "dataset"
     record_key = "dataset"
     OPTIONS = ()
+    packs_documents = True
 
-    def __init__(self, data: str, block_size: int = 512):  # (TextTask.__init__ reads a corpus: not called)
+    def __init__(self, data: str, block_size: int = 512, packing: bool = False):
+        # (TextTask.__init__ reads a corpus: not called)
+        self.packing = packing
         self.dataset = TokenDataset(data)
         self.tokenizer = self.dataset.tokenizer()
         self.store = {split: self.dataset.split(split) for split in ("train", "val")}
@@ -69,21 +84,27 @@ class DatasetTask(TextTask):
 
     @classmethod
     def from_config(cls, cfg) -> "DatasetTask":
-        """From a :class:`lmn.trainer.TrainConfig`: ``data`` (the directory), ``block_size``."""
+        """From a :class:`lmn.trainer.TrainConfig`: ``data`` (the directory), ``block_size``,
+        ``packing``."""
         if cfg.task_options:
             raise ValueError(f"the dataset task takes no --task-opt (got {', '.join(sorted(cfg.task_options))}): its "
                              "tokenizer is the dataset's; choose one with lmn data prepare --tokenizer")
-        return cls(cfg.data, cfg.block_size)
+        return cls(cfg.data, cfg.block_size, packing=getattr(cfg, "packing", False))
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:
         data = self.store[split]
         starts = window_starts(len(data), self.seq_len, batch_size, generator)
-        return Batch(*data.windows(starts, self.seq_len))
+        return self._batch(data, starts, self.seq_len)
 
     def whole(self, batch_size: int) -> Iterator[Batch]:
         data = self.store[self.whole_split]
         for starts, length in sequential_starts(len(data), self.seq_len, batch_size):
-            yield Batch(*data.windows(starts, length))
+            yield self._batch(data, starts, length)
+
+    def _batch(self, data, starts, length: int) -> Batch:
+        """The windows of ``length`` tokens at ``starts``, with their document starts when packing."""
+        x, y = data.windows(starts, length)
+        return Batch(x, y, doc_starts=data.document_starts(starts, length) if self.packing else None)
 
     def bits_per_byte(self, split: str, loss: float) -> float:
         """``loss`` (mean nats per token on ``split``) in bits per UTF-8 byte of the split."""
@@ -113,4 +134,5 @@ class DatasetTask(TextTask):
     def describe(self) -> str:
         m = self.dataset.manifest
         return (f"dataset {self.info['path']} ({m['documents']['total']:,} documents, {self.info['n_train']:,} train / "
-                f"{self.info['n_val']:,} val tokens of {self.tokenizer.spec}, vocab {self.vocab_size})")
+                f"{self.info['n_val']:,} val tokens of {self.tokenizer.spec}, vocab {self.vocab_size}"
+                f"{', packed: no memory across documents' if self.packing else ''})")

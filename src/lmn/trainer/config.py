@@ -36,6 +36,15 @@ class TrainConfig:
     data: str = _opt("tinyshakespeare", "corpus name (tinyshakespeare) or path to a UTF-8 text file (the dataset "
                      "task: the directory lmn data prepare wrote)")
     train_frac: float = _opt(0.9, "leading fraction of the corpus used for training; the rest validates")
+    packing: bool = _opt(False, "the dataset task only: every window carries the dataset's document starts "
+                         "(Batch.doc_starts), so the model's memory restarts at each document boundary inside a "
+                         "window (LMN's tree and state, GPT-2's attention by a block-diagonal mask, the recurrent "
+                         "peers' state; positions count from the document's start) and the prediction at a document's "
+                         "first token reads that token alone. Off: windows read across documents, as nanoGPT's "
+                         "training does. The windows, their targets and the tokens scored are the same either way (a "
+                         "document's first token is still predicted, from the end of the one before); training, the "
+                         "estimates and the whole-split evaluation all follow it; --resume keeps it and refuses a "
+                         "change")
     block_size: int = _opt(512, "tokens per training window")
     batch_size: int = _opt(16, "windows per step (global batch, split across DDP processes)")
     lr: float = _opt(1e-3, "AdamW learning rate (the peak of --lr-schedule)")
@@ -97,8 +106,9 @@ class TrainConfig:
             raise ValueError(f"decay must be one of {', '.join(DECAY_RULES)}, got {self.decay!r}")
         check_int("warmup_iters", self.warmup_iters, min=0)
         check_int("early_stop", self.early_stop, min=0)
-        if not isinstance(self.keep_best, bool):
-            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
+        for name in ("keep_best", "packing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_int("lr_decay_iters", self.lr_decay_iters, min=0)
         for name in ("min_lr", "grad_clip"):
             value = getattr(self, name)

@@ -36,15 +36,15 @@ def model_outputs(model: nn.Module, batch: Batch) -> Tensor:
     return model(batch.x, doc_starts=batch.doc_starts)
 
 
-def check_takes_documents(model: nn.Module) -> None:
+def check_takes_documents(model: nn.Module, remedy: str = "train this kind on unpacked rows") -> None:
     """A one-line error unless ``model`` (under its DDP / torch.compile wrappers) takes
-    ``doc_starts``."""
+    ``doc_starts`` (``remedy``: what to do, at the end of the message)."""
     inner = model
     while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):
         inner = getattr(inner, "_orig_mod", None) or inner.module
     if "doc_starts" not in inspect.signature(inner.forward).parameters:
         raise ValueError(f"the task gives packed documents (Batch.doc_starts) but {type(inner).__name__} cannot reset "
-                         "at document boundaries (its forward takes no doc_starts); train this kind on unpacked rows")
+                         f"at document boundaries (its forward takes no doc_starts); {remedy}")
 
 
 def batch_loss(model: nn.Module, task: Task, batch: Batch, autocast) -> Tensor:

@@ -46,7 +46,7 @@ from ..limits import check_train
 from ..tasks import Task, make_task
 from .config import DTYPES, TrainConfig
 from .distributed import Dist, init_distributed
-from .evaluation import batch_loss, estimate_loss, evaluate_whole, local_batch
+from .evaluation import batch_loss, check_takes_documents, estimate_loss, evaluate_whole, local_batch
 from .fsdp import check_fsdp, full_checkpoint, is_sharded, plain_model, reshard_optimizer, shard_model
 from .models import (build_model, check_model_config, check_positions, check_requirements,
                      enable_gradient_checkpointing, num_parameters, resolve_model_config, versions)
@@ -217,6 +217,8 @@ def _train(cfg: TrainConfig, dist: Dist, device, lock: RunLock, *, resume: bool,
         check_resume_compatible(cfg, saved, task)
         preset = preset or saved.get("preset")
     run = _build(cfg, task, run_dir, dist, device, preset, stream)
+    if cfg.packing:  # a kind that cannot reset at document boundaries: refused before anything is written
+        check_takes_documents(run.model, remedy=f"train {cfg.model!r} without --packing")
     run.lock = lock
     run.log_specs, run.wandb_project = log_specs, wandb_project
     if not from_checkpoint:
