@@ -70,7 +70,8 @@ def test_round_trip_through_auto_classes(tmp_path):
         tok2("caf\u00e9")
 
 
-@pytest.mark.parametrize("kw", [{}, {"stride": 3, "read": "digits"}, {"pos_encoding": "sinusoidal"}])
+@pytest.mark.parametrize("kw", [{}, {"stride": 3, "read": "digits"}, {"pos_encoding": "sinusoidal"},
+                                {"summarizer": "gated", "window": 4, "sink": True, "level_gate": "data", "pinned": 2}])
 def test_greedy_generate_equals_lmn_generate(kw):
     from lmn.hf import LMNCache, LMNForCausalLM
 
