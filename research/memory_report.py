@@ -5,7 +5,8 @@ Each table is one probe task; each row one model (an arm), from whichever of the
 JSON files holds it, with its runs' budget, lr, seeds, test accuracy (mean ± sample std
 over seeds), accuracy per distance bucket, parameters, state, time per step and the file it
 came from. Files of one task must share the steps, batch size and evaluation settings
-(checked); their lrs may differ and are listed per row.
+(checked); their lrs may differ and are listed per row. Where a file swept lrs, only the
+runs at the lr it chose (its ``chosen_lr``) are read.
 
     python -m research.memory_report --out docs/results/memory/tables.md \\
         --task passkey docs/results/probes/passkey-long.json docs/results/memory/passkey-a.json
@@ -36,8 +37,13 @@ def rows_of(paths: list[str]) -> tuple[list[dict], dict]:
         elif b != budget:
             diff = {k: (budget[k], b[k]) for k in SAME if budget[k] != b[k]}
             raise SystemExit(f"{path}: another budget than the first file's: {diff}")
+        chosen = doc.get("chosen_lr") or {}
         for r in doc["runs"]:
             label = r["model"]
+            cell = "|".join(f"{k}={v}" for k, v in r["cell"].items()).replace("|", ",")
+            pick = chosen.get(label, {}).get(cell)
+            if pick is not None and r["lr"] != pick:
+                continue  # a run of the lr sweep the probe did not choose
             row = by_label.get(label)
             if row is None:
                 cell = "|".join(f"{k}={v}" for k, v in r["cell"].items())
