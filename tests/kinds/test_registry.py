@@ -139,3 +139,17 @@ def test_no_kind_is_special_cased_outside_its_file():
     hits = [f"{p.name}:{n}: {line.strip()}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert not hits, hits
+
+
+def test_the_lmn_r_preset_is_the_paper_protocol_with_the_measured_mechanisms():
+    from lmn import LMN, LMNConfig
+    from lmn.trainer import PRESETS, preset_config
+
+    cfg = preset_config("lmn-r")
+    paper = preset_config("paper-lmn")
+    assert {k: v for k, v in vars(cfg).items() if k != "model_config"} == \
+        {k: v for k, v in vars(paper).items() if k != "model_config"}
+    model = LMN(LMNConfig(vocab_size=65, **cfg.model_config))
+    assert model.config.summarizer == "gated" and model.config.window == 16 and model.config.sink
+    assert model.num_parameters() <= 72_000  # the budget
+    assert "lmn-r" in PRESETS and PRESETS["paper-lmn"] == {"model": "lmn"}
