@@ -164,3 +164,24 @@ def tensor_bytes(obj, _seen=None, _depth=0) -> int:
     else:
         return 0
     return sum(tensor_bytes(v, seen, _depth + 1) for v in items)
+
+
+class StateDecoder(Decoder):
+    """The bench decoder of a plain-PyTorch kind with its own streaming state: a model with
+    ``prefill(idx, state, max_chunk=) -> (logits, state)``, ``init_state(batch, device=)`` and
+    ``step(token, state) -> (logits, state)``, whose state has ``nbytes`` (log-linear Mamba-2, S4D)."""
+
+    def __init__(self, model, max_chunk: int = 1024):
+        self.model, self.max_chunk, self.state = model, max_chunk, None
+
+    def prefill(self, chunk: Tensor) -> None:
+        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
+
+    def step(self, token: Tensor) -> Tensor:
+        if self.state is None:
+            self.state = self.model.init_state(1, device=token.device)
+        return self.model.step(token, self.state)[0]
+
+    def state_bytes(self) -> int:
+        return 0 if self.state is None else self.state.nbytes
+

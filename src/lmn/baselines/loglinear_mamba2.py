@@ -55,9 +55,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..documents import check_doc_starts, run_documents
-from ..kinds.base import BenchSpec, Decoder, ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from ..validation import check_int
-from ._common import ConfigMixin, check_heads, check_idx
+from ._common import ConfigMixin, StateDecoder, check_heads, check_idx
 
 FORMS = ("chunked", "quadratic", "step")
 
@@ -362,20 +362,7 @@ class LogLinearMamba2(nn.Module):
         return logits[:, 0], state
 
 
-class LogLinearDecoder(Decoder):
-    def __init__(self, model: LogLinearMamba2, max_chunk: int = 1024):
-        self.model, self.max_chunk, self.state = model, max_chunk, None
-
-    def prefill(self, chunk: Tensor) -> None:
-        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
-
-    def step(self, token: Tensor) -> Tensor:
-        if self.state is None:
-            self.state = self.model.init_state(1, device=token.device)
-        return self.model.step(token, self.state)[0]
-
-    def state_bytes(self) -> int:
-        return 0 if self.state is None else self.state.nbytes
+LogLinearDecoder = StateDecoder  # (lmn.baselines._common)
 
 
 def _state_bytes(config: dict, positions: int) -> int:

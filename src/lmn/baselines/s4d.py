@@ -70,9 +70,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..documents import check_doc_starts, run_documents
-from ..kinds.base import BenchSpec, Decoder, ModelKind
+from ..kinds.base import BenchSpec, ModelKind
 from ..validation import check_choice, check_int
-from ._common import ConfigMixin, check_idx
+from ._common import ConfigMixin, StateDecoder, check_idx
 
 FORMS = ("conv", "fft", "direct", "recurrent")
 INITS = ("lin", "inv")
@@ -319,20 +319,7 @@ class S4D(nn.Module):
         return self._head(h), state
 
 
-class S4DDecoder(Decoder):
-    def __init__(self, model: S4D, max_chunk: int = 1024):
-        self.model, self.max_chunk, self.state = model, max_chunk, None
-
-    def prefill(self, chunk: Tensor) -> None:
-        _, self.state = self.model.prefill(chunk, self.state, max_chunk=self.max_chunk)
-
-    def step(self, token: Tensor) -> Tensor:
-        if self.state is None:
-            self.state = self.model.init_state(1, device=token.device)
-        return self.model.step(token, self.state)[0]
-
-    def state_bytes(self) -> int:
-        return 0 if self.state is None else self.state.nbytes
+S4DDecoder = StateDecoder  # (lmn.baselines._common)
 
 
 def _state_bytes(config: dict, positions: int) -> int:
