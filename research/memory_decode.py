@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = ["# Streaming decode of the memory mechanisms (`LMN.step`)", "", f"Command: `{command}`", "",
              f"Commit {doc['git']['commit'][:10]}{' (dirty tree)' if doc['git'].get('dirty') else ''}; "
-             f"{a.threads} thread(s); {doc['machine'].get('cpu')}; median over {a.rounds} alternating rounds of "
+             f"{a.threads} thread(s); {doc['machine'].get('cpu_model')}; median over {a.rounds} alternating rounds of "
              f"{a.steps} steps after {a.warmup} warm-up steps, batch 1, float32.", "",
              "| model | params | " + " | ".join(f"P = {P}: ms/token, state" for P in positions) + " |",
              "|---|---:|" + "---:|" * len(positions)]
