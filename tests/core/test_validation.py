@@ -61,8 +61,8 @@ def test_summarizers_registered_in_one_place(monkeypatch):
     from lmn import LMNConfig
     from lmn import summarizers
 
-    assert summarizers.summarizer_names() == ("linear", "conv", "dwsep")
-    with pytest.raises(ValueError, match=r"LMNConfig\.summarizer must be one of \('linear', 'conv', 'dwsep'\)"):
+    assert summarizers.summarizer_names() == ("linear", "conv", "dwsep", "residual", "gated")
+    with pytest.raises(ValueError, match=r"LMNConfig\.summarizer must be one of \('linear', 'conv', 'dwsep', 'residual', 'gated'\)"):
         LMNConfig(summarizer="mean")
 
     class Mean(nn.Module):
