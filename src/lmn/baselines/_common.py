@@ -185,3 +185,31 @@ class StateDecoder(Decoder):
     def state_bytes(self) -> int:
         return 0 if self.state is None else self.state.nbytes
 
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """A kind's ``checkpointing`` hook for a model with a ``gradient_checkpointing`` switch."""
+    model.gradient_checkpointing = True
+
+
+def state_stream(kind: str):
+    """The ``stream`` of a kind whose model has ``prefill(idx) -> (logits, state)`` and
+    ``step(token, state)``: sampled ``(B,)`` tokens (:func:`lmn.generation.sample_next`),
+    ``idx`` prefilled in the model's parallel form, then one streaming step per token (none
+    after the last)."""
+
+    def stream(model, idx, max_new_tokens, temperature, top_k, generator, native):
+        from ..generation import sample_next
+
+        if native:
+            raise ValueError(f"the {kind} model has no native decoder; drop --native")
+        with torch.no_grad():
+            logits, state = model.prefill(idx)
+            logits = logits[:, -1]
+            for n in range(max_new_tokens):
+                token = sample_next(logits, temperature, top_k, generator)
+                yield token
+                if n + 1 < max_new_tokens:
+                    logits, state = model.step(token, state)
+
+    return stream
+

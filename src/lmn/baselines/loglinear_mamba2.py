@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from ..documents import check_doc_starts, run_documents
 from ..kinds.base import BenchSpec, ModelKind
 from ..validation import check_int
-from ._common import ConfigMixin, StateDecoder, check_heads, check_idx
+from ._common import ConfigMixin, StateDecoder, check_heads, check_idx, enable_checkpointing, state_stream
 
 FORMS = ("chunked", "quadratic", "step")
 
@@ -373,25 +373,6 @@ def _state_bytes(config: dict, positions: int) -> int:
     return 4 * cfg.num_hidden_layers * (conv + bucket * bin(positions).count("1"))
 
 
-def _checkpointing(model: nn.Module) -> None:
-    model.gradient_checkpointing = True
-
-
-def _stream(model, idx, max_new_tokens, temperature, top_k, generator, native):
-    """Sampled ``(B,)`` tokens (:func:`lmn.generation.sample_next`): prefill ``idx``, then one
-    step per token."""
-    from ..generation import sample_next
-
-    if native:
-        raise ValueError("the loglinear-mamba2 model has no native decoder; drop --native")
-    with torch.no_grad():
-        logits, state = model.prefill(idx)
-        logits = logits[:, -1]
-        for n in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, generator)
-            yield token
-            if n + 1 < max_new_tokens:
-                logits, state = model.step(token, state)
 
 
 KINDS = {"loglinear-mamba2": ModelKind(
@@ -403,9 +384,9 @@ KINDS = {"loglinear-mamba2": ModelKind(
     sizes={"paper": {}, "large": {"hidden_size": 416, "num_hidden_layers": 8, "head_dim": 64},
            "tiny": {"hidden_size": 16, "num_hidden_layers": 2}},
     state_bytes=_state_bytes,
-    enable_checkpointing=_checkpointing,
+    enable_checkpointing=enable_checkpointing,
     preset={},
-    stream=_stream,
+    stream=state_stream("loglinear-mamba2"),
     bench=BenchSpec(describe={"decode": "`LogLinearMamba2.step` (PyTorch, one bucket per set bit)",
                               "bench-train": "chunked log-linear form (PyTorch)",
                               "state": "conv inputs + one Mamba-2 state per Fenwick level"}),

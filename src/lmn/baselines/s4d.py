@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from ..documents import check_doc_starts, run_documents
 from ..kinds.base import BenchSpec, ModelKind
 from ..validation import check_choice, check_int
-from ._common import ConfigMixin, StateDecoder, check_idx
+from ._common import ConfigMixin, StateDecoder, check_idx, enable_checkpointing, state_stream
 
 FORMS = ("conv", "fft", "direct", "recurrent")
 INITS = ("lin", "inv")
@@ -328,25 +328,6 @@ def _state_bytes(config: dict, positions: int) -> int:
     return 8 * cfg.n_layers * cfg.d_model * cfg.modes
 
 
-def _checkpointing(model: nn.Module) -> None:
-    model.gradient_checkpointing = True
-
-
-def _stream(model, idx, max_new_tokens, temperature, top_k, generator, native):
-    """Sampled ``(B,)`` tokens (:func:`lmn.generation.sample_next`): prefill ``idx`` by the
-    convolution, then one recurrent step per token."""
-    from ..generation import sample_next
-
-    if native:
-        raise ValueError("the s4d model has no native decoder; drop --native")
-    with torch.no_grad():
-        logits, state = model.prefill(idx)
-        logits = logits[:, -1]
-        for n in range(max_new_tokens):
-            token = sample_next(logits, temperature, top_k, generator)
-            yield token
-            if n + 1 < max_new_tokens:
-                logits, state = model.step(token, state)
 
 
 KINDS = {"s4d": ModelKind(
@@ -358,9 +339,9 @@ KINDS = {"s4d": ModelKind(
     sizes={"paper": {}, "large": {"d_model": 692, "n_layers": 8},
            "tiny": {"d_model": 16, "n_layers": 2, "d_state": 8}},
     state_bytes=_state_bytes,
-    enable_checkpointing=_checkpointing,
+    enable_checkpointing=enable_checkpointing,
     preset={},
-    stream=_stream,
+    stream=state_stream("s4d"),
     bench=BenchSpec(describe={"decode": "`S4D.step` (PyTorch, the ZOH recurrence)",
                               "bench-train": "S4D convolution form (Vandermonde kernel, FFT; PyTorch)",
                               "state": "one complex (H, N/2) SSM state per layer"}),
