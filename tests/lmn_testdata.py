@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def kill_while_writing(argv, started, what: str) -> int:
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     return proc.pid
+
+
+def one_line_error(status: int, err: str, *needles: str) -> None:
+    """``lmn`` exited 2 with one line on stderr (no traceback) that names every needle."""
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def run_records(run: Path, kind: str) -> list[dict]:
+    """The ``kind`` records of a run's metrics.jsonl, without their timing fields."""
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rows if r["type"] == kind]
+

@@ -11,18 +11,11 @@ import pytest
 import torch
 
 from lmn.trainer import preset_config, train
-from tests.lmn_testdata import REPO, run_cli
+from tests.lmn_testdata import REPO, one_line_error, run_cli
 
 TINY = dict(max_iters=2, eval_interval=2, eval_iters=1, block_size=16, batch_size=2, whole_val=False,
             model_config={"d_model": 8, "n_layers": 1})
 TEXT = "to be, or not to be: that is the question.\nwhether 'tis nobler in the mind to suffer\n" * 40
-
-
-def one_line_error(status, err, *needles):
-    assert status == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def snapshot(root):

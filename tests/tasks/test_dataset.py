@@ -17,7 +17,7 @@ from lmn.data import encode_splits, fit_tokenizer
 from lmn.data import dataset as D
 from lmn.data.batches import gather_windows, sequential_windows, window_starts
 from lmn.data.dataset import TokenDataset, is_val_document, prepare, token_dtype, val_document_count
-from tests.lmn_testdata import TINY_TRAIN_ARGS, kill_while_writing, run_cli
+from tests.lmn_testdata import TINY_TRAIN_ARGS, kill_while_writing, one_line_error, run_cli, run_records
 from tests.tasks.test_tokenizers import ODD, corpus_text
 
 TINY = [*TINY_TRAIN_ARGS, "--log-interval", 1]
@@ -41,18 +41,6 @@ def documents(ds: TokenDataset, split: str) -> list[str]:
     ids, starts = split_ids(ds, split), [*ds.split(split).doc_starts.tolist(), None]
     tok = ds.tokenizer()
     return [tok.decode(torch.from_numpy(ids[a:b].astype(np.int64))) for a, b in zip(starts, starts[1:])]
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rows if r["type"] == kind]
-
-
-def one_line_error(status, err, *words):
-    assert status == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
 
 
 # ----------------------------------------------------------------------------- sources, manifest
@@ -294,7 +282,7 @@ def test_training_from_a_dataset_is_the_text_task_on_its_text(tmp_path, shakespe
                                "--dataset", ds, "--out", tmp_path / "run")
     assert status == 0, err
     for kind in ("train", "eval", "final"):
-        assert records(tmp_path / "run", kind) == records(tmp_path / "text", kind) != []
+        assert run_records(tmp_path / "run", kind) == run_records(tmp_path / "text", kind) != []
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["whole_val_bpb"] == json.loads((tmp_path / "text" / "final.json").read_text())["whole_val_bpb"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -321,9 +309,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     assert run_cli(capsys, *common, "--out", tmp_path / "cut", "--max-iters", 4)[0] == 0
     status, _, err = run_cli(capsys, "train", "--out", tmp_path / "cut", "--resume", "--max-iters", 7)
     assert status == 0, err
-    assert records(tmp_path / "cut", "train") == records(tmp_path / "full", "train")
-    full = {r["step"]: r for r in records(tmp_path / "full", "eval")}
-    cut = {r["step"]: r for r in records(tmp_path / "cut", "eval")}
+    assert run_records(tmp_path / "cut", "train") == run_records(tmp_path / "full", "train")
+    full = {r["step"]: r for r in run_records(tmp_path / "full", "eval")}
+    cut = {r["step"]: r for r in run_records(tmp_path / "cut", "eval")}
     assert sorted(full) == [0, 3, 6, 7] and all(cut[s] == full[s] for s in full)
     from safetensors.torch import load_file
 

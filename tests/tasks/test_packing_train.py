@@ -21,7 +21,7 @@ from lmn.data.batches import sequential_starts, window_starts
 from lmn.tasks.dataset import DatasetTask
 from lmn.trainer.evaluation import batch_loss
 from lmn.trainer.models import build_model, resolve_model_config
-from tests.lmn_testdata import TINY_TRAIN_ARGS, run_cli
+from tests.lmn_testdata import TINY_TRAIN_ARGS, one_line_error, run_cli, run_records
 
 T = 16  # TINY_TRAIN_ARGS' --block-size
 TINY = [*TINY_TRAIN_ARGS, "--log-interval", 1]
@@ -56,18 +56,6 @@ def expected_starts(offsets: np.ndarray, starts, length: int) -> torch.Tensor:
     lookup, independent of the task's binary search)."""
     marks = set(offsets.tolist())
     return torch.tensor([[s + c in marks for c in range(length)] for s in starts.tolist()], dtype=torch.bool)
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rows if r["type"] == kind]
-
-
-def one_line_error(status, err, *words):
-    assert status == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    for word in words:
-        assert word in err, err
 
 
 # ----------------------------------------------------------------------------- batches
@@ -135,7 +123,7 @@ def test_training_with_and_without_packing(tmp_path, dataset, capsys):
     config = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("packed", "plain")}
     assert config["packed"]["train"]["packing"] is True and config["plain"]["train"]["packing"] is False
     # the same initial weights and batches; only what each prediction reads differs
-    packed, plain = records(tmp_path / "packed", "train"), records(tmp_path / "plain", "train")
+    packed, plain = run_records(tmp_path / "packed", "train"), run_records(tmp_path / "plain", "train")
     assert [r["step"] for r in packed] == [r["step"] for r in plain] == [1, 2, 3]
     assert packed[0]["loss"] != plain[0]["loss"]
     finals = [json.loads((tmp_path / name / "final.json").read_text()) for name in ("packed", "plain")]
@@ -152,8 +140,8 @@ def test_resume_keeps_packing_and_refuses_a_change(tmp_path, dataset, capsys):
     status, _, err = run_cli(capsys, "train", "--out", tmp_path / "cut", "--resume", "--max-iters", 4)
     assert status == 0, err
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["packing"] is True
-    assert records(tmp_path / "cut", "train") == records(tmp_path / "full", "train")
-    assert records(tmp_path / "cut", "eval") == records(tmp_path / "full", "eval")
+    assert run_records(tmp_path / "cut", "train") == run_records(tmp_path / "full", "train")
+    assert run_records(tmp_path / "cut", "eval") == run_records(tmp_path / "full", "eval")
     # an unpacked run cannot be resumed packed either
     plain = ["train", "--dataset", dataset, *TINY, "--max-iters", 2, "--out", tmp_path / "plain"]
     assert run_cli(capsys, *plain)[0] == 0
