@@ -141,14 +141,7 @@ class FixedClassificationTask(Task):
         return sums
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        out = {"loss": sums["loss_sum"] / sums["count"], "count": int(sums["count"]),
-               "accuracy": sums["correct"] / sums["count"]}
-        for c in range(self.n_classes):
-            n = sums.get(f"count@{c}", 0.0)
-            if n:
-                out[f"accuracy@{c}"] = sums[f"correct@{c}"] / n
-                out[f"count@{c}"] = int(n)
-        return out
+        return losses.accuracy_summary(sums, range(self.n_classes))
 
     # ---- run directory
     def record(self) -> dict:

@@ -51,3 +51,17 @@ def regression_sums(outputs: Tensor, y: Tensor, mask: Tensor | None = None) -> d
 
 
 __all__ = ["IGNORE", "regression_loss", "regression_sums", "token_loss", "token_sums"]
+
+
+def accuracy_summary(sums: dict[str, float], buckets) -> dict[str, float]:
+    """Loss and accuracy of summed evaluation counts, and ``accuracy@B`` / ``count@B`` for
+    every bucket ``B`` that had scored targets (keys ``correct@B``, ``count@B`` in ``sums``)."""
+    out = {"loss": sums["loss_sum"] / sums["count"], "count": int(sums["count"]),
+           "accuracy": sums["correct"] / sums["count"]}
+    for b in buckets:
+        n = sums.get(f"count@{b}", 0.0)
+        if n:
+            out[f"accuracy@{b}"] = sums[f"correct@{b}"] / n
+            out[f"count@{b}"] = int(n)
+    return out
+

@@ -134,14 +134,7 @@ class SyntheticTask(Task):
         return sums
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        out = {"loss": sums["loss_sum"] / sums["count"], "count": int(sums["count"]),
-               "accuracy": sums["correct"] / sums["count"]}
-        for b in self.bucket_values:
-            n = sums.get(f"count@{b}", 0.0)
-            if n:
-                out[f"accuracy@{b}"] = sums[f"correct@{b}"] / n
-                out[f"count@{b}"] = int(n)
-        return out
+        return losses.accuracy_summary(sums, self.bucket_values)
 
     def record(self) -> dict:
         return {"name": self.name, **self.config()}
