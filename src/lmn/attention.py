@@ -167,7 +167,7 @@ class SingleVectorAttention(nn.Module):
         Returns ``(B, T, d)`` or ``(B, d)``.
         """
         if type(read) is CachedRead:
-            return self._one(x, read.slot_q, read.slot_v, read.extra, read.slot_levels)
+            return self._one(x, read.slot_q, read.slot_v, read.extra, read.gate_entries)
         return self._parallel(x, read.levels, read.tree, read.chunk, read.prefix, read.extra)
 
     def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,11 +252,12 @@ class SingleVectorAttention(nn.Module):
         return self.o(out.permute(0, 3, 1, 2).reshape(B, T, H * dh))
 
     # ------------------------------------------------------------------ streaming form
-    def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None, slot_levels=None) -> Tensor:
+    def _one(self, x: Tensor, slot_q: Tensor, slot_v: Tensor, pin=None, gate_entries=None) -> Tensor:
         """One position. ``x: (B, d)``; ``slot_q``/``slot_v``: cached projections of the
         memory nodes ``(B, H, S, d_head)``; ``pin``: the memory mechanisms' slots
-        (:class:`lmn.mechanisms.Slots`, with their score bias) or None; ``slot_levels``:
-        the tree level of every cached slot ``(S,)`` (needed with ``level_gate``).
+        (:class:`lmn.mechanisms.Slots`, with their score bias) or None; ``gate_entries``:
+        the level-gate entry of the token and of every cached slot ``(1 + S,)`` (needed with
+        ``level_gate``; :func:`gate_entries`).
         Returns ``(B, d)``. Cost O(d^2 + S*d)."""
         B = x.shape[0]
         H, dh = self.n_heads, self.d_head
@@ -276,16 +277,22 @@ class SingleVectorAttention(nn.Module):
             bias = F.pad(pin.bias, (scores.shape[2] - pin.bias.shape[1], 0))  # (B, 1+S)
             scores = scores + bias[:, None, :, None]
         if self.level_gate != "none":  # the tree slots' level bias (slot 0, the token: entry 0)
-            if slot_levels is None:
-                raise ValueError("a step of a model with level_gate needs the level of every cached slot")
-            entry = F.pad((slot_levels + 1).clamp(max=GATE_LEVELS - 1), (1, 0))
-            g = self.level_scores(x).index_select(-1, entry)  # (B, H, 1 + S_tree)
+            if gate_entries is None:
+                raise ValueError("a step of a model with level_gate needs the gate entry of every cached slot")
+            g = self.level_scores(x).index_select(-1, gate_entries)  # (B, H, 1 + S_tree)
             scores = scores + F.pad(g, (0, scores.shape[2] - g.shape[2]))[..., None]  # (mechanisms' slots: none)
         probs = torch.softmax(scores, dim=2)
         out = torch.matmul(probs.transpose(-1, -2), torch.cat([v, slot_v], dim=2))  # (B, H, 1, dh)
         if plain:
             return F.linear(out.reshape(B, H * dh), self.o.weight, self.o.bias)
         return self.o(out.reshape(B, H * dh))
+
+
+def gate_entries(slots_per_level, device) -> Tensor:
+    """The level-gate entry of the token (0) and of every slot of a slot cache holding
+    ``slots_per_level[i]`` slots of tree level ``i`` (``i + 1``, the deepest shared): ``(1 + S,)``."""
+    entry = [0] + [min(i + 1, GATE_LEVELS - 1) for i, n in enumerate(slots_per_level) for _ in range(n)]
+    return torch.tensor(entry, dtype=torch.long, device=device)
 
 
 # ---------------------------------------------------------------------- chunk kernels
@@ -324,7 +331,7 @@ class CachedRead(NamedTuple):
     slot_q: Tensor
     slot_v: Tensor
     extra: object = None  # the memory mechanisms' slots (lmn.mechanisms)
-    slot_levels: Tensor | None = None  # (S,) the tree level of every cached slot (for level_gate)
+    gate_entries: Tensor | None = None  # (1 + S,) the level-gate entry of the token and each cached slot (level_gate)
 
 
 class _Plan(NamedTuple):

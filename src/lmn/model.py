@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, plain_linear, vjp
+from .attention import CachedRead, ParallelRead, SingleVectorAttention, StreamPrefix, gate_entries, plain_linear, vjp
 from .config import LMNConfig
 from .documents import check_doc_starts, format_rows, last_run, reset_rows, run_documents
 from .memory import LogMemory
@@ -187,7 +187,7 @@ class LMNBlock(nn.Module):
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.ff = FeedForward(config)
         self.config = config  # the model's own object: a later change of ``dropout`` reaches every block
-        self._levels_memo: dict = {}  # slot levels of the slot cache by its per-level counts (level_gate)
+        self._entries_memo: dict = {}  # level-gate entries of the slot cache by its per-level counts
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # weights saved before the pinned memory became its own component kept its write
@@ -276,7 +276,7 @@ class LMNBlock(nn.Module):
 
         # the last position may read nodes completed by itself: redo it as a streaming step
         last = _join_one([r.last for r in reads])
-        a_last = self.attn.forward(x[:, -1], CachedRead(layer.slot_q, layer.slot_v, last, self._slot_levels(c0 + C, x)))
+        a_last = self.attn.forward(x[:, -1], CachedRead(layer.slot_q, layer.slot_v, last, self._gate_entries(c0 + C, x)))
         h = h + self._drop(torch.cat([a[:, :-1], a_last[:, None]], dim=1))
         return h + self._drop(self.ff(self.norm2(h)))
 
@@ -298,25 +298,24 @@ class LMNBlock(nn.Module):
                 s, layer.extra[n] = getattr(self, n).read_one(x, layer.extra[n], pos, attn.project_tokens)
                 slots.append(s)
             extra = _join_one(slots)
-        levels = self._slot_levels(pos + 1, x) if attn.level_gate != "none" else None
-        h = h + self._drop(attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, extra, levels)))
+        h = h + self._drop(attn.forward(x, CachedRead(layer.slot_q, layer.slot_v, extra, self._gate_entries(pos + 1, x))))
         y = F.rms_norm(h, norm2.normalized_shape, norm2.weight, norm2.eps)
         return h + self._drop(self.ff.plain(y))
 
-    def _slot_levels(self, count: int, x: Tensor) -> Tensor | None:
-        """The tree level of every slot in the slot cache after ``count`` tokens, ``(S,)``
-        (for ``level_gate``; ``None`` without it)."""
+    def _gate_entries(self, count: int, x: Tensor) -> Tensor | None:
+        """The level-gate entry of the token and of every slot in the slot cache after
+        ``count`` tokens, ``(1 + S,)`` (:func:`lmn.attention.gate_entries`; ``None`` without
+        ``level_gate``), memoised by the cache's per-level counts."""
         if self.attn.level_gate == "none":
             return None
         counts = tuple(self.memory.tree.cached_slots(count))
         key = (counts, x.device)
-        levels = self._levels_memo.get(key)
-        if levels is None:
-            if len(self._levels_memo) > 1024:  # ("digits" has many layouts on a long stream)
-                self._levels_memo.clear()
-            levels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)).to(x.device)
-            self._levels_memo[key] = levels
-        return levels
+        entries = self._entries_memo.get(key)
+        if entries is None:
+            if len(self._entries_memo) > 1024:  # ("digits" has many layouts on a long stream)
+                self._entries_memo.clear()
+            entries = self._entries_memo[key] = gate_entries(counts, x.device)
+        return entries
 
     def _slot_cache(self, nodes: list[Tensor], pos: int) -> tuple[Tensor, Tensor]:
         """q/v ``(B, H, S, d_head)`` of the slots that position ``pos - 1`` read, projected
